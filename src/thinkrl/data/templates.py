@@ -1,0 +1,117 @@
+"""Prompt templates: the R1-Zero template, tokenizer chat templates, and a plain one.
+
+What it does: turns a question into the exact prompt string fed to the policy.
+  - "r1_zero": the DeepSeek-R1-Zero template, verbatim from the paper (v1, Table 1).
+  - "chat":    the tokenizer's own chat template (instruct / distilled models),
+               optionally with a system message and the math suffix of SPEC §5.
+  - "plain":   the bare question (plus an optional suffix), for base-model evaluation.
+
+force_think: the prompt ends with an opened "<think>" tag, so the completion starts
+inside the reasoning. The completion then lacks its opening tag, and the trainer /
+evaluator must prepend "<think>" to each completion before scoring the format reward.
+
+What it leaves out: tokenisation, truncation, few-shot examples, and reward parsing
+(see thinkrl.rewards).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+# Verbatim from DeepSeek-R1 v1 Table 1 (SPEC §2); `prompt` is replaced by {question}.
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the "
+    "Assistant solves it. The assistant first thinks about the reasoning process in "
+    "the mind and then provides the user with the answer. The reasoning process and "
+    "answer are enclosed within <think> </think> and <answer> </answer> tags, "
+    "respectively, i.e., <think> reasoning process here </think> <answer> answer "
+    "here </answer>. User: {question}. Assistant:"
+)
+
+# SPEC §5: the evaluation suffix for math questions.
+MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
+
+THINK_OPEN = "<think>"
+
+
+def _with_suffix(question: str, suffix: str | None) -> str:
+    """Append `suffix` on a new line (the DeepSeek-R1 evaluation convention)."""
+    return f"{question}\n{suffix}" if suffix else question
+
+
+def r1_zero_prompt(question: str, force_think: bool = False, suffix: str | None = None) -> str:
+    """The R1-Zero prompt for `question`.
+
+    With force_think the prompt ends in "Assistant: <think>", so the model's completion
+    starts inside its reasoning; the trainer then prepends "<think>" to completions
+    before computing rewards.
+    """
+    prompt = R1_ZERO_TEMPLATE.format(question=_with_suffix(question, suffix))
+    return prompt + " " + THINK_OPEN if force_think else prompt
+
+
+def chat_prompt(
+    tokenizer: Any,
+    question: str,
+    system: str | None = None,
+    suffix: str | None = None,
+    force_think: bool = False,
+) -> str:
+    """Render `question` with the tokenizer's chat template, ready for generation.
+
+    `suffix` (e.g. MATH_SUFFIX) goes on a new line after the question. With force_think,
+    "<think>\\n" is appended unless the template already opened a think block (as the
+    DeepSeek-R1-Distill templates do); completions then need "<think>" prepended
+    before rewards.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(
+            f"tokenizer {name!r} has no chat template; use prompt kind 'r1_zero' or "
+            "'plain' for base models, or set tokenizer.chat_template"
+        )
+    messages: list[dict[str, str]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": _with_suffix(question, suffix)})
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if force_think and not prompt.rstrip().endswith(THINK_OPEN):
+        prompt += THINK_OPEN + "\n"
+    return prompt
+
+
+def plain_prompt(question: str, suffix: str | None = None) -> str:
+    """The bare question, with `suffix` on a new line when given."""
+    return _with_suffix(question, suffix)
+
+
+def _build_r1_zero(question: str, tokenizer: Any = None, **kw: Any) -> str:
+    return r1_zero_prompt(question, **kw)
+
+
+def _build_chat(question: str, tokenizer: Any = None, **kw: Any) -> str:
+    if tokenizer is None:
+        raise ValueError("prompt kind 'chat' needs a tokenizer")
+    return chat_prompt(tokenizer, question, **kw)
+
+
+def _build_plain(question: str, tokenizer: Any = None, **kw: Any) -> str:
+    return plain_prompt(question, **kw)
+
+
+PROMPT_BUILDERS: dict[str, Callable[..., str]] = {
+    "r1_zero": _build_r1_zero,
+    "chat": _build_chat,
+    "plain": _build_plain,
+}
+
+
+def build_prompt(kind: str, question: str, tokenizer: Any = None, **kw: Any) -> str:
+    """Build a prompt of `kind` ("r1_zero", "chat", "plain"); extra kwargs go to the builder."""
+    try:
+        builder = PROMPT_BUILDERS[kind]
+    except KeyError:
+        raise ValueError(
+            f"unknown prompt kind {kind!r}; choose one of {sorted(PROMPT_BUILDERS)}"
+        ) from None
+    return builder(question, tokenizer=tokenizer, **kw)

@@ -1,0 +1,56 @@
+"""Held-out evaluation the way the paper does it: K samples per problem, pass@1 = mean correctness.
+
+Sampling at temperature 0.6 / top-p 0.95 by default (SPEC §5). Correctness is decided by the
+very reward code training uses (`rewards.score` with the accuracy reward), so evaluation
+and training can never disagree about what "correct" means. A verification timeout counts
+as incorrect here and is reported in `unverified`. Left out (see `thinkrl eval`, later):
+pass@k for k > 1, cons@k, benchmark loading and the CLI.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from thinkrl import rewards
+from thinkrl.data.loaders import Problem
+from thinkrl.rollout import SamplingParams, sample
+
+
+def evaluate(
+    model,
+    tokenizer,
+    problems: list[Problem],
+    build_prompt,
+    samples: int = 4,
+    params: SamplingParams = SamplingParams(temperature=0.6, top_p=0.95),
+    seed: int = 0,
+    completion_prefix: str = "",
+    batch_prompts: int = 32,
+) -> dict:
+    """Returns {accuracy, format, mean_length, truncated, unverified, samples: [...]}."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    records = []
+    for start in range(0, len(problems), batch_prompts):
+        chunk = problems[start:start + batch_prompts]
+        prompts = [tokenizer(build_prompt(p.question), add_special_tokens=False)["input_ids"] for p in chunk]
+        ro = sample(model, tokenizer, prompts, samples, params, generator)
+        texts = [completion_prefix + t for t in ro.texts]
+        answers = [p.answer for p in chunk for _ in range(samples)]
+        scored = rewards.score(texts, {"answer": answers}, {"accuracy": 1.0, "format": 0.0})
+        for i, text in enumerate(texts):
+            p = chunk[i // samples]
+            acc = scored.per_reward["accuracy"][i]
+            records.append({"id": p.id, "question": p.question, "answer": p.answer, "completion": text,
+                            "correct": acc == 1.0, "unverified": acc is None, "format": scored.per_reward["format"][i],
+                            "length": int(ro.lengths[i]), "truncated": bool(ro.truncated[i]), "reward": acc})
+    n = max(len(records), 1)
+    return {
+        "accuracy": sum(r["correct"] for r in records) / n,
+        "format": sum(r["format"] or 0.0 for r in records) / n,
+        "mean_length": sum(r["length"] for r in records) / n,
+        "truncated": sum(r["truncated"] for r in records) / n,
+        "unverified": sum(r["unverified"] for r in records),
+        "problems": len(problems),
+        "samples_per_problem": samples,
+        "samples": records,
+    }

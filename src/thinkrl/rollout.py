@@ -1,0 +1,223 @@
+"""
+Batched rollouts for GRPO: G sampled completions for each of B prompts, with a KV cache.
+
+Algorithm
+1. Left-pad the B prompts into one (B, T) batch with an attention mask and explicit
+   position ids (cumsum(mask) - 1), and prefill them ONCE into a transformers `DynamicCache`.
+2. Repeat the cache, the last-position logits, the mask and the next positions G times
+   along the batch (`Cache.batch_repeat_interleave`): sample n = b*G + g starts from prompt b.
+3. Decode one token per step for every live row: logits / temperature -> float32
+   log-softmax -> optional top-p (nucleus) truncation -> `torch.multinomial` with the
+   caller's generator, so a seeded generator makes the rollout deterministic.
+   temperature == 0 is greedy (argmax); its log-probs are then taken at temperature 1.
+4. A row finishes on an EOS id (the tokenizer's, plus `model.generation_config.eos_token_id`)
+   or once its decoded completion contains a stop string; the finishing token is kept
+   (mask 1). Finished rows are dropped from the decode batch (`Cache.batch_select_indices`
+   plus the same rows of the mask and positions), so they stop costing compute.
+   Stop strings are checked incrementally: only the last `max(len(stop)) + 2` completion
+   tokens of each live row are decoded (enough while every token decodes to >= 1 char).
+
+Log-probs: `logprobs[n, t]` is log_softmax(logits.float() / T) at the sampled token, over the
+full distribution (before top-p truncation), from the very logits the token was sampled from.
+They are therefore pi_old's log-probs up to kernel float differences (cached vs. uncached
+attention, batch shape), which is why a GRPO trainer may skip a separate scoring pass.
+
+Left out: no beam search, repetition penalties, top-k/min-p or logits processors; no
+speculative decoding or continuous batching (new prompts never join a running batch);
+the cache is never compacted in time (left-pad columns stay after rows are dropped);
+only attention models whose cache is a `DynamicCache` (no recurrent/linear-attention state).
+The model is put in eval mode for the call and its mode restored afterwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # paper R1-Zero training: 1.0; evaluation 0.6. 0 = greedy
+    top_p: float = 1.0  # evaluation 0.95
+    stop_strings: tuple[str, ...] = ()  # e.g. ("</answer>",): stop once the decoded completion contains one
+
+
+@dataclass
+class Rollout:
+    """All tensors live on the model's device. Sample n belongs to prompt n // G."""
+
+    prompt_ids: list[list[int]]  # the B distinct prompts, unpadded
+    group: torch.Tensor  # (N,) long: index of each sample's prompt, N = B*G
+    completion_ids: torch.Tensor  # (N, L) long, right-padded with the pad id
+    completion_mask: torch.Tensor  # (N, L) bool: generated tokens incl. the final EOS / stop token
+    logprobs: torch.Tensor  # (N, L) float32: log-prob of each sampled token, 0 at pads
+    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS or stop string
+    texts: list[str]  # decoded completions (see `sample` for what is included)
+    lengths: torch.Tensor  # (N,) long: number of completion tokens
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_cfg = getattr(model, "generation_config", None)
+    gen_eos = getattr(gen_cfg, "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos is not None:
+        ids.update(int(i) for i in gen_eos)
+    return sorted(ids)
+
+
+def _forward_kwarg_names(model) -> tuple[str, bool]:
+    """transformers 5.x names the cache argument `cache` (`past_key_values` before)."""
+    params = inspect.signature(model.forward).parameters
+    cache_name = "cache" if "cache" in params else "past_key_values"
+    return cache_name, "logits_to_keep" in params
+
+
+def _next_token(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row. logits: (n, V) float32. Returns tokens (n,) and their log-probs (n,)."""
+    if params.temperature == 0:
+        logp = F.log_softmax(logits, dim=-1)  # (n, V) at temperature 1
+        tok = logits.argmax(dim=-1)  # (n,)
+    else:
+        logp = F.log_softmax(logits / params.temperature, dim=-1)  # (n, V)
+        if params.top_p < 1.0:
+            sorted_logp, sorted_idx = logp.sort(dim=-1, descending=True)  # (n, V), (n, V)
+            sorted_p = sorted_logp.exp()  # (n, V)
+            mass_before = sorted_p.cumsum(dim=-1) - sorted_p  # (n, V) prob of strictly better tokens
+            keep = mass_before < params.top_p  # (n, V) smallest set reaching top_p; first always kept
+            probs = sorted_p.masked_fill(~keep, 0.0)  # (n, V) multinomial renormalises
+            choice = torch.multinomial(probs, 1, generator=generator)  # (n, 1) rank in sorted order
+            tok = sorted_idx.gather(-1, choice).squeeze(-1)  # (n,)
+        else:
+            tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (n,)
+    tok_logp = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # (n,)
+    return tok, tok_logp
+
+
+@torch.no_grad()  # not inference_mode: its tensors could not be saved for the trainer's backward
+def sample(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    group_size: int,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample `group_size` completions for each prompt; see the module docstring.
+
+    `texts[n]` decodes the completion with skip_special_tokens=False, minus pads and minus
+    a final EOS token (a stop string, by contrast, stays in the text). If the tokenizer has
+    no pad token, the EOS id pads. The generator must live on the model's device.
+    """
+    B, G = len(prompt_ids), group_size
+    N = B * G
+    assert B > 0 and G > 0 and all(len(p) > 0 for p in prompt_ids), "need non-empty prompts"
+    assert params.max_new_tokens > 0 and params.temperature >= 0 and 0 < params.top_p <= 1
+    eos_ids = _eos_ids(model, tokenizer)
+    assert eos_ids, "tokenizer has no eos token"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    device = next(model.parameters()).device
+    cache_name, has_logits_to_keep = _forward_kwarg_names(model)
+    eos_t = torch.tensor(eos_ids, device=device)  # (E,)
+    stops = tuple(s for s in params.stop_strings if s)
+    tail = max((len(s) for s in stops), default=0) + 2  # tokens decoded per stop check
+
+    # ---- 1. left-pad and prefill the B distinct prompts once
+    T = max(len(p) for p in prompt_ids)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long, device=device)  # (B, T)
+    attn = torch.zeros((B, T), dtype=torch.long, device=device)  # (B, T)
+    for b, p in enumerate(prompt_ids):
+        input_ids[b, T - len(p) :] = torch.tensor(p, dtype=torch.long, device=device)
+        attn[b, T - len(p) :] = 1
+    position_ids = (attn.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T), pads get 0
+
+    was_training = model.training
+    model.eval()
+    try:
+        cache = DynamicCache(config=model.config)
+        extra = {"logits_to_keep": 1} if has_logits_to_keep else {}
+        out = model(
+            input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
+            use_cache=True, **{cache_name: cache}, **extra,
+        )
+        logits = out.logits[:, -1, :].float()  # (B, V)
+
+        # ---- 2. share the prefix: repeat cache and state G times (row n <- prompt n // G)
+        cache.batch_repeat_interleave(G)
+        logits = logits.repeat_interleave(G, dim=0)  # (N, V)
+        attn = attn.repeat_interleave(G, dim=0)  # (N, T)
+        next_pos = attn.sum(dim=-1)  # (N,) position of the next token = prompt length
+        live = torch.arange(N, device=device)  # (n,) global row of each live decode row
+
+        M = params.max_new_tokens
+        tokens = torch.full((N, M), pad_id, dtype=torch.long, device=device)  # (N, M)
+        logprobs = torch.zeros((N, M), dtype=torch.float32, device=device)  # (N, M)
+        lengths = torch.zeros(N, dtype=torch.long, device=device)  # (N,)
+        truncated = torch.zeros(N, dtype=torch.bool, device=device)  # (N,)
+
+        # ---- 3. decode, dropping finished rows
+        for step in range(M):
+            tok, tok_logp = _next_token(logits, params, generator)  # (n,), (n,)
+            tokens[live, step] = tok
+            logprobs[live, step] = tok_logp
+            lengths[live] = step + 1
+            done = torch.isin(tok, eos_t)  # (n,)
+            if stops:  # every live row has exactly step + 1 tokens; decode a short tail of each
+                tails = tokenizer.batch_decode(
+                    tokens[live, max(0, step + 1 - tail) : step + 1].tolist(), skip_special_tokens=False
+                )
+                hit = [any(s in text for s in stops) for text in tails]
+                done = done | torch.tensor(hit, dtype=torch.bool, device=device)  # (n,)
+            if step == M - 1:
+                truncated[live[~done]] = True
+                break
+            if done.any():
+                keep = (~done).nonzero().squeeze(-1)  # (n',)
+                if keep.numel() == 0:
+                    break
+                cache.batch_select_indices(keep)
+                live, tok, attn, next_pos = live[keep], tok[keep], attn[keep], next_pos[keep]
+            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=-1)  # (n, T + step + 1)
+            out = model(
+                input_ids=tok.unsqueeze(-1), attention_mask=attn, position_ids=next_pos.unsqueeze(-1),
+                use_cache=True, **{cache_name: cache},
+            )
+            logits = out.logits[:, -1, :].float()  # (n, V)
+            next_pos = next_pos + 1  # (n,)
+        del cache
+    finally:
+        model.train(was_training)
+
+    # ---- 4. trim to the longest completion and decode
+    L = int(lengths.max())
+    completion_ids = tokens[:, :L]  # (N, L)
+    completion_mask = torch.arange(L, device=device).unsqueeze(0) < lengths.unsqueeze(1)  # (N, L)
+    logprobs = logprobs[:, :L]  # (N, L), already 0 at pads
+    rows = []
+    for ids, n in zip(completion_ids.tolist(), lengths.tolist()):
+        ids = ids[:n]
+        if ids and ids[-1] in eos_ids:
+            ids = ids[:-1]
+        rows.append(ids)
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=False)
+    group = torch.arange(B, device=device).repeat_interleave(G)  # (N,)
+    return Rollout(
+        prompt_ids=[list(p) for p in prompt_ids],
+        group=group,
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        logprobs=logprobs,
+        truncated=truncated,
+        texts=texts,
+        lengths=lengths,
+    )

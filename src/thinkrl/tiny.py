@@ -1,0 +1,137 @@
+"""The quickstart's "base model": a tiny Llama pre-trained from scratch on a synthetic corpus.
+
+Everything is built locally (no downloads): a byte-level BPE tokenizer trained on the
+corpus (digits always split, so numbers are spelled digit by digit), a Llama-style
+transformers model of about two million parameters, and plain next-token pre-training.
+
+The corpus is R1-Zero-templated arithmetic (see `data/synthetic.py`) answered in three
+styles: mostly a direct answer with an empty-calorie thought, sometimes the worked chain of
+partial sums, sometimes an answer with no reasoning tags at all. The base model thus *can*
+reason step by step but usually does not, and its direct answers are often wrong: RL with
+accuracy + format rewards, not the corpus, has to move it toward reasoning.
+Left out: anything resembling real pre-training data; this is a lesson-sized model.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from thinkrl.data.synthetic import ArithmeticTask, sample_problems, worked_steps
+from thinkrl.data.templates import r1_zero_prompt
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+DIRECT_THOUGHT = "I know this one ."
+
+
+@dataclass
+class BaseModelConfig:
+    """How the quickstart's base model is built. Defaults fit ~3 minutes on 2 CPU cores."""
+
+    corpus_size: int = 12000       # problems in the pre-training corpus (train split only)
+    reason_share: float = 0.3      # share answered with the worked chain of partial sums
+    untagged_share: float = 0.1    # share answered without <think>/<answer> tags
+    vocab_size: int = 384
+    hidden_size: int = 192
+    layers: int = 4
+    heads: int = 6
+    intermediate_size: int = 512
+    steps: int = 700
+    batch_size: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+
+
+def completion_for(terms: list[int], style: str) -> str:
+    """One corpus answer in a given style: 'reason', 'direct' or 'untagged'."""
+    total = sum(terms)
+    thought = {"reason": worked_steps(terms), "direct": DIRECT_THOUGHT}.get(style)
+    if thought is None:
+        return f" The answer is {total} ."
+    return f" <think> {thought} </think> <answer> {total} </answer>"
+
+
+def build_corpus(cfg: BaseModelConfig, task: ArithmeticTask = ArithmeticTask()) -> list[str]:
+    """Prompt + completion + EOS texts over the training split only."""
+    rng = random.Random(cfg.seed)
+    texts = []
+    for p in sample_problems(cfg.corpus_size, "train", seed=cfg.seed + 1000, task=task):
+        u = rng.random()
+        style = "reason" if u < cfg.reason_share else "untagged" if u < cfg.reason_share + cfg.untagged_share else "direct"
+        texts.append(r1_zero_prompt(p.question) + completion_for(p.meta["terms"], style) + EOS)
+    return texts
+
+
+def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `texts`; digits are always single tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+
+
+def build_model(cfg: BaseModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads, intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=512, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(config)
+
+
+def pretrain(model, tokenizer, texts: list[str], cfg: BaseModelConfig, on_step=None) -> list[float]:
+    """Next-token prediction over the corpus with AdamW and a cosine schedule. Returns losses."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    warmup = max(1, cfg.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))))
+    model.train()
+    losses = []
+    for step in range(cfg.steps):
+        pick = torch.randint(len(ids), (cfg.batch_size,), generator=g).tolist()
+        width = max(len(ids[i]) for i in pick)
+        batch = torch.full((cfg.batch_size, width), tokenizer.pad_token_id)  # (B, T)
+        mask = torch.zeros(cfg.batch_size, width, dtype=torch.long)  # (B, T)
+        for row, i in enumerate(pick):
+            batch[row, : len(ids[i])] = torch.tensor(ids[i])
+            mask[row, : len(ids[i])] = 1
+        labels = batch.masked_fill(mask == 0, -100)  # (B, T)
+        loss = model(input_ids=batch, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, loss.item())
+    model.eval()
+    return losses
+
+
+def build_base_model(out_dir: Path, cfg: BaseModelConfig = BaseModelConfig(), on_step=None) -> Path:
+    """Build corpus, tokenizer and model, pre-train, save both in HF format to out_dir."""
+    texts = build_corpus(cfg)
+    tokenizer = build_tokenizer(texts, cfg.vocab_size)
+    model = build_model(cfg, tokenizer)
+    pretrain(model, tokenizer, texts, cfg, on_step)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,227 @@
+"""Tests for thinkrl.rollout.sample on tiny, randomly initialised, in-process models (no network)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from thinkrl.rollout import SamplingParams, sample
+
+torch.set_num_threads(1)
+
+
+def char_tokenizer(with_pad: bool = True) -> PreTrainedTokenizerFast:
+    """Character-level tokenizer: printable ASCII + <pad>/<eos>/<unk> (98 ids; without pad, <eos> is id 0)."""
+    specials = (["<pad>"] if with_pad else []) + ["<eos>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + [chr(c) for c in range(32, 127)])}
+    if not with_pad:
+        vocab["<pad_unused>"] = len(vocab)  # keep the vocab size at 98
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    kw = {"pad_token": "<pad>"} if with_pad else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>", **kw)
+
+
+TOK = char_tokenizer()
+V = len(TOK)  # 98
+
+
+def enc(text: str, tok: PreTrainedTokenizerFast = TOK) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def tiny_llama(hidden: int = 64, init: float = 0.1, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, vocab_size=V, max_position_embeddings=256, initializer_range=init,
+        tie_word_embeddings=False, eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_qwen2(seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=V, max_position_embeddings=256, initializer_range=0.1,
+        tie_word_embeddings=False, eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id,
+    )
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+MODELS = {"llama": tiny_llama, "qwen2": tiny_qwen2}
+
+
+def bigram_model(transitions: dict[str, str], tok: PreTrainedTokenizerFast = TOK) -> LlamaForCausalLM:
+    """A Llama whose blocks add nothing, so next-token logits depend on the current token only:
+    orthonormal embeddings and an lm_head that maps each `a` to `transitions[a]` with a large margin.
+    '<eos>' as a target means the EOS id."""
+    model = tiny_llama(hidden=128)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        q, _ = torch.linalg.qr(torch.randn(128, V))  # (128, V) orthonormal columns
+        emb = q.T.contiguous()  # (V, 128)
+        model.model.embed_tokens.weight.copy_(emb)
+        head = torch.zeros(V, 128)
+        for a, b in transitions.items():
+            b_id = tok.eos_token_id if b == "<eos>" else enc(b, tok)[0]
+            head[b_id] += 4.0 * emb[enc(a, tok)[0]]  # margin 4 * sqrt(128) ~ 45 logits
+        model.lm_head.weight.copy_(head)
+    return model
+
+
+def naive_greedy(model, prompt: list[int], max_new: int, eos: int) -> tuple[list[int], list[float]]:
+    """Reference: one prompt, full forward over the whole sequence at every step, no cache."""
+    seq, out_lp = list(prompt), []
+    for _ in range(max_new):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([seq])).logits[0, -1].float()  # (V,)
+        t = int(logits.argmax())
+        out_lp.append(float(F.log_softmax(logits, -1)[t]))
+        seq.append(t)
+        if t == eos:
+            break
+    return seq[len(prompt) :], out_lp
+
+
+def full_forward_logprobs(model, prompt: list[int], completion: list[int], temperature: float) -> torch.Tensor:
+    seq = torch.tensor([prompt + completion])  # (1, P + C)
+    with torch.no_grad():
+        logits = model(input_ids=seq).logits[0].float()  # (P + C, V)
+    logp = F.log_softmax(logits[len(prompt) - 1 : -1] / temperature, dim=-1)  # (C, V)
+    return logp.gather(-1, torch.tensor(completion).unsqueeze(-1)).squeeze(-1)  # (C,)
+
+
+PROMPTS = ["What is 2+3? ", "hi", "Solve: x*x = 49, x = "]
+
+
+def check_shapes(r, B: int, G: int) -> None:
+    N = B * G
+    assert r.group.tolist() == [b for b in range(B) for _ in range(G)]
+    assert r.completion_ids.shape == r.completion_mask.shape == r.logprobs.shape
+    assert r.completion_ids.shape[0] == N and r.logprobs.dtype == torch.float32
+    assert r.completion_mask.sum(-1).tolist() == r.lengths.tolist()
+    assert int(r.lengths.max()) == r.completion_ids.shape[1]
+    assert torch.all(r.logprobs[~r.completion_mask] == 0)
+    assert torch.all(r.logprobs[r.completion_mask] <= 0)
+    pad = TOK.pad_token_id
+    assert torch.all(r.completion_ids[~r.completion_mask] == pad)
+    assert len(r.texts) == N
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_logprobs_match_full_forward(arch):
+    model = MODELS[arch]()
+    prompts = [enc(p) for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=12, temperature=0.7)
+    r = sample(model, TOK, prompts, 3, params, torch.Generator().manual_seed(0))
+    check_shapes(r, 3, 3)
+    for n in range(9):
+        c = r.completion_ids[n, : r.lengths[n]].tolist()
+        ref = full_forward_logprobs(model, prompts[n // 3], c, 0.7)
+        torch.testing.assert_close(r.logprobs[n, : r.lengths[n]], ref, atol=1e-5, rtol=1e-5)
+        assert r.texts[n] == TOK.decode([t for t in c if t != TOK.eos_token_id])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_greedy_prefix_sharing_and_left_padding_match_naive(arch):
+    """Covers prefix sharing (G copies of one prefill) and left padding (mixed prompt lengths)."""
+    model = MODELS[arch]()
+    prompts = [enc(p) for p in PROMPTS]
+    r = sample(model, TOK, prompts, 2, SamplingParams(max_new_tokens=10, temperature=0.0))
+    check_shapes(r, 3, 2)
+    for n in range(6):
+        ids, lps = naive_greedy(model, prompts[n // 2], 10, TOK.eos_token_id)
+        assert r.completion_ids[n, : r.lengths[n]].tolist() == ids
+        torch.testing.assert_close(r.logprobs[n, : r.lengths[n]], torch.tensor(lps), atol=1e-5, rtol=1e-5)
+    # each prompt alone in its own batch gives the same result as the mixed-length batch
+    for b, p in enumerate(prompts):
+        alone = sample(model, TOK, [p], 1, SamplingParams(max_new_tokens=10, temperature=0.0))
+        assert alone.completion_ids[0, : alone.lengths[0]].tolist() == r.completion_ids[2 * b, : r.lengths[2 * b]].tolist()
+
+
+def test_determinism():
+    model = tiny_llama()
+    prompts = [enc(p) for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9)
+    a = sample(model, TOK, prompts, 4, params, torch.Generator().manual_seed(123))
+    b = sample(model, TOK, prompts, 4, params, torch.Generator().manual_seed(123))
+    c = sample(model, TOK, prompts, 4, params, torch.Generator().manual_seed(124))
+    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.logprobs, b.logprobs)
+    assert a.texts == b.texts
+    assert a.completion_ids.shape != c.completion_ids.shape or not torch.equal(a.completion_ids, c.completion_ids)
+    # samples of one group differ from one another (they are not copies)
+    assert len(set(a.texts[:4])) > 1
+
+
+def test_top_p_tiny_equals_greedy():
+    model = tiny_llama()
+    prompts = [enc(p) for p in PROMPTS]
+    greedy = sample(model, TOK, prompts, 2, SamplingParams(max_new_tokens=10, temperature=0.0))
+    nucleus = sample(model, TOK, prompts, 2, SamplingParams(max_new_tokens=10, temperature=1.0, top_p=1e-4),
+                     torch.Generator().manual_seed(7))
+    assert torch.equal(greedy.completion_ids, nucleus.completion_ids)
+    torch.testing.assert_close(greedy.logprobs, nucleus.logprobs)  # both at temperature 1, full distribution
+
+
+CHAINS = {"S": "<", "<": "/", "/": "a", "a": ">", ">": "k", "k": "k", "E": "x", "x": "<eos>", "q": "q"}
+
+
+def test_stop_string_eos_and_truncation():
+    model = bigram_model(CHAINS)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, stop_strings=("</a>",))
+    r = sample(model, TOK, [enc("go S"), enc("E"), enc("qq q")], 2, params, torch.Generator().manual_seed(0))
+    check_shapes(r, 3, 2)
+    assert r.texts == ["</a>", "</a>", "x", "x", "q" * 8, "q" * 8]
+    assert r.lengths.tolist() == [4, 4, 2, 2, 8, 8]
+    assert r.truncated.tolist() == [False, False, False, False, True, True]
+    assert r.completion_ids[2, :2].tolist() == [enc("x")[0], TOK.eos_token_id]
+    assert r.completion_mask[0, :4].all() and r.completion_mask[2, :2].all()
+    assert torch.all(r.logprobs[r.completion_mask] > -1e-3)  # the chain is near-certain even at T=1
+    # without the stop string the same chain runs on to max_new_tokens
+    r2 = sample(model, TOK, [enc("S")], 1, SamplingParams(max_new_tokens=6, temperature=0.0))
+    assert r2.texts == ["</a>kk"] and r2.truncated.tolist() == [True]
+
+
+def test_pad_equals_eos_tokenizer():
+    tok = char_tokenizer(with_pad=False)
+    assert tok.pad_token_id is None
+    model = bigram_model(CHAINS, tok)
+    r = sample(model, tok, [enc("E", tok), enc("q", tok)], 1, SamplingParams(max_new_tokens=5, temperature=0.0))
+    assert r.texts == ["x", "qqqqq"] and r.lengths.tolist() == [2, 5]
+    assert r.completion_ids[0].tolist() == [enc("x", tok)[0]] + [tok.eos_token_id] * 4  # EOS then EOS padding
+    assert r.completion_mask[0].tolist() == [True, True, False, False, False]
+    assert r.truncated.tolist() == [False, True]
+
+
+def test_finished_rows_are_dropped_from_decode_batch():
+    model = bigram_model(CHAINS)
+    sizes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: sizes.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        params = SamplingParams(max_new_tokens=8, temperature=0.0, stop_strings=("</a>",))
+        r = sample(model, TOK, [enc("E"), enc("q"), enc("S")], 2, params)
+    finally:
+        handle.remove()
+    assert r.lengths.tolist() == [2, 2, 8, 8, 4, 4]
+    # prefill 3 prompts once; decode 6 rows, then 4 once E rows hit EOS, then 2 once S rows hit the stop string
+    assert sizes == [3, 6, 4, 4, 2, 2, 2, 2]
+
+
+def test_bfloat16_model():
+    model = tiny_llama().to(torch.bfloat16)
+    prompts = [enc(p) for p in PROMPTS]
+    r = sample(model, TOK, prompts, 2, SamplingParams(max_new_tokens=8, temperature=1.0), torch.Generator().manual_seed(0))
+    check_shapes(r, 3, 2)
+    assert torch.isfinite(r.logprobs).all()
+    for n in range(6):
+        c = r.completion_ids[n, : r.lengths[n]].tolist()
+        ref = full_forward_logprobs(model, prompts[n // 2], c, 1.0)
+        torch.testing.assert_close(r.logprobs[n, : r.lengths[n]], ref, atol=0.1, rtol=0.05)

@@ -1,0 +1,109 @@
+"""The GRPO loop on a tiny model: it learns, it skips non-finite updates, it resumes bit for bit."""
+
+import json
+
+import pytest
+import torch
+
+from thinkrl import rewards, run as run_mod, tiny
+from thinkrl.config import Config, load_config
+from thinkrl.data.synthetic import sample_problems
+from thinkrl.models import frozen_copy
+from thinkrl.trainer import PromptStream, TrainState, grpo_step, make_optimizer
+
+
+def _state(model, tok, beta=0.0):
+    cfg = Config()
+    cfg.grpo.prompts_per_step, cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 4, 10
+    cfg.grpo.beta, cfg.grpo.lr = beta, 1e-2
+    opt, sched = make_optimizer(model, cfg.grpo.lr, 0.0, 0)
+    state = TrainState(model, tok, opt, sched, PromptStream(sample_problems(8, "train", 0), 0),
+                       torch.Generator().manual_seed(0), ref_model=frozen_copy(model) if beta else None)
+    return cfg, state
+
+
+@pytest.fixture()
+def length_reward():
+    """A reward with signal even for a random model: longer completions score higher."""
+    @rewards.register("test_length")
+    def _length(completions, **_):
+        return [float(len(c)) for c in completions]
+    yield "test_length"
+    rewards.REWARDS.pop("test_length")
+
+
+def test_step_changes_parameters_and_logs(tiny_model, tiny_tokenizer, length_reward):
+    cfg, state = _state(tiny_model, tiny_tokenizer, beta=0.04)
+    cfg.rewards.weights = {length_reward: 1.0, "format": 1.0}
+    before = [p.detach().clone() for p in tiny_model.parameters()]
+    m = grpo_step(state, cfg, lambda q: q)
+    assert any(not torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))
+    for key in ("reward/total", "reward/test_length", "length/mean", "kl", "clip_frac", "entropy",
+                "zero_variance_groups", "time/sample", "time/reward", "time/score", "time/train", "tokens_per_s",
+                "peak_rss_gib", "loss"):
+        assert key in m and m[key] == m[key], key  # present and not NaN
+    assert state.step == 1 and m["skipped_updates"] == 0
+
+
+def test_non_finite_loss_skips_update(tiny_model, tiny_tokenizer, length_reward, monkeypatch):
+    cfg, state = _state(tiny_model, tiny_tokenizer)
+    cfg.rewards.weights = {length_reward: 1.0}
+    from thinkrl import grpo
+    real = grpo.grpo_loss
+    monkeypatch.setattr(grpo, "grpo_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1]))
+    before = [p.detach().clone() for p in tiny_model.parameters()]
+    m = grpo_step(state, cfg, lambda q: q)
+    assert m["skipped_updates"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))
+    assert not state.optimizer.state  # Adam moments untouched too
+
+
+def test_beta_zero_loads_no_reference(tiny_model, tiny_tokenizer):
+    _, state = _state(tiny_model, tiny_tokenizer, beta=0.0)
+    assert state.ref_model is None
+
+
+def _cfg(tmp_path, base, name, steps):
+    cfg = load_config(overrides=[
+        f"model.path={base}", f"run.output_dir={tmp_path / name}", f"grpo.steps={steps}", "grpo.prompts_per_step=2",
+        "grpo.group_size=4", "grpo.max_new_tokens=12", "grpo.beta=0.01", "grpo.ref_reset_every=3",
+        "grpo.minibatches=2", "grpo.mu=2", "grpo.lr=0.003", "data.train_size=16", "data.eval_size=2",
+        "run.eval_samples=2", "run.checkpoint_every=2", "run.progress=false"])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    cfg = tiny.BaseModelConfig(corpus_size=200, steps=3, hidden_size=32, layers=2, heads=2, intermediate_size=64,
+                               vocab_size=300)
+    return tiny.build_base_model(out, cfg)
+
+
+def test_resume_is_bit_identical(tmp_path, base_dir, monkeypatch):
+    straight = run_mod.train_run(_cfg(tmp_path, base_dir, "straight", 5), log=lambda *_: None)
+
+    real_step = run_mod.grpo_step
+
+    def crash_at_3(state, *a, **k):
+        if state.step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(state, *a, **k)
+
+    monkeypatch.setattr(run_mod, "grpo_step", crash_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.train_run(_cfg(tmp_path, base_dir, "resumed", 5), log=lambda *_: None)
+    monkeypatch.setattr(run_mod, "grpo_step", real_step)
+    assert (tmp_path / "resumed/checkpoints/step-000002/COMPLETE").exists()
+    resumed = run_mod.train_run(None, resume=str(tmp_path / "resumed"), log=lambda *_: None)
+
+    from safetensors.torch import load_file
+    a = load_file(str(straight / "final_model/model.safetensors"))
+    b = load_file(str(resumed / "final_model/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+    summary = json.loads((resumed / "summary.json").read_text())
+    for key in ("base_accuracy", "final_accuracy", "base_mean_length", "final_mean_length", "wall_seconds", "steps"):
+        assert key in summary
+    assert (resumed / "report.md").exists() and (resumed / "config.yaml").exists()
