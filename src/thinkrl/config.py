@@ -69,6 +69,7 @@ class GRPOConfig:
     stop_strings: list = opt(["</answer>"], "Generation stops after any of these strings (besides EOS).")
     recompute_old_logprobs: bool = opt(False, "Score samples in a separate pass for π_old instead of keeping the sampler's log-probs "
                                                "(needed if sampling runs in another precision or engine).")
+    share_prompt: bool = opt(True, "Run each prompt once for its G samples in the training forward (exact; saves compute).")
     logprob_chunk: int = opt(0, "Compute log-probs over this many completion tokens at a time (0 = all at once).")
 
 

@@ -10,14 +10,22 @@ completion positions, so at most (N, chunk, V) float32 logits exist at a time (t
 hidden states are kept and the projection is recomputed in backward by autograd's graph
 of each chunk).
 
-Left out: a fused/Triton cross-entropy, sequence packing, sharing the prompt's forward
-across the G samples of a group.
+`grouped_completion_logprobs` computes the same numbers with each distinct prompt run
+through the model once instead of G times: the prompts' forward builds a KV cache with
+autograd history, its rows are selected per sample (a differentiable gather, so gradients
+from all G samples add up in the shared prompt states), and the completions attend to it.
+Exact, not an approximation: a test compares values and gradients with the plain path.
+
+Left out: a fused/Triton cross-entropy, sequence packing.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 
 def build_batch(
@@ -80,3 +88,49 @@ def completion_logprobs(
     hidden = out.last_hidden_state[:, -completion_len - 1:-1]  # (N, L, H): state before each completion token
     targets = input_ids[:, -completion_len:]  # (N, L)
     return _logprobs_from_hidden(hidden, model.get_output_embeddings(), targets, T, chunk, want_entropy)
+
+
+def _pad_left(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, P)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)  # (B, P)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[b, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def grouped_completion_logprobs(
+    model,
+    prompts: list[list[int]],
+    group: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    pad_id: int,
+    temperature: float = 1.0,
+    chunk: int = 0,
+    want_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Like `completion_logprobs`, running each prompt once for all its samples.
+
+    prompts: the distinct prompts; group: (N,) prompt index of each row (any subset of
+    prompts may be used); completion_ids, completion_mask: (N, L).
+    Returns (logp (N, L), entropy (N, L) or None).
+    """
+    device = completion_ids.device
+    T = temperature if temperature > 0 else 1.0
+    used, row_prompt = torch.unique(group.cpu(), return_inverse=True)  # distinct prompts in this batch
+    p_ids, p_mask = _pad_left([prompts[i] for i in used.tolist()], pad_id, device)  # (U, P)
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)  # (U, P)
+    p_out = backbone(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, **{cache_kw: cache})
+    rows = row_prompt.to(device)  # (N,)
+    cache.batch_select_indices(rows)  # (U, ...) -> (N, ...), differentiable gather
+    attn = torch.cat([p_mask[rows], completion_mask.long()], dim=1)  # (N, P+L)
+    c_pos = p_mask[rows].sum(1, keepdim=True) + torch.arange(completion_ids.shape[1], device=device)  # (N, L)
+    c_out = backbone(input_ids=completion_ids, attention_mask=attn, position_ids=c_pos, use_cache=True,
+                     **{cache_kw: cache})
+    hidden = torch.cat([p_out.last_hidden_state[rows, -1:], c_out.last_hidden_state[:, :-1]], dim=1)  # (N, L, H)
+    return _logprobs_from_hidden(hidden, model.get_output_embeddings(), completion_ids, T, chunk, want_entropy)

@@ -23,8 +23,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from thinkrl.data.synthetic import ArithmeticTask, sample_problems, worked_steps
+from thinkrl.data.synthetic import ArithmeticTask, sample_problems
 from thinkrl.data.templates import r1_zero_prompt
+from thinkrl.logprobs import grouped_completion_logprobs
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -49,10 +50,10 @@ class BaseModelConfig:
     seed: int = 0
 
 
-def completion_for(terms: list[int], style: str) -> str:
+def completion_for(problem, style: str) -> str:
     """One corpus answer in a given style: 'reason', 'direct' or 'untagged'."""
-    total = sum(terms)
-    thought = {"reason": worked_steps(terms), "direct": DIRECT_THOUGHT}.get(style)
+    total = problem.answer
+    thought = {"reason": problem.solution, "direct": DIRECT_THOUGHT}.get(style)
     if thought is None:
         return f" The answer is {total} ."
     return f" <think> {thought} </think> <answer> {total} </answer>"
@@ -65,7 +66,7 @@ def build_corpus(cfg: BaseModelConfig, task: ArithmeticTask = ArithmeticTask()) 
     for p in sample_problems(cfg.corpus_size, "train", seed=cfg.seed + 1000, task=task):
         u = rng.random()
         style = "reason" if u < cfg.reason_share else "untagged" if u < cfg.reason_share + cfg.untagged_share else "direct"
-        texts.append(r1_zero_prompt(p.question) + completion_for(p.meta["terms"], style) + EOS)
+        texts.append(r1_zero_prompt(p.question) + completion_for(p, style) + EOS)
     return texts
 
 
@@ -93,10 +94,26 @@ def build_model(cfg: BaseModelConfig, tokenizer: PreTrainedTokenizerFast) -> Lla
     return LlamaForCausalLM(config)
 
 
+def common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the token prefix shared by every sequence (the template's opening)."""
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for k in range(n):
+        if any(s[k] != first[k] for s in seqs):
+            return k
+    return n
+
+
 def pretrain(model, tokenizer, texts: list[str], cfg: BaseModelConfig, on_step=None) -> list[float]:
-    """Next-token prediction over the corpus with AdamW and a cosine schedule. Returns losses."""
+    """Next-token prediction with AdamW and a cosine schedule. Returns the losses.
+
+    Every corpus text starts with the same template tokens; that prefix is run once per
+    batch and shared by all rows (`grouped_completion_logprobs`), and the loss covers the
+    tokens after it (question, answer, EOS).
+    """
     g = torch.Generator().manual_seed(cfg.seed)
     ids = [tokenizer(t)["input_ids"] for t in texts]
+    k = max(1, common_prefix(ids) - 1)  # keep >= 1 token of each text after the prefix
+    prefix, rests = [ids[0][:k]], [s[k:] for s in ids]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1, betas=(0.9, 0.95))
     warmup = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -104,15 +121,16 @@ def pretrain(model, tokenizer, texts: list[str], cfg: BaseModelConfig, on_step=N
     model.train()
     losses = []
     for step in range(cfg.steps):
-        pick = torch.randint(len(ids), (cfg.batch_size,), generator=g).tolist()
-        width = max(len(ids[i]) for i in pick)
+        pick = torch.randint(len(rests), (cfg.batch_size,), generator=g).tolist()
+        width = max(len(rests[i]) for i in pick)
         batch = torch.full((cfg.batch_size, width), tokenizer.pad_token_id)  # (B, T)
-        mask = torch.zeros(cfg.batch_size, width, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(cfg.batch_size, width, dtype=torch.bool)  # (B, T)
         for row, i in enumerate(pick):
-            batch[row, : len(ids[i])] = torch.tensor(ids[i])
-            mask[row, : len(ids[i])] = 1
-        labels = batch.masked_fill(mask == 0, -100)  # (B, T)
-        loss = model(input_ids=batch, attention_mask=mask, labels=labels).loss
+            batch[row, : len(rests[i])] = torch.tensor(rests[i])
+            mask[row, : len(rests[i])] = True
+        logp, _ = grouped_completion_logprobs(model, prefix, torch.zeros(cfg.batch_size, dtype=torch.long), batch, mask,
+                                              tokenizer.pad_token_id)  # (B, T)
+        loss = -(logp * mask).sum() / mask.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

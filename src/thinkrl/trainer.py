@@ -28,7 +28,7 @@ import torch
 from thinkrl import grpo, rewards
 from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
-from thinkrl.logprobs import build_batch, completion_logprobs
+from thinkrl.logprobs import build_batch, completion_logprobs, grouped_completion_logprobs
 from thinkrl.metrics import PhaseTimer, mean, peak_rss_gib
 from thinkrl.rollout import SamplingParams, sample
 
@@ -106,24 +106,30 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
 
     mask = ro.completion_mask.float()  # (N, L)
     L = ro.completion_ids.shape[1]
-    ids, attn, pos = build_batch(ro.prompt_ids, ro.group, ro.completion_ids, ro.completion_mask, state.tokenizer.pad_token_id)
+    pad = state.tokenizer.pad_token_id
+    if g.share_prompt:
+        def logprobs_of(net, rows, want_entropy=False):
+            return grouped_completion_logprobs(net, ro.prompt_ids, ro.group[rows], ro.completion_ids[rows],
+                                               ro.completion_mask[rows], pad, g.temperature, g.logprob_chunk, want_entropy)
+    else:
+        ids, attn, pos = build_batch(ro.prompt_ids, ro.group, ro.completion_ids, ro.completion_mask, pad)
+
+        def logprobs_of(net, rows, want_entropy=False):
+            return completion_logprobs(net, ids[rows], attn[rows], pos[rows], L, g.temperature, g.logprob_chunk, want_entropy)
+
+    everyone = torch.arange(len(ro.texts))
     with timer("score"), torch.no_grad():
-        old_logp = ro.logprobs
-        if g.recompute_old_logprobs:
-            old_logp, _ = completion_logprobs(model, ids, attn, pos, L, g.temperature, g.logprob_chunk)
-        ref_logp = None
-        if state.ref_model is not None:
-            ref_logp, _ = completion_logprobs(state.ref_model, ids, attn, pos, L, g.temperature, g.logprob_chunk)
+        old_logp = logprobs_of(model, everyone)[0] if g.recompute_old_logprobs else ro.logprobs
+        ref_logp = None if state.ref_model is None else logprobs_of(state.ref_model, everyone)[0]
 
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip_frac": [], "grad_norm": [], "entropy": []}
     with timer("train"):
         model.train()
-        N = ids.shape[0]
+        N = len(ro.texts)
         for _ in range(g.mu):
             order = torch.randperm(N, generator=state.generator)
             for mb in order.chunk(g.minibatches):
-                logp, ent = completion_logprobs(model, ids[mb], attn[mb], pos[mb], L, g.temperature, g.logprob_chunk,
-                                                want_entropy=True)
+                logp, ent = logprobs_of(model, mb, want_entropy=True)
                 loss, s = grpo.grpo_loss(
                     logp, old_logp[mb], adv[mb], mask[mb], None if ref_logp is None else ref_logp[mb], g.beta,
                     g.epsilon_low, g.epsilon_high, g.kl_estimator, g.loss_aggregation, g.max_new_tokens)

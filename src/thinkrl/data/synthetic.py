@@ -1,14 +1,19 @@
-"""Synthetic verifiable tasks: sums of single-digit numbers, with a fixed train/held-out split.
+"""Synthetic verifiable tasks: last-digit arithmetic chains, with a fixed train/held-out split.
 
-A problem is "What is 3 + 5 + 2 + 7 ?" with gold "17". Its step-by-step solution is a
-chain of partial sums, "3 + 5 = 8 , 8 + 2 = 10 , 10 + 7 = 17": every step is a fact a
-tiny model learns easily, while the whole sum in one jump is hard for it. That gap is
-what the quickstart's RL must discover (reason first, then answer).
+A problem is a chain of operations on last digits, written as blanks to fill in:
+
+    Fill in the last digits : 7 * 3 = ? , ? + 4 = ? , ? * 2 = ? , ? + 5 = ? . What is the final ?
+
+with gold "5". Its step-by-step solution is the same line with the blanks filled,
+"7 * 3 = 1 , 1 + 4 = 5 , 5 * 2 = 0 , 0 + 5 = 5": every step is a one-digit fact next to the
+previous result, and each term sits at a fixed distance from where the question wrote it,
+so a tiny transformer learns the steps easily. Answering directly means composing all the
+multiplications and additions in one forward pass, which a tiny model mostly cannot do.
+That gap is what the quickstart's RL must discover (reason first, then answer).
 
 Which split a problem belongs to is a pure function of its text (a CRC32 bucket), so the
 pre-training corpus, the RL prompts and the held-out evaluation can never share a
-problem, whatever seeds or sizes are chosen. What is left out: countdown and other
-task families (add one by writing its generator and solution here).
+problem, whatever seeds or sizes are chosen. Left out: other task families (countdown).
 """
 
 from __future__ import annotations
@@ -20,33 +25,41 @@ from dataclasses import dataclass
 from thinkrl.data.loaders import Problem
 
 HELD_OUT_BUCKETS = 10  # 1 in 10 problems is held out
+OPS = {"+": lambda a, b: (a + b) % 10, "*": lambda a, b: (a * b) % 10}
 
 
 @dataclass(frozen=True)
 class ArithmeticTask:
-    """Sums of `min_terms`..`max_terms` digits drawn from 1..`max_digit`."""
+    """A start digit and `steps` operations (+ or *) with operands 1..9, all modulo 10."""
 
-    min_terms: int = 3
-    max_terms: int = 6
-    max_digit: int = 9
+    steps: int = 4
 
 
-def question_text(terms: list[int]) -> str:
-    return "What is " + " + ".join(str(t) for t in terms) + " ?"
+def question_text(start: int, ops: list[tuple[str, int]]) -> str:
+    blanks = [f"{start} {ops[0][0]} {ops[0][1]} = ?"] + [f"? {op} {b} = ?" for op, b in ops[1:]]
+    return "Fill in the last digits : " + " , ".join(blanks) + " . What is the final ?"
+
+
+def worked_steps(start: int, ops: list[tuple[str, int]]) -> str:
+    """The question's line with every blank filled: '7 * 3 = 1 , 1 + 4 = 5'."""
+    out, value = [], start
+    for op, b in ops:
+        new = OPS[op](value, b)
+        out.append(f"{value} {op} {b} = {new}")
+        value = new
+    return " , ".join(out)
+
+
+def final_value(start: int, ops: list[tuple[str, int]]) -> int:
+    value = start
+    for op, b in ops:
+        value = OPS[op](value, b)
+    return value
 
 
 def split_of(question: str) -> str:
     """'test' (held out) or 'train', decided by the question's text alone."""
     return "test" if zlib.crc32(question.encode()) % HELD_OUT_BUCKETS == 0 else "train"
-
-
-def worked_steps(terms: list[int]) -> str:
-    """The chain of partial sums: '3 + 5 = 8 , 8 + 2 = 10'."""
-    steps, total = [], terms[0]
-    for t in terms[1:]:
-        steps.append(f"{total} + {t} = {total + t}")
-        total += t
-    return " , ".join(steps)
 
 
 def sample_problems(n: int, split: str, seed: int, task: ArithmeticTask = ArithmeticTask()) -> list[Problem]:
@@ -59,14 +72,14 @@ def sample_problems(n: int, split: str, seed: int, task: ArithmeticTask = Arithm
     for _ in range(n * 200):
         if len(out) == n:
             break
-        k = rng.randint(task.min_terms, task.max_terms)
-        terms = [rng.randint(1, task.max_digit) for _ in range(k)]
-        q = question_text(terms)
+        start = rng.randint(0, 9)
+        ops = [(rng.choice("+*"), rng.randint(1, 9)) for _ in range(task.steps)]
+        q = question_text(start, ops)
         if q in seen or split_of(q) != split:
             continue
         seen.add(q)
-        out.append(Problem(id=f"arith-{split}-{len(out)}", question=q, answer=str(sum(terms)),
-                           solution=worked_steps(terms), meta={"terms": terms}))
+        out.append(Problem(id=f"chain-{split}-{len(out)}", question=q, answer=str(final_value(start, ops)),
+                           solution=worked_steps(start, ops), meta={"start": start, "ops": ops}))
     if len(out) < n:
         raise ValueError(f"only {len(out)} distinct {split} problems for {task}; asked for {n}")
     return out
