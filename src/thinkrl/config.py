@@ -162,6 +162,38 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return cfg
 
 
+def validate(cfg: Config) -> Config:
+    """Check choices before anything expensive runs; raises ConfigError naming the option."""
+    from thinkrl import grpo, rewards
+    from thinkrl.data.templates import PROMPT_BUILDERS
+
+    g = cfg.grpo
+    choices = {
+        "grpo.advantage_scale": (g.advantage_scale, grpo.ADVANTAGE_SCALES),
+        "grpo.loss_aggregation": (g.loss_aggregation, grpo.LOSS_AGGREGATIONS),
+        "grpo.kl_estimator": (g.kl_estimator, grpo.KL_ESTIMATORS),
+        "data.template": (cfg.data.template, tuple(PROMPT_BUILDERS)),
+        "model.dtype": (cfg.model.dtype, ("float32", "bfloat16")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}; choose one of {', '.join(allowed)}")
+    for name in cfg.rewards.weights:
+        if name not in rewards.REWARDS:
+            raise ConfigError(f"rewards.weights: unknown reward {name!r}; known: {', '.join(sorted(rewards.REWARDS))}")
+    positive = {"grpo.steps": g.steps, "grpo.prompts_per_step": g.prompts_per_step, "grpo.group_size": g.group_size,
+                "grpo.mu": g.mu, "grpo.minibatches": g.minibatches, "grpo.max_new_tokens": g.max_new_tokens,
+                "run.eval_samples": cfg.run.eval_samples}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}={value}; must be at least 1")
+    if g.group_size < 2:
+        raise ConfigError("grpo.group_size must be at least 2: advantages compare samples within a group")
+    if g.minibatches > g.prompts_per_step * g.group_size:
+        raise ConfigError(f"grpo.minibatches={g.minibatches} exceeds the {g.prompts_per_step * g.group_size} samples per step")
+    return cfg
+
+
 def describe_options() -> str:
     """Every option with its default and help, for `thinkrl train --help`."""
     lines = []

@@ -3,16 +3,21 @@
 Sampling at temperature 0.6 / top-p 0.95 by default (SPEC §5). Correctness is decided by the
 very reward code training uses (`rewards.score` with the accuracy reward), so evaluation
 and training can never disagree about what "correct" means. A verification timeout counts
-as incorrect here and is reported in `unverified`. Left out (see `thinkrl eval`, later):
-pass@k for k > 1, cons@k, benchmark loading and the CLI.
+as incorrect here and is reported in `unverified`. Each sample record also carries the
+extracted answer (`rewards.extract.extract_answer`, the reward's own extraction), which
+`passk.summarize` needs for cons@K. Left out: pass@k for k > 1, cons@K and the other
+metrics (`passk.py`), benchmark loading and the CLI (`eval_cli.py`).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from thinkrl import rewards
 from thinkrl.data.loaders import Problem
+from thinkrl.rewards.extract import extract_answer
 from thinkrl.rollout import SamplingParams, sample
 
 
@@ -26,8 +31,12 @@ def evaluate(
     seed: int = 0,
     completion_prefix: str = "",
     batch_prompts: int = 32,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict:
-    """Returns {accuracy, format, mean_length, truncated, unverified, samples: [...]}."""
+    """Returns {accuracy, format, mean_length, truncated, unverified, samples: [...]}.
+
+    `on_batch(n)` is called after each batch of n problems (e.g. to advance a progress bar).
+    """
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     records = []
     for start in range(0, len(problems), batch_prompts):
@@ -41,8 +50,11 @@ def evaluate(
             p = chunk[i // samples]
             acc = scored.per_reward["accuracy"][i]
             records.append({"id": p.id, "question": p.question, "answer": p.answer, "completion": text,
-                            "correct": acc == 1.0, "unverified": acc is None, "format": scored.per_reward["format"][i],
+                            "extracted": extract_answer(text), "correct": acc == 1.0, "unverified": acc is None,
+                            "format": scored.per_reward["format"][i],
                             "length": int(ro.lengths[i]), "truncated": bool(ro.truncated[i]), "reward": acc})
+        if on_batch is not None:
+            on_batch(len(chunk))
     n = max(len(records), 1)
     return {
         "accuracy": sum(r["correct"] for r in records) / n,

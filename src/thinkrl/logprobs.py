@@ -28,6 +28,16 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 
+def _pad_left(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, P)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)  # (B, P)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[b, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
 def build_batch(
     prompts: list[list[int]], group: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -36,16 +46,10 @@ def build_batch(
     prompts: B lists of ids; group: (N,) prompt index per row; completion_ids/mask: (N, L).
     Returns input_ids (N, P+L), attention_mask (N, P+L) long, position_ids (N, P+L).
     """
-    device = completion_ids.device
-    width = max(len(p) for p in prompts)
-    prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, P)
-    prompt_mask = torch.zeros(len(prompts), width, dtype=torch.long)  # (B, P)
-    for b, p in enumerate(prompts):
-        prompt_ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        prompt_mask[b, width - len(p):] = 1
-    rows = group.cpu()
-    input_ids = torch.cat([prompt_ids[rows].to(device), completion_ids], dim=1)  # (N, P+L)
-    attention_mask = torch.cat([prompt_mask[rows].to(device), completion_mask.long()], dim=1)  # (N, P+L)
+    prompt_ids, prompt_mask = _pad_left(prompts, pad_id, completion_ids.device)  # (B, P)
+    rows = group.to(completion_ids.device)
+    input_ids = torch.cat([prompt_ids[rows], completion_ids], dim=1)  # (N, P+L)
+    attention_mask = torch.cat([prompt_mask[rows], completion_mask.long()], dim=1)  # (N, P+L)
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (N, P+L)
     return input_ids, attention_mask, position_ids
 
@@ -88,16 +92,6 @@ def completion_logprobs(
     hidden = out.last_hidden_state[:, -completion_len - 1:-1]  # (N, L, H): state before each completion token
     targets = input_ids[:, -completion_len:]  # (N, L)
     return _logprobs_from_hidden(hidden, model.get_output_embeddings(), targets, T, chunk, want_entropy)
-
-
-def _pad_left(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, P)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)  # (B, P)
-    for b, p in enumerate(prompts):
-        ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[b, width - len(p):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def grouped_completion_logprobs(

@@ -102,6 +102,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
 
+    train_problems, eval_problems = load_problems(cfg)  # before anything slow: a bad dataset fails fast
     model_path = cfg.model.path
     if not model_path:  # the quickstart: our own base model
         model_path = str(run_dir / "base_model")
@@ -111,7 +112,6 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
             build_base_model(Path(model_path), cfg.base, lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
             bar.close()
     model, tokenizer = load_model(str(ckpt) if ckpt else model_path, "" if ckpt else cfg.model.gguf_file, cfg.model.dtype)
-    train_problems, eval_problems = load_problems(cfg)
     build, prefix = prompt_builder(cfg, tokenizer)
 
     if ckpt is None or not (run_dir / "eval_before.json").exists():

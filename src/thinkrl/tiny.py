@@ -1,7 +1,7 @@
 """The quickstart's "base model": a tiny Llama pre-trained from scratch on a synthetic corpus.
 
 Everything is built locally (no downloads): a byte-level BPE tokenizer trained on the
-corpus (digits always split, so numbers are spelled digit by digit), a Llama-style
+corpus, a Llama-style
 transformers model of about two million parameters, and plain next-token pre-training.
 
 The corpus is R1-Zero-templated arithmetic (see `data/synthetic.py`) answered in three
@@ -39,7 +39,7 @@ class BaseModelConfig:
     corpus_size: int = 12000       # problems in the pre-training corpus (train split only)
     reason_share: float = 0.3      # share answered with the worked chain of partial sums
     untagged_share: float = 0.1    # share answered without <think>/<answer> tags
-    vocab_size: int = 384
+    vocab_size: int = 1024
     hidden_size: int = 192
     layers: int = 4
     heads: int = 6
@@ -71,11 +71,14 @@ def build_corpus(cfg: BaseModelConfig, task: ArithmeticTask = ArithmeticTask()) 
 
 
 def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on `texts`; digits are always single tokens."""
+    """Byte-level BPE (GPT-2 pre-tokenisation) trained on `texts`.
+
+    " 7" and " ?" are each one token, so a filled-in step ("7 * 3 = 1") has exactly the
+    token layout of the question's blank ("7 * 3 = ?"), which keeps every step of the
+    worked solution at a fixed distance from the term it copies.
+    """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

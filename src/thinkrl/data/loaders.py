@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from thinkrl.rewards.extract import gsm8k_gold
+
 DATA_DIR_ENV = "THINKRL_DATA_DIR"
 
 
@@ -90,9 +92,10 @@ def _check_split(name: str, split: str, allowed: tuple[str, ...]) -> None:
 
 
 def _gsm8k_gold(answer: str, where: str) -> str:
-    if "####" not in answer:
-        raise DataError(f"{where}: GSM8K answer has no '####' final answer")
-    return answer.split("####")[-1].strip().replace(",", "")
+    try:
+        return gsm8k_gold(answer).replace(",", "")
+    except ValueError:
+        raise DataError(f"{where}: GSM8K answer has no '####' final answer") from None
 
 
 def load_gsm8k(split: str = "train", data_dir: str | Path | None = None) -> list[Problem]:

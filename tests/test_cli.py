@@ -1,0 +1,57 @@
+"""The command line: help text with paper values, clear errors for bad options, config round trip."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from thinkrl import cli
+from thinkrl.config import ConfigError, load_config, to_dict
+
+
+def test_help_lists_every_option_with_paper_values(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for needle in ("grpo.beta", "0.001 (R1-Zero)", "grpo.epsilon_high", "DAPO", "grpo.group_size",
+                   "rewards.weights", "run.eval_temperature", "grpo.ref_reset_every", "400"):
+        assert needle in out, needle
+
+
+@pytest.mark.parametrize("args, message", [
+    (["grpo.lr=fast"], "grpo.lr: expected float"),
+    (["grpo.nope=1"], "unknown option 'grpo.nope'"),
+    (["lr=1"], "unknown option 'lr'"),
+    (["grpo.lr"], "not key=value"),
+    (["--config", "/does/not/exist.yaml"], "does not exist"),
+    (["model.path=/nonexistent/model", "grpo.steps=1"], "model path '/nonexistent/model'"),
+    (["grpo.advantage_scale=zscore"], "choose one of group, batch, none"),
+    (["rewards.weights={nosuch: 1}"], "unknown reward 'nosuch'"),
+    (["grpo.group_size=1"], "at least 2"),
+    (["data.dataset=nosuch"], "data.dataset 'nosuch'"),
+])
+def test_bad_options_get_one_clear_line(args, message, capsys, tmp_path):
+    assert cli.main(["train", "--output-dir", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("thinkrl: error:") and message in err and len(err.splitlines()) == 1
+
+
+def test_yaml_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"grpo": {"lr": 2e-6, "group_size": 4}, "rewards": {"weights": {"accuracy": 1}}}))
+    cfg = load_config(recipe, ["grpo.group_size=16", "data.force_think=true", "grpo.stop_strings=[]"])
+    assert cfg.grpo.lr == 2e-6 and cfg.grpo.group_size == 16 and cfg.data.force_think is True
+    assert cfg.rewards.weights == {"accuracy": 1} and cfg.grpo.stop_strings == []
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert to_dict(load_config(again)) == to_dict(cfg)
+    with pytest.raises(ConfigError, match="section 'grpo' must be a mapping"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("grpo: 3\n")
+        load_config(bad)
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "thinkrl.cli", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "thinkrl train" in out.stdout
