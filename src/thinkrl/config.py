@@ -47,7 +47,7 @@ class DataConfig:
 
 @dataclass
 class GRPOConfig:
-    steps: int = opt(60, "Training steps (each: sample, reward, μ updates). Paper R1-Zero: 10,400.")
+    steps: int = opt(80, "Training steps (each: sample, reward, μ updates). Paper R1-Zero: 10,400.")
     prompts_per_step: int = opt(16, "B, questions per step. Paper R1-Zero: 32.")
     group_size: int = opt(8, "G, samples per question. Paper: 16 (R1-Zero), 64 (DeepSeekMath).")
     lr: float = opt(1e-4, "AdamW learning rate (constant after warm-up). Paper: 3e-6 (R1-Zero), 1e-6 (DeepSeekMath).")
@@ -65,7 +65,7 @@ class GRPOConfig:
     loss_aggregation: str = opt("seq_mean_group_mean", "seq_mean_group_mean (paper), token_mean (DAPO, TRL), seq_sum_const (Dr. GRPO).")
     temperature: float = opt(1.0, "Sampling temperature for rollouts (π is the tempered softmax). Paper R1-Zero: 1.0.")
     top_p: float = opt(1.0, "Top-p for rollouts. Paper: 1.0 in training (0.95 at evaluation).")
-    max_new_tokens: int = opt(96, "Maximum completion length. Paper R1-Zero: 32,768.")
+    max_new_tokens: int = opt(64, "Maximum completion length. Paper R1-Zero: 32,768.")
     stop_strings: list = opt(["</answer>"], "Generation stops after any of these strings (besides EOS).")
     recompute_old_logprobs: bool = opt(False, "Score samples in a separate pass for π_old instead of keeping the sampler's log-probs "
                                                "(needed if sampling runs in another precision or engine).")
@@ -113,6 +113,11 @@ def to_dict(cfg: Config) -> dict:
 def _coerce(value, typ, key: str):
     """Turn a YAML value or a command-line string into the field's type."""
     typ = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list}.get(typ, typ)
+    if isinstance(value, str) and typ is float:
+        try:
+            return float(value)  # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            raise ConfigError(f"{key}: expected float, got {value!r}") from None
     if isinstance(value, str) and typ is not str:
         try:
             value = yaml.safe_load(value)

@@ -29,7 +29,9 @@ from thinkrl.data.templates import THINK_OPEN, build_prompt
 from thinkrl.evaluate import evaluate
 from thinkrl.metrics import JsonlLog, peak_rss_gib
 from thinkrl.models import frozen_copy, load_model
+from thinkrl.passk import summarize
 from thinkrl.report import write_report
+from thinkrl.rewards.verify import verify_many
 from thinkrl.rollout import SamplingParams
 from thinkrl.tiny import build_base_model
 from thinkrl.trainer import PromptStream, TrainState, grpo_step, make_optimizer
@@ -68,7 +70,11 @@ def prompt_builder(cfg: Config, tokenizer):
 def _eval(model, tokenizer, problems, build, prefix, cfg: Config, seed: int) -> dict:
     params = SamplingParams(max_new_tokens=cfg.grpo.max_new_tokens, temperature=cfg.run.eval_temperature,
                             top_p=cfg.run.eval_top_p, stop_strings=tuple(cfg.grpo.stop_strings))
-    return evaluate(model, tokenizer, problems, build, cfg.run.eval_samples, params, seed, prefix)
+    result = evaluate(model, tokenizer, problems, build, cfg.run.eval_samples, params, seed, prefix)
+    # the very metrics `thinkrl eval` reports: pass@k, cons@k, p90 length, reflective words
+    result.update({k: v for k, v in summarize(result["samples"], cfg.run.eval_samples, verify_many).items()
+                   if k not in result})
+    return result
 
 
 def _save_eval(path: Path, result: dict) -> None:
@@ -197,6 +203,9 @@ def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, w
         "base_mean_length": before["mean_length"], "final_mean_length": after["mean_length"],
         "train_length_first_10pct": sum(first) / len(first), "train_length_last_10pct": sum(last) / len(last),
         "base_format": before["format"], "final_format": after["format"],
+        "base_cons@k": before.get("cons@k"), "final_cons@k": after.get("cons@k"),
+        "base_reflective_per_1k": before.get("reflective_per_1k_tokens", {}).get("total"),
+        "final_reflective_per_1k": after.get("reflective_per_1k_tokens", {}).get("total"),
         "eval_problems": after["problems"], "eval_samples_per_problem": after["samples_per_problem"],
         "steps": state.step, "wall_seconds": wall, "peak_rss_gib": peak_rss_gib(),
         "skipped_updates": state.counters["skipped_updates"], "reward_none": state.counters["reward_none"],
