@@ -368,3 +368,16 @@ def test_verify_is_thread_safe():
     for t in threads:
         t.join(timeout=30)
     assert out == [[True] * 5] * 4
+
+
+@pytest.mark.parametrize("text, want", [
+    ("so the answer is \\boxed{68}.", 1.0),
+    ("\\boxed{\\frac{1}{2}} done", 1.0),
+    ("\\boxed{} empty", 0.0),
+    ("\\boxed{ } blank", 0.0),
+    ("the answer is 68", 0.0),
+    ("unclosed \\boxed{68", 0.0),
+])
+def test_boxed_reward(text, want):
+    from thinkrl.rewards.format_reward import boxed_reward
+    assert boxed_reward([text]) == [want]

@@ -101,6 +101,12 @@ def _add_check_rewards(sub) -> None:
     cr.set_defaults(func=_check_rewards)
 
 
+def _add_sandbox(sub) -> None:
+    from thinkrl.sandbox.cli import add_parser  # `thinkrl sandbox run FILE.py`
+
+    add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thinkrl", description="Teach language models to reason with RL, the DeepSeek-R1 way.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
     _add_eval(sub)
     _add_check_rewards(sub)
+    _add_sandbox(sub)
     return parser
 
 

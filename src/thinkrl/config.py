@@ -34,7 +34,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = opt("arithmetic", "Training prompts: arithmetic (synthetic sums), gsm8k, math500, or a JSONL path.")
+    dataset: str = opt("arithmetic", "Training prompts: arithmetic (synthetic last-digit chains, the quickstart), addition (two-digit sums), gsm8k, math500, aime24, amc23, or a JSONL path.")
     data_dir: str = opt("", "Folder of the benchmark data (default: $THINKRL_DATA_DIR or ../shared/data). Never downloaded.")
     question_field: str = opt("question", "Question field when `dataset` is a JSONL path.")
     answer_field: str = opt("answer", "Gold answer field when `dataset` is a JSONL path.")

@@ -5,7 +5,9 @@ very reward code training uses (`rewards.score` with the accuracy reward), so ev
 and training can never disagree about what "correct" means. A verification timeout counts
 as incorrect here and is reported in `unverified`. Each sample record also carries the
 extracted answer (`rewards.extract.extract_answer`, the reward's own extraction), which
-`passk.summarize` needs for cons@K. Left out: pass@k for k > 1, cons@K and the other
+`passk.summarize` needs for cons@K. Code problems (HumanEval: `meta["source"]` in
+`KIND_BY_SOURCE`) are scored by the sandboxed `code` reward instead, and their "extracted
+answer" is the extracted program. Left out: pass@k for k > 1, cons@K and the other
 metrics (`passk.py`), benchmark loading and the CLI (`eval_cli.py`).
 """
 
@@ -17,8 +19,25 @@ import torch
 
 from thinkrl import rewards
 from thinkrl.data.loaders import Problem
+from thinkrl.rewards.code_reward import extract_program
 from thinkrl.rewards.extract import extract_answer
 from thinkrl.rollout import SamplingParams, sample
+
+
+def _math_columns(chunk: list[Problem], samples: int) -> dict[str, list]:
+    return {"answer": [p.answer for p in chunk for _ in range(samples)]}
+
+
+def _code_columns(chunk: list[Problem], samples: int) -> dict[str, list]:
+    return {k: [p.meta[k] for p in chunk for _ in range(samples)] for k in ("prompt", "test", "entry_point")}
+
+
+# problem kind -> (reward that decides correctness, its columns, the answer extractor)
+SCORERS: dict[str, tuple[str, Callable[[list[Problem], int], dict[str, list]], Callable[[str], str | None]]] = {
+    "math": ("accuracy", _math_columns, extract_answer),
+    "code": ("code", _code_columns, extract_program),
+}
+KIND_BY_SOURCE: dict[str, str] = {"humaneval": "code"}  # meta["source"] -> kind; default math
 
 
 def evaluate(
@@ -44,13 +63,13 @@ def evaluate(
         prompts = [tokenizer(build_prompt(p.question), add_special_tokens=False)["input_ids"] for p in chunk]
         ro = sample(model, tokenizer, prompts, samples, params, generator)
         texts = [completion_prefix + t for t in ro.texts]
-        answers = [p.answer for p in chunk for _ in range(samples)]
-        scored = rewards.score(texts, {"answer": answers}, {"accuracy": 1.0, "format": 0.0})
+        reward, columns, extract = SCORERS[KIND_BY_SOURCE.get(chunk[0].meta.get("source"), "math")]
+        scored = rewards.score(texts, columns(chunk, samples), {reward: 1.0, "format": 0.0})
         for i, text in enumerate(texts):
             p = chunk[i // samples]
-            acc = scored.per_reward["accuracy"][i]
+            acc = scored.per_reward[reward][i]
             records.append({"id": p.id, "question": p.question, "answer": p.answer, "completion": text,
-                            "extracted": extract_answer(text), "correct": acc == 1.0, "unverified": acc is None,
+                            "extracted": extract(text), "correct": acc == 1.0, "unverified": acc is None,
                             "format": scored.per_reward["format"][i],
                             "length": int(ro.lengths[i]), "truncated": bool(ro.truncated[i]), "reward": acc})
         if on_batch is not None:

@@ -40,9 +40,10 @@ from thinkrl.trainer import PromptStream, TrainState, grpo_step, make_optimizer
 def load_problems(cfg: Config) -> tuple[list[loaders.Problem], list[loaders.Problem]]:
     """(train problems, held-out problems) for `data.dataset`."""
     d = cfg.data
-    if d.dataset == "arithmetic":
-        return (synthetic.sample_problems(d.train_size, "train", cfg.run.seed),
-                synthetic.sample_problems(d.eval_size, "test", cfg.run.seed))
+    family = {"arithmetic": "chain", "addition": "addition"}.get(d.dataset)
+    if family:
+        return (synthetic.sample_problems(d.train_size, "train", cfg.run.seed, family=family),
+                synthetic.sample_problems(d.eval_size, "test", cfg.run.seed, family=family))
     data_dir = d.data_dir or None
     if d.dataset == "gsm8k":
         train, test = loaders.load_gsm8k("train", data_dir), loaders.load_gsm8k("test", data_dir)
@@ -54,7 +55,7 @@ def load_problems(cfg: Config) -> tuple[list[loaders.Problem], list[loaders.Prob
         test, train = rows[: d.eval_size], rows[d.eval_size:]
     else:
         raise config_mod.ConfigError(
-            f"data.dataset {d.dataset!r}: use arithmetic, {', '.join(loaders.BENCHMARKS)} or a .jsonl path")
+            f"data.dataset {d.dataset!r}: use arithmetic, addition, {', '.join(loaders.BENCHMARKS)} or a .jsonl path")
     if not train:
         raise config_mod.ConfigError(f"data.dataset {d.dataset!r} leaves no training problems after eval_size={d.eval_size}")
     return (train[: d.train_size] if d.train_size else train), test[: d.eval_size]

@@ -2,11 +2,13 @@
 
 What it does: strict JSONL reading (errors name `file:line`), and loaders for the
 bundled benchmarks in the shared data folder (GSM8K, MATH-500, AIME 2024, AMC 2023)
-plus any JSONL file of question/answer rows.
+plus any JSONL file of question/answer rows; and HumanEval (`load_humaneval`, in
+`CODE_BENCHMARKS`, not `BENCHMARKS`: its problems are code, checked by the `code` reward
+through `meta["prompt"]`, `meta["test"]`, `meta["entry_point"]`).
 
 What it leaves out: downloading (never; the data must already be on disk), answer
 normalisation beyond GSM8K's "#### 1,234" -> "1234" (the reward compares answers),
-prompt formatting (see templates.py), and HumanEval (code, not a `Problem`).
+prompt formatting (see templates.py).
 """
 
 from __future__ import annotations
@@ -165,6 +167,31 @@ def load_jsonl_problems(
         ))
     return problems
 
+
+def load_humaneval(split: str = "test", data_dir: str | Path | None = None) -> list[Problem]:
+    """HumanEval (164 problems) from humaneval/HumanEval.jsonl.gz.
+
+    question = the prompt (signature + docstring), answer = solution = the canonical body,
+    meta = {source, split, prompt, test, entry_point}: the `code` reward's columns.
+    """
+    _check_split("humaneval", split, ("test",))
+    path = _resolve(data_dir) / "humaneval" / "HumanEval.jsonl.gz"
+    required = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+    problems = []
+    for lineno, row in iter_jsonl(path, required=required):
+        bad = [k for k in required if not isinstance(row[k], str)]
+        if bad:
+            raise DataError(f"{path}:{lineno}: field(s) {bad} must be strings")
+        problems.append(Problem(
+            id=row["task_id"], question=row["prompt"], answer=row["canonical_solution"],
+            solution=row["canonical_solution"],
+            meta={"source": "humaneval", "split": split, "prompt": row["prompt"], "test": row["test"],
+                  "entry_point": row["entry_point"]},
+        ))
+    return problems
+
+
+CODE_BENCHMARKS: dict[str, Callable[..., list[Problem]]] = {"humaneval": load_humaneval}
 
 BENCHMARKS: dict[str, Callable[..., list[Problem]]] = {
     "gsm8k": load_gsm8k,

@@ -13,7 +13,8 @@ That gap is what the quickstart's RL must discover (reason first, then answer).
 
 Which split a problem belongs to is a pure function of its text (a CRC32 bucket), so the
 pre-training corpus, the RL prompts and the held-out evaluation can never share a
-problem, whatever seeds or sizes are chosen. Left out: other task families (countdown).
+problem, whatever seeds or sizes are chosen. A second family, `addition` ("What is 23 +
+45?"), is for pretrained chat models (the SmolLM2 recipe). Left out: countdown.
 """
 
 from __future__ import annotations
@@ -62,24 +63,39 @@ def split_of(question: str) -> str:
     return "test" if zlib.crc32(question.encode()) % HELD_OUT_BUCKETS == 0 else "train"
 
 
-def sample_problems(n: int, split: str, seed: int, task: ArithmeticTask = ArithmeticTask()) -> list[Problem]:
-    """n distinct problems from one split ('train' or 'test'), reproducible from seed."""
+def _chain(rng: random.Random, task: ArithmeticTask) -> tuple[str, str, str, dict]:
+    start = rng.randint(0, 9)
+    ops = [(rng.choice("+*"), rng.randint(1, 9)) for _ in range(task.steps)]
+    return (question_text(start, ops), str(final_value(start, ops)), worked_steps(start, ops),
+            {"start": start, "ops": ops})
+
+
+def _addition(rng: random.Random, task: ArithmeticTask) -> tuple[str, str, str, dict]:
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    return f"What is {a} + {b}?", str(a + b), f"{a} + {b} = {a + b}", {"terms": [a, b]}
+
+
+FAMILIES = {"chain": _chain, "addition": _addition}
+
+
+def sample_problems(n: int, split: str, seed: int, task: ArithmeticTask = ArithmeticTask(),
+                    family: str = "chain") -> list[Problem]:
+    """n distinct problems of one family from one split ('train' or 'test'), reproducible from seed."""
     if split not in ("train", "test"):
         raise ValueError(f"split {split!r}; choose 'train' or 'test'")
+    if family not in FAMILIES:
+        raise ValueError(f"task family {family!r}; choose one of {', '.join(FAMILIES)}")
     rng = random.Random(f"{seed}-{split}")
     seen: set[str] = set()
     out: list[Problem] = []
     for _ in range(n * 200):
         if len(out) == n:
             break
-        start = rng.randint(0, 9)
-        ops = [(rng.choice("+*"), rng.randint(1, 9)) for _ in range(task.steps)]
-        q = question_text(start, ops)
+        q, answer, solution, meta = FAMILIES[family](rng, task)
         if q in seen or split_of(q) != split:
             continue
         seen.add(q)
-        out.append(Problem(id=f"chain-{split}-{len(out)}", question=q, answer=str(final_value(start, ops)),
-                           solution=worked_steps(start, ops), meta={"start": start, "ops": ops}))
+        out.append(Problem(id=f"{family}-{split}-{len(out)}", question=q, answer=answer, solution=solution, meta=meta))
     if len(out) < n:
-        raise ValueError(f"only {len(out)} distinct {split} problems for {task}; asked for {n}")
+        raise ValueError(f"only {len(out)} distinct {split} {family} problems; asked for {n}")
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 
+from .extract import last_boxed
 from .registry import register
 
 __all__ = ["EOS_MARKERS", "is_well_formatted", "format_reward"]
@@ -48,3 +49,11 @@ def is_well_formatted(completion: str) -> bool:
 def format_reward(completions: list[str], **_) -> list[float | None]:
     """1.0 for each well-formatted completion, else 0.0 (never None)."""
     return [1.0 if is_well_formatted(c) else 0.0 for c in completions]
+
+
+@register("boxed")
+def boxed_reward(completions: list[str], **_) -> list[float | None]:
+    """1.0 if the completion puts a non-empty final answer in \\boxed{} (the paper's evaluation
+    format for chat models without <think> tags), else 0.0. A shaping reward: it says
+    nothing about correctness; pair it with `accuracy`."""
+    return [1.0 if (last_boxed(c) or "").strip() else 0.0 for c in completions]

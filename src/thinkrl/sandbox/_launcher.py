@@ -27,6 +27,7 @@ output (the host does that from bytes).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -66,7 +67,7 @@ def _drop_capabilities() -> None:
 def _place_fds(cfg: dict, keep: int) -> None:
     """0-2 stay; the RPC pipes go to 3 and 4; everything else (but ``keep``) is closed."""
     rpc = cfg.get("rpc_fds") or []
-    high = [os.dup(fd) for fd in rpc]  # out of the way before dup2 onto 3/4
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 256) for fd in rpc]  # out of the way of 3/4
     for fd, target in zip(high, RPC_FDS):
         os.dup2(fd, target, inheritable=True)
     top = RPC_FDS[len(rpc) - 1] + 1 if rpc else 3
@@ -163,12 +164,11 @@ def sweep_uid(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def _init_main(cfg: dict, launcher_pid: int) -> None:
+def _init_main(cfg: dict) -> None:
     """PID 1 of the new namespaces: build the root, run the program, report."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _prctl(PR_SET_DUMPABLE, 0)
-    if os.getppid() != launcher_pid:
-        os._exit(1)  # the launcher died before we set the death signal
+    # (Had the launcher died before the prctl, the host's killpg still reaches us: same group.)
     pidns = os.readlink("/proc/self/ns/pid")
     _rootfs.build(cfg)
     report(cfg, event="ready", pidns=pidns)
@@ -196,11 +196,10 @@ def _namespaces_main(cfg: dict) -> None:
         raise OSError(e, f"unshare({'+'.join(kinds)}): {os.strerror(e)}")
     if cfg.get("userns"):
         _write_id_maps(cfg)
-    me = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
-            _init_main(cfg, me)
+            _init_main(cfg)
         except BaseException as e:  # noqa: BLE001
             report(cfg, event="error", message=f"sandbox setup failed: {type(e).__name__}: {e}")
             os._exit(1)
