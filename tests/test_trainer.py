@@ -63,12 +63,16 @@ def test_beta_zero_loads_no_reference(tiny_model, tiny_tokenizer):
     assert state.ref_model is None
 
 
+EXTRA: list = []
+
+
 def _cfg(tmp_path, base, name, steps):
     cfg = load_config(overrides=[
         f"model.path={base}", f"run.output_dir={tmp_path / name}", f"grpo.steps={steps}", "grpo.prompts_per_step=2",
         "grpo.group_size=4", "grpo.max_new_tokens=12", "grpo.beta=0.01", "grpo.ref_reset_every=3",
         "grpo.minibatches=2", "grpo.mu=2", "grpo.lr=0.003", "data.train_size=16", "data.eval_size=2",
-        "run.eval_samples=2", "run.checkpoint_every=2", "run.progress=false"])
+        "run.eval_samples=2", "run.checkpoint_every=2", "run.progress=false",
+        "rewards.weights={test_length: 1.0, format: 1.0}", *EXTRA])
     return cfg
 
 
@@ -80,7 +84,7 @@ def base_dir(tmp_path_factory):
     return tiny.build_base_model(out, cfg)
 
 
-def test_resume_is_bit_identical(tmp_path, base_dir, monkeypatch):
+def test_resume_is_bit_identical(tmp_path, base_dir, monkeypatch, length_reward):
     straight = run_mod.train_run(_cfg(tmp_path, base_dir, "straight", 5), log=lambda *_: None)
 
     real_step = run_mod.grpo_step
@@ -101,9 +105,13 @@ def test_resume_is_bit_identical(tmp_path, base_dir, monkeypatch):
     a = load_file(str(straight / "final_model/model.safetensors"))
     b = load_file(str(resumed / "final_model/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = load_file(str(base_dir / "model.safetensors"))
+    assert any(not torch.equal(a[k], base[k]) for k in a)  # training did move the weights
     steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
     summary = json.loads((resumed / "summary.json").read_text())
     for key in ("base_accuracy", "final_accuracy", "base_mean_length", "final_mean_length", "wall_seconds", "steps"):
         assert key in summary
     assert (resumed / "report.md").exists() and (resumed / "config.yaml").exists()
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(resumed / "final_model")

@@ -89,6 +89,8 @@ class RunConfig:
     eval_temperature: float = opt(0.6, "Evaluation temperature. Paper: 0.6.")
     eval_top_p: float = opt(0.95, "Evaluation top-p. Paper: 0.95.")
     threads: int = opt(0, "torch CPU threads (0 = leave torch's default).")
+    deterministic: bool = opt(True, "torch deterministic algorithms (warn-only): with 2+ threads, the prompt-sharing "
+                                    "gather's backward otherwise accumulates in a varying order, and resumes drift by 1 ulp.")
     progress: bool = opt(True, "Show a progress bar.")
 
 

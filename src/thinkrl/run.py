@@ -107,6 +107,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
         ckpt = None
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    torch.use_deterministic_algorithms(cfg.run.deterministic, warn_only=True)
     torch.manual_seed(cfg.run.seed)
 
     train_problems, eval_problems = load_problems(cfg)  # before anything slow: a bad dataset fails fast
