@@ -119,14 +119,16 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") ->
       k3 = exp(log_r) - log_r - 1      (the paper's: unbiased, always ≥ 0)
     Returns (N, T).
     """
-    log_r = ref_logp - logp  # (N, T)
-    if kind == "k1":
-        return -log_r
-    if kind == "k2":
-        return 0.5 * log_r.pow(2)
-    if kind == "k3":
-        return torch.exp(log_r) - log_r - 1.0
-    raise ValueError(f"KL estimator {kind!r}; choose one of {KL_ESTIMATORS}")
+    if kind not in _KL:
+        raise ValueError(f"KL estimator {kind!r}; choose one of {KL_ESTIMATORS}")
+    return _KL[kind](ref_logp - logp)  # log_r: (N, T)
+
+
+_KL = {
+    "k1": lambda log_r: -log_r,
+    "k2": lambda log_r: 0.5 * log_r.pow(2),
+    "k3": lambda log_r: torch.exp(log_r) - log_r - 1.0,
+}
 
 
 def aggregate_loss(
@@ -143,18 +145,16 @@ def aggregate_loss(
                          (Dr. GRPO; const_len is usually the max completion length).
     Sequences with no valid token contribute 0 to the sequence mean but still count in N.
     """
+    if mode not in LOSS_AGGREGATIONS:
+        raise ValueError(f"loss aggregation {mode!r}; choose one of {LOSS_AGGREGATIONS}")
+    if mode == "seq_sum_const" and not const_len:
+        raise ValueError("seq_sum_const aggregation needs const_len > 0")
     m = mask.to(token_loss.dtype)  # (N, T)
     masked = token_loss * m  # (N, T)
-    if mode == "seq_mean_group_mean":
-        per_seq = masked.sum(-1) / m.sum(-1).clamp(min=1.0)  # (N,)
-        return per_seq.mean()
     if mode == "token_mean":
         return masked.sum() / m.sum().clamp(min=1.0)
-    if mode == "seq_sum_const":
-        if not const_len:
-            raise ValueError("seq_sum_const aggregation needs const_len > 0")
-        return (masked.sum(-1) / const_len).mean()
-    raise ValueError(f"loss aggregation {mode!r}; choose one of {LOSS_AGGREGATIONS}")
+    denom = m.sum(-1).clamp(min=1.0) if mode == "seq_mean_group_mean" else float(const_len)  # (N,) or scalar
+    return (masked.sum(-1) / denom).mean()
 
 
 def grpo_loss(
