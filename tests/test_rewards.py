@@ -381,3 +381,18 @@ def test_verify_is_thread_safe():
 def test_boxed_reward(text, want):
     from thinkrl.rewards.format_reward import boxed_reward
     assert boxed_reward([text]) == [want]
+
+
+@pytest.mark.parametrize("text, want", [
+    ("<answer>3\\sqrt{13}.</answer>", "3\\sqrt{13}"),
+    ("<answer> 18. </answer>", "18"),
+    ("<answer>$x+1$.</answer>", "x+1"),
+    ("<answer>1, 2, \\ldots</answer>", "1, 2, \\ldots"),
+])
+def test_sentence_period_is_dropped(text, want):
+    assert extract_answer(text) == want
+
+
+def test_latex_answer_with_period_is_correct():
+    from thinkrl.rewards.math_reward import accuracy_reward
+    assert accuracy_reward(["<answer>3\\sqrt{13}.</answer>"], answer=["3\\sqrt{13}"]) == [1.0]

@@ -111,7 +111,8 @@ def extract_answer(text: str) -> str | None:
     2. Otherwise the last ``\\boxed{}`` / ``\\fbox{}`` / ``\\boxed X`` anywhere.
     3. Otherwise None. An unclosed ``<answer>`` (truncated generation) is no answer.
 
-    Math-mode delimiters enclosing the whole answer (``$18$``, ``\\(x\\)``) are removed.
+    Math-mode delimiters enclosing the whole answer (``$18$``, ``\\(x\\)``) are removed,
+    and so is a sentence-ending period (``3\\sqrt{13}.``), which math-verify would reject.
     """
     end = text.rfind(_CLOSE)
     start = text.rfind(_OPEN, 0, end) if end >= 0 else -1
@@ -123,7 +124,9 @@ def extract_answer(text: str) -> str | None:
         answer = last_boxed(text)
         if answer is None:
             return None
-    answer = _unwrap_math(answer)
+    answer = _unwrap_math(answer.strip())
+    if answer.endswith(".") and not answer.endswith(".."):
+        answer = _unwrap_math(answer[:-1].rstrip())
     return answer or None
 
 
