@@ -11,8 +11,12 @@ Generation stops at EOS or at "</answer>" (as in training). User errors (unknown
 benchmark, bad option values, data or model files missing) raise ConfigError,
 DataError or FileNotFoundError, which the CLI turns into one `thinkrl: error:` line.
 
-Left out: code benchmarks, greedy-only shortcuts, multi-GPU, resuming a partial run,
-forcing an opening <think> into the prompt.
+HumanEval (`--benchmark humaneval`): the prompt is the function stub plus `CODE_SUFFIX`,
+samples are scored by the sandboxed `code` reward (refused up front with a ConfigError
+when the required sandbox isolation is unavailable), and cons@K groups identical programs.
+
+Left out: other code benchmarks, greedy-only shortcuts, multi-GPU, resuming a partial
+run, forcing an opening <think> into the prompt.
 """
 
 from __future__ import annotations
@@ -35,14 +39,19 @@ from thinkrl.data.templates import MATH_SUFFIX, build_prompt
 from thinkrl.evaluate import evaluate
 from thinkrl.models import load_model, resolve_model_path
 from thinkrl.passk import summarize
+from thinkrl.rewards import code_reward
 from thinkrl.rewards.verify import verify_many
 from thinkrl.rollout import SamplingParams
+from thinkrl.sandbox import refusal as sandbox_refusal
 
 ARITHMETIC_SIZE = 200  # held-out arithmetic problems when --limit is not given
 STOP_STRINGS = ("</answer>",)  # as the training default
 # Suffix when neither --suffix nor --no-suffix is given: the R1-Zero template already asks
 # for <answer> tags; chat and plain prompts get the paper's boxed-answer instruction.
 DEFAULT_SUFFIX: dict[str, str | None] = {"r1_zero": None, "chat": MATH_SUFFIX, "plain": MATH_SUFFIX}
+CODE_SUFFIX = "Complete the Python function above. Give the whole function in a ```python code block."
+BENCHMARK_SUFFIX: dict[str, str] = {"humaneval": CODE_SUFFIX}  # default suffix by benchmark, any template
+CODE_BENCHMARKS = frozenset(loaders.CODE_BENCHMARKS)
 DEVICES: dict[str, Callable[[], str]] = {
     "auto": lambda: "cuda" if torch.cuda.is_available() else "cpu",
     "cpu": lambda: "cpu",
@@ -82,10 +91,24 @@ def _jsonl(args) -> tuple[list[loaders.Problem], str]:
     return loaders.load_jsonl_problems(path, args.question_field, args.answer_field), str(path.resolve())
 
 
+def _humaneval(args) -> tuple[list[loaders.Problem], str]:
+    data_dir = Path(args.data_dir) if args.data_dir else loaders.default_data_dir()
+    return loaders.load_humaneval("test", data_dir), str(data_dir / "humaneval" / "HumanEval.jsonl.gz")
+
+
 BENCHMARK_LOADERS: dict[str, Callable[[Any], tuple[list[loaders.Problem], str]]] = {
     "arithmetic": _arithmetic,
     **{name: partial(_bundled, name) for name in loaders.BENCHMARKS},
+    "humaneval": _humaneval,
 }
+
+
+def _same_program(pairs: list[tuple[str, str]]) -> list[bool]:
+    """cons@K for code: programs are "equivalent" only when their text is identical."""
+    return [a == b for a, b in pairs]
+
+
+EQUIVALENCE: dict[bool, Callable] = {False: verify_many, True: _same_program}  # keyed by "is code"
 
 
 def load_problems(args) -> tuple[list[loaders.Problem], str]:
@@ -110,7 +133,9 @@ def choose_prompt(args, tokenizer) -> tuple[str, str | None]:
         raise ConfigError("--template chat: this tokenizer has no chat template; use r1_zero or plain")
     if args.no_suffix:
         return template, None
-    return template, args.suffix if args.suffix is not None else DEFAULT_SUFFIX[template]
+    if args.suffix is not None:
+        return template, args.suffix
+    return template, BENCHMARK_SUFFIX.get(args.benchmark, DEFAULT_SUFFIX[template])
 
 
 def _sample_row(r: dict, index: int) -> dict:
@@ -134,6 +159,13 @@ def run_eval(args) -> dict:
     problems, source = load_problems(args)  # before the model: bad data fails fast
     if not problems:
         raise ConfigError(f"--benchmark {args.benchmark}: no problems to evaluate")
+    is_code = args.benchmark in CODE_BENCHMARKS
+    try:
+        refused = sandbox_refusal(code_reward.sandbox_config()) if is_code else None
+    except ValueError as e:  # a bad $THINKRL_SANDBOX_ISOLATION
+        raise ConfigError(str(e)) from None
+    if refused:
+        raise ConfigError(f"--benchmark {args.benchmark} runs model-written code: {refused}")
     out_dir = Path(args.output or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S"))
     device = DEVICES[args.device]()
     torch.manual_seed(args.seed)
@@ -152,7 +184,7 @@ def run_eval(args) -> dict:
     eval_seconds = time.time() - t0
     bar.close()
 
-    metrics = summarize(result["samples"], args.samples, verify_many)
+    metrics = summarize(result["samples"], args.samples, EQUIVALENCE[is_code])
     summary = {
         **metrics,
         "format": result["format"],

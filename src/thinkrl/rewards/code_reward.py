@@ -15,8 +15,9 @@ not parse; None (no signal, never 0) when the sandbox refused (required isolatio
 unavailable, sandbox could not start), the test code is broken, or the sample has no tests.
 
 Configuration: :data:`SETTINGS` (``configure(...)``): sandbox isolation and limits
-(default: ``SandboxConfig()``, i.e. namespaces unless ``$THINKRL_SANDBOX_ISOLATION``
-says otherwise, 10 s per program), worker count.
+(default: ``SandboxConfig()`` built at each call, i.e. namespaces unless
+``$THINKRL_SANDBOX_ISOLATION`` says otherwise, 10 s per program), worker count (default:
+the CPUs this process may use).
 
 What it leaves out: format checks (``format``), partial credit inside one HumanEval
 ``check``, special judges, languages other than Python.
@@ -37,7 +38,7 @@ from thinkrl.sandbox.pool import default_workers, run_parallel
 
 from .registry import register
 
-__all__ = ["extract_program", "parses", "CodeRewardSettings", "SETTINGS", "configure", "code_reward",
+__all__ = ["extract_program", "parses", "sandbox_config", "CodeRewardSettings", "SETTINGS", "configure", "code_reward",
            "code_fraction_reward", "score_programs"]
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 @dataclass
 class CodeRewardSettings:
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    sandbox: SandboxConfig | None = None  # None: SandboxConfig() (from the environment) at each call
     workers: int = field(default_factory=default_workers)
 
 
@@ -60,6 +61,11 @@ def configure(**changes: Any) -> CodeRewardSettings:
     global SETTINGS
     SETTINGS = replace(SETTINGS, **changes)
     return SETTINGS
+
+
+def sandbox_config(settings: CodeRewardSettings | None = None) -> SandboxConfig:
+    """The sandbox configuration the reward uses now (ValueError for a bad environment value)."""
+    return (settings or SETTINGS).sandbox or SandboxConfig()
 
 
 def extract_program(text: str) -> str | None:
@@ -141,7 +147,8 @@ def score_programs(completions: list[str], columns: dict[str, list], fraction: b
         if values is not None and len(values) != n:
             raise ValueError(f"{n} completions but {len(values)} values in column {name!r}")
     rows = [{k: v[i] for k, v in columns.items() if v is not None} for i in range(n)]
-    jobs = [_job(c, row, fraction, s.sandbox) for c, row in zip(completions, rows)]
+    cfg = sandbox_config(s)
+    jobs = [_job(c, row, fraction, cfg) for c, row in zip(completions, rows)]
     return run_parallel(_safe, jobs, s.workers)
 
 

@@ -7,7 +7,7 @@ imports thinkrl, and reports to the host over ``status_fd`` as JSON lines (``spa
 Modes (``config["mode"]``):
 
 - ``namespaces``: ``unshare(2)`` new mount, PID, network, IPC and UTS namespaces (plus a
-  user namespace when not root, or when ``userns`` is set), fork; the child is PID 1 of
+  user namespace mapping only our own uid when not root: ``userns``), fork; the child is PID 1 of
   the new PID namespace ("init"). Init builds a minimal read-only root (:mod:`_rootfs`),
   then forks the program, which drops to the run's dedicated uid (root host) or loses all
   capabilities (user namespace), sets ``no_new_privs`` and the rlimits, and ``execve``s
@@ -78,7 +78,9 @@ def _place_fds(cfg: dict, keep: int) -> None:
 def _exec_program(cfg: dict, err_fd: int) -> None:
     """In the forked program process: become unprivileged, limit, exec. Never returns."""
     try:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        high = fcntl.fcntl(err_fd, fcntl.F_DUPFD_CLOEXEC, 256)  # keep 3/4 free for the RPC pipes
+        os.close(err_fd)
+        err_fd = high
         _place_fds(cfg, err_fd)
         uid = cfg.get("uid")
         if cfg["mode"] != "none":
@@ -92,6 +94,7 @@ def _exec_program(cfg: dict, err_fd: int) -> None:
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
             for name, soft, hard in cfg["rlimits"]:
                 resource.setrlimit(getattr(resource, name), (soft, hard))
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
         os.chdir(cfg["cwd"])
         os.umask(0o077)
         os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])

@@ -142,12 +142,24 @@ class LaunchedProcess:
                 self.sel.unregister(fd)
                 del self._pending[fd]
 
-    def _read(self, fd: int) -> None:
+    def _drain(self) -> None:
+        """Read what the pipes already hold, without waiting (e.g. events the pump never reached)."""
+        for fd in list(self._open):
+            for _ in range(64):  # at most 4 MiB a pipe
+                if fd not in self._open or not self._read(fd):
+                    break
+
+    def _read(self, fd: int) -> bool:
+        """One read from ``fd``; False if nothing was there."""
         name = self._names[fd]
         try:
             data = os.read(fd, READ)
         except BlockingIOError:
-            return
+            return False
+        self._consume(fd, name, data)
+        return True
+
+    def _consume(self, fd: int, name: str, data: bytes) -> None:
         if not data:
             self.sel.unregister(fd)
             self._open.discard(fd)
@@ -162,7 +174,7 @@ class LaunchedProcess:
             self.over_cap |= len(buf) > self.cap
 
     def finished(self) -> bool:
-        streams_closed = not any(self._names[fd] in ("stdout", "stderr") for fd in self._open)
+        streams_closed = not any(self._names[fd] != "status" for fd in self._open)
         status_closed = not any(self._names[fd] == "status" for fd in self._open)
         if self._exit_seen_at is not None:
             return streams_closed or time.monotonic() - self._exit_seen_at > EXIT_GRACE
@@ -197,6 +209,7 @@ class LaunchedProcess:
         self.popen.wait()
         if self.init_pid is not None:
             wait_gone(self.init_pid, timeout=5.0)
+        self._drain()
         for fd in list(self._names) + list(self._pending):
             try:
                 self.sel.unregister(fd)
@@ -225,3 +238,29 @@ def wait_gone(pid: int, timeout: float) -> bool:
         if time.monotonic() > end:
             return False
         time.sleep(0.005)
+
+
+def uid_processes(uid: int) -> list[int]:
+    """Live (not zombie) processes whose real uid is ``uid``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = Path(entry.path, "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith(("Z", "X")):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_uid_gone(uid: int, timeout: float) -> bool:
+    """Wait until no live process of ``uid`` is left (SIGKILLed ones take a moment to exit)."""
+    end = time.monotonic() + timeout
+    while uid_processes(uid):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.005)
+    return True

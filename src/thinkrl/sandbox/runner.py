@@ -18,7 +18,6 @@ What it leaves out: judging output (callers compare bytes), namespaces and mount
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -26,17 +25,21 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
 from . import isolation
-from ._process import LAUNCHER, LaunchedProcess
+from ._process import LAUNCHER, LaunchedProcess, wait_uid_gone
 from .isolation import SandboxConfig
 
 __all__ = ["RunResult", "Channel", "ChannelError", "run", "refusal", "PROBE_MESSAGE"]
 
 PROBE_MESSAGE = "sandbox-probe-ok"
+PROBE_RETRY_SECONDS = 30.0
+_probe_lock = threading.Lock()
+_probe_cache: dict[str, tuple[float, str | None]] = {}
 MEMORY_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"out of memory")
 RPC_LINE_CAP = 8 << 20  # bytes of one RPC response
 
@@ -152,13 +155,13 @@ def _sweep(uid: int) -> None:
 
 def run(files: Mapping[str, str | bytes], main: str = "main.py", stdin: bytes | None = None,
         config: SandboxConfig | None = None, interact: Callable[[Channel], Any] | None = None,
-        _probe: bool = False) -> RunResult:
+        probing: bool = False) -> RunResult:
     """Run ``files[main]`` with ``python -I -S -B`` in the sandbox; see the module docstring."""
     cfg = config or SandboxConfig()
     start = time.monotonic()
     deadline = start + cfg.limits.timeout
     uses_uid = cfg.isolation != "none" and os.geteuid() == 0
-    reason = None if _probe else refusal(cfg)
+    reason = None if probing else refusal(cfg)  # the probe itself must not wait for a probe
     if reason is not None:
         return RunResult("refused", isolation=isolation.describe(cfg, None), message=reason,
                          wall_seconds=time.monotonic() - start)
@@ -199,22 +202,36 @@ def run(files: Mapping[str, str | bytes], main: str = "main.py", stdin: bytes | 
         if proc is not None and proc.popen.returncode is None:
             proc.kill()
         if uid is not None and cfg.isolation == "rlimits-only":
-            _sweep(uid)
+            for _ in range(3):  # kill(-1) as the uid, until none of its processes is left
+                _sweep(uid)
+                if wait_uid_gone(uid, timeout=2.0):
+                    break
         shutil.rmtree(tmp, ignore_errors=True)
         isolation.release_uid(uid)
 
 
-@functools.lru_cache(maxsize=None)
-def _probe(level: str) -> str | None:
+def _probe_once(level: str) -> str | None:
     """End-to-end check that ``level`` works here: run a one-line program, expect its output."""
     cfg = SandboxConfig(isolation=level, allow_unsafe=True)
-    result = run({"main.py": f"print({PROBE_MESSAGE!r})"}, config=cfg, _probe=True)
+    result = run({"main.py": f"print({PROBE_MESSAGE!r})"}, config=cfg, probing=True)
     if result.status == "ok" and result.stdout == (PROBE_MESSAGE + "\n").encode():
         return None
     detail = result.message or result.stderr.decode(errors="replace")[-300:] or result.status
     return f"sandbox isolation {level!r} is not available here: {detail}"
 
 
+def _probe(level: str) -> str | None:
+    """:func:`_probe_once`, remembered: a success for the process's life, a failure for
+    :data:`PROBE_RETRY_SECONDS` (so a batch of refused samples does not probe each time)."""
+    with _probe_lock:
+        cached = _probe_cache.get(level)
+        if cached is not None and (cached[1] is None or time.monotonic() - cached[0] < PROBE_RETRY_SECONDS):
+            return cached[1]
+        reason = _probe_once(level)
+        _probe_cache[level] = (time.monotonic(), reason)
+        return reason
+
+
 def refusal(cfg: SandboxConfig) -> str | None:
-    """Why a run with ``cfg`` would be refused (None: it can run). Probes once per level."""
+    """Why a run with ``cfg`` would be refused (None: it can run)."""
     return isolation.static_refusal(cfg) or _probe(cfg.isolation)
