@@ -10,8 +10,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 
 from thinkrl.rollout import SamplingParams, sample
 
-torch.set_num_threads(1)
-
 
 def char_tokenizer(with_pad: bool = True) -> PreTrainedTokenizerFast:
     """Character-level tokenizer: printable ASCII + <pad>/<eos>/<unk> (98 ids; without pad, <eos> is id 0)."""

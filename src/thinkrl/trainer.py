@@ -79,6 +79,15 @@ def encode_prompts(problems: list[Problem], tokenizer, build) -> list[list[int]]
     return [tokenizer(build(p.question), add_special_tokens=False)["input_ids"] for p in problems]
 
 
+def reward_columns(problems: list[Problem], group_size: int) -> dict[str, list]:
+    """Per-sample reward columns: `answer`, plus every `meta` field all problems share
+    (e.g. HumanEval's prompt / test / entry_point for the `code` reward)."""
+    shared = set.intersection(*(set(p.meta) for p in problems)) if problems else set()
+    columns = {k: [p.meta[k] for p in problems for _ in range(group_size)] for k in sorted(shared)}
+    columns["answer"] = [p.answer for p in problems for _ in range(group_size)]
+    return columns
+
+
 def _sampling(cfg: Config) -> SamplingParams:
     g = cfg.grpo
     return SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
@@ -97,8 +106,7 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
         ro = sample(model, state.tokenizer, prompts, G, _sampling(cfg), state.generator)
     with timer("reward"):
         texts = [completion_prefix + t for t in ro.texts]
-        answers = [p.answer for p in problems for _ in range(G)]
-        scored = rewards.score(texts, {"answer": answers}, cfg.rewards.weights)
+        scored = rewards.score(texts, reward_columns(problems, G), cfg.rewards.weights)
         valid = torch.tensor([r is not None for r in scored.total])  # (N,)
         r = torch.tensor([x if x is not None else 0.0 for x in scored.total])  # (N,)
         adv = grpo.group_advantages(r, G, g.advantage_scale, valid)  # (N,)
