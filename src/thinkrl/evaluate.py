@@ -19,6 +19,7 @@ import torch
 
 from thinkrl import rewards
 from thinkrl.data.loaders import Problem
+from thinkrl.data.templates import encode_prompts
 from thinkrl.rewards.code_reward import extract_program
 from thinkrl.rewards.extract import extract_answer
 from thinkrl.rollout import SamplingParams, sample
@@ -60,7 +61,7 @@ def evaluate(
     records = []
     for start in range(0, len(problems), batch_prompts):
         chunk = problems[start:start + batch_prompts]
-        prompts = [tokenizer(build_prompt(p.question), add_special_tokens=False)["input_ids"] for p in chunk]
+        prompts = encode_prompts(tokenizer, build_prompt, [p.question for p in chunk])
         ro = sample(model, tokenizer, prompts, samples, params, generator)
         texts = [completion_prefix + t for t in ro.texts]
         reward, columns, extract = SCORERS[KIND_BY_SOURCE.get(chunk[0].meta.get("source"), "math")]

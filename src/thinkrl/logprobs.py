@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 
-def _pad_left(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """B id lists -> ids (B, P) left-padded with pad_id, mask (B, P) long, on device."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, P)
     mask = torch.zeros(len(prompts), width, dtype=torch.long)  # (B, P)
@@ -46,12 +47,21 @@ def build_batch(
     prompts: B lists of ids; group: (N,) prompt index per row; completion_ids/mask: (N, L).
     Returns input_ids (N, P+L), attention_mask (N, P+L) long, position_ids (N, P+L).
     """
-    prompt_ids, prompt_mask = _pad_left(prompts, pad_id, completion_ids.device)  # (B, P)
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id, completion_ids.device)  # (B, P)
     rows = group.to(completion_ids.device)
     input_ids = torch.cat([prompt_ids[rows], completion_ids], dim=1)  # (N, P+L)
     attention_mask = torch.cat([prompt_mask[rows], completion_mask.long()], dim=1)  # (N, P+L)
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (N, P+L)
     return input_ids, attention_mask, position_ids
+
+
+def _backbone(model):
+    """The transformer body that returns last_hidden_state (the LM head applied separately)."""
+    return model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+
+
+def _logprob_temperature(temperature: float) -> float:
+    return temperature if temperature > 0 else 1.0  # greedy sampling reports temperature-1 log-probs
 
 
 def _logprobs_from_hidden(hidden, head, targets, temperature, chunk, want_entropy):
@@ -86,8 +96,7 @@ def completion_logprobs(
     Returns (logp (N, L) float32 with grad if enabled, entropy (N, L) detached or None).
     Values at padded completion positions are meaningless: mask them.
     """
-    T = temperature if temperature > 0 else 1.0  # greedy sampling reports temperature-1 log-probs
-    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    backbone, T = _backbone(model), _logprob_temperature(temperature)
     out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     hidden = out.last_hidden_state[:, -completion_len - 1:-1]  # (N, L, H): state before each completion token
     targets = input_ids[:, -completion_len:]  # (N, L)
@@ -112,10 +121,9 @@ def grouped_completion_logprobs(
     Returns (logp (N, L), entropy (N, L) or None).
     """
     device = completion_ids.device
-    T = temperature if temperature > 0 else 1.0
+    backbone, T = _backbone(model), _logprob_temperature(temperature)
     used, row_prompt = torch.unique(group.cpu(), return_inverse=True)  # distinct prompts in this batch
-    p_ids, p_mask = _pad_left([prompts[i] for i in used.tolist()], pad_id, device)  # (U, P)
-    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    p_ids, p_mask = left_pad([prompts[i] for i in used.tolist()], pad_id, device)  # (U, P)
     cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
     cache = DynamicCache(config=model.config)
     p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)  # (U, P)

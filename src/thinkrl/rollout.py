@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from thinkrl.logprobs import left_pad
+
 
 @dataclass
 class SamplingParams:
@@ -133,12 +135,7 @@ def sample(
     tail = max((len(s) for s in stops), default=0) + 2  # tokens decoded per stop check
 
     # ---- 1. left-pad and prefill the B distinct prompts once
-    T = max(len(p) for p in prompt_ids)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long, device=device)  # (B, T)
-    attn = torch.zeros((B, T), dtype=torch.long, device=device)  # (B, T)
-    for b, p in enumerate(prompt_ids):
-        input_ids[b, T - len(p) :] = torch.tensor(p, dtype=torch.long, device=device)
-        attn[b, T - len(p) :] = 1
+    input_ids, attn = left_pad(prompt_ids, pad_id, device)  # (B, T), (B, T)
     position_ids = (attn.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T), pads get 0
 
     was_training = model.training

@@ -140,11 +140,8 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
         log(f"resumed from {ckpt} at step {state.step}")
 
     bar = tqdm(total=g.steps, initial=state.step, desc="GRPO", disable=not cfg.run.progress)
-    samples_first = None
     while state.step < g.steps:
         m = grpo_step(state, cfg, build, prefix)
-        texts = m.pop("_texts")
-        samples_first = samples_first or texts[: 4]
         if cfg.run.eval_every and state.step % cfg.run.eval_every == 0 and state.step < g.steps:
             mid = _eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed + state.step)
             m["eval/accuracy"], m["eval/mean_length"] = mid["accuracy"], mid["mean_length"]
@@ -160,8 +157,8 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
     model.save_pretrained(run_dir / "final_model")
     tokenizer.save_pretrained(run_dir / "final_model")
     summary = write_summary(run_dir, before, after, state, time.time() - start)
-    write_report(run_dir, summary=summary, samples_before=before["samples"][:4] if "samples" in before
-                 else _read_samples(run_dir / "eval_before.samples.jsonl"), samples_after=after["samples"][:4])
+    write_report(run_dir, summary=summary, samples_before=_read_samples(run_dir / "eval_before.samples.jsonl"),
+                 samples_after=after["samples"][:4])
     log(f"held-out accuracy {summary['base_accuracy']:.3f} -> {summary['final_accuracy']:.3f}; "
         f"mean length {summary['base_mean_length']:.1f} -> {summary['final_mean_length']:.1f} tokens; "
         f"{summary['wall_seconds']:.0f} s")

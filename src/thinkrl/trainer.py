@@ -28,6 +28,7 @@ import torch
 from thinkrl import grpo, rewards
 from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
+from thinkrl.data.templates import encode_prompts
 from thinkrl.logprobs import build_batch, completion_logprobs, grouped_completion_logprobs
 from thinkrl.metrics import PhaseTimer, mean, peak_rss_gib
 from thinkrl.rollout import SamplingParams, sample
@@ -74,11 +75,6 @@ def make_optimizer(model, lr: float, weight_decay: float, warmup_steps: int):
     return opt, sched
 
 
-def encode_prompts(problems: list[Problem], tokenizer, build) -> list[list[int]]:
-    """`build(question) -> prompt text`; special tokens as the tokenizer adds them."""
-    return [tokenizer(build(p.question), add_special_tokens=False)["input_ids"] for p in problems]
-
-
 def reward_columns(problems: list[Problem], group_size: int) -> dict[str, list]:
     """Per-sample reward columns: `answer`, plus every `meta` field all problems share
     (e.g. HumanEval's prompt / test / entry_point for the `code` reward)."""
@@ -99,7 +95,7 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
     g, model = cfg.grpo, state.model
     timer = PhaseTimer()
     problems = state.stream.next(g.prompts_per_step)
-    prompts = encode_prompts(problems, state.tokenizer, build_prompt)
+    prompts = encode_prompts(state.tokenizer, build_prompt, [p.question for p in problems])
     G = g.group_size
 
     with timer("sample"):
@@ -185,5 +181,4 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
         "generated_tokens_per_s": int(ro.lengths.sum()) / timer.seconds["sample"],
         "peak_rss_gib": peak_rss_gib(),
     }
-    metrics["_texts"] = list(zip((p.question for p in problems for _ in range(G)), texts, scored.total))
     return metrics

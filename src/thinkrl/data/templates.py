@@ -106,6 +106,11 @@ PROMPT_BUILDERS: dict[str, Callable[..., str]] = {
 }
 
 
+def encode_prompts(tokenizer: Any, build: Callable[[str], str], questions: list[str]) -> list[list[int]]:
+    """Token ids of each question's prompt; the template carries any special tokens itself."""
+    return [tokenizer(build(q), add_special_tokens=False)["input_ids"] for q in questions]
+
+
 def build_prompt(kind: str, question: str, tokenizer: Any = None, **kw: Any) -> str:
     """Build a prompt of `kind` ("r1_zero", "chat", "plain"); extra kwargs go to the builder."""
     try:
