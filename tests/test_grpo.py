@@ -168,3 +168,48 @@ def test_inputs_not_modified():
     grpo.grpo_loss(logp, old, adv, mask, ref_logp=old, beta=0.1)
     for a, b in zip((logp, old, adv, mask), copies):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["seq_mean_group_mean", "token_mean", "seq_sum_const"])
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_micro_batches_add_up_to_the_minibatch(mode, beta):
+    """Split rows into micro-batches with the mini-batch's counts: same loss and gradient."""
+    g = torch.Generator().manual_seed(3)
+    N, T = 8, 6
+    logp = (torch.randn(N, T, generator=g) * 0.3 - 1).requires_grad_()
+    old = logp.detach() + 0.1 * torch.randn(N, T, generator=g)
+    ref = logp.detach() + 0.1 * torch.randn(N, T, generator=g)
+    adv = torch.randn(N, generator=g)
+    mask = torch.rand(N, T, generator=g) > 0.3
+    kw = dict(beta=beta, aggregation=mode, const_len=T)
+    full, _ = grpo.grpo_loss(logp, old, adv, mask, ref if beta else None, **kw)
+    (full_grad,) = torch.autograd.grad(full, logp)
+    total, grad = 0.0, torch.zeros_like(logp)
+    for rows in [torch.tensor([0, 3, 5]), torch.tensor([1, 2]), torch.tensor([4, 6, 7])]:
+        lp = logp.detach()[rows].requires_grad_()
+        part, _ = grpo.grpo_loss(lp, old[rows], adv[rows], mask[rows], ref[rows] if beta else None,
+                                 num_seqs=N, num_tokens=mask.sum().item(), **kw)
+        (gr,) = torch.autograd.grad(part, lp)
+        total, grad[rows] = total + part.item(), gr
+    assert total == pytest.approx(full.item(), rel=1e-6, abs=1e-7)
+    torch.testing.assert_close(grad, full_grad)
+
+
+@pytest.mark.parametrize("mode", ["seq_mean_group_mean", "token_mean"])
+def test_zero_advantage_rows_contribute_no_gradient_without_kl(mode):
+    """Why the trainer may skip rows whose advantage is 0 when beta = 0 (counts kept)."""
+    g = torch.Generator().manual_seed(4)
+    N, T = 6, 5
+    logp = (torch.randn(N, T, generator=g) - 1).requires_grad_()
+    old = logp.detach() + 0.2 * torch.randn(N, T, generator=g)
+    adv = torch.tensor([0.0, 1.0, 0.0, -0.5, 0.0, 2.0])
+    mask = torch.ones(N, T, dtype=torch.bool)
+    full, _ = grpo.grpo_loss(logp, old, adv, mask, aggregation=mode)
+    (full_grad,) = torch.autograd.grad(full, logp)
+    assert torch.all(full_grad[adv == 0] == 0)
+    rows = (adv != 0).nonzero().squeeze(-1)
+    lp = logp.detach()[rows].requires_grad_()
+    part, _ = grpo.grpo_loss(lp, old[rows], adv[rows], mask[rows], aggregation=mode, num_seqs=N, num_tokens=N * T)
+    (gr,) = torch.autograd.grad(part, lp)
+    torch.testing.assert_close(gr, full_grad[rows])
+    assert part.item() == pytest.approx(full.item(), rel=1e-6)

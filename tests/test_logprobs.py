@@ -86,3 +86,24 @@ def test_grouped_prompt_forward_is_exact(tiny_model, tiny_tokenizer):
     assert torch.allclose(la[m], lb[m], atol=1e-5) and torch.allclose(ea[m], eb[m], atol=1e-5)
     for a, b in zip(ga, gb):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_chunked_head_gradients_and_entropy_match_full_logits_autograd(tiny_model, tiny_tokenizer):
+    """The logits-free autograd function vs plain autograd through full (N, S, V) logits, T != 1."""
+    ro = _rollout(tiny_model, tiny_tokenizer, temperature=0.7)
+    ids, attn, pos = build_batch(ro.prompt_ids, ro.group, ro.completion_ids, ro.completion_mask, tiny_tokenizer.pad_token_id)
+    L, mask = ro.completion_ids.shape[1], ro.completion_mask.float()
+    weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1)) * mask  # arbitrary upstream grads
+    tiny_model.zero_grad()
+    ours, ent = completion_logprobs(tiny_model, ids, attn, pos, L, 0.7, chunk=7, want_entropy=True)
+    (ours * weights).sum().backward()
+    got = [p.grad.clone() for p in tiny_model.parameters()]
+    tiny_model.zero_grad()
+    ref = _reference(tiny_model, ids, attn, pos, L, 0.7)
+    (ref * weights).sum().backward()
+    for a, b in zip(got, (p.grad for p in tiny_model.parameters())):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        logits = tiny_model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float()[:, -L - 1:-1] / 0.7
+        ref_ent = -(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1)  # (N, L)
+    torch.testing.assert_close(ent[mask.bool()], ref_ent[mask.bool()], atol=1e-5, rtol=1e-5)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from thinkrl import rollout
 from thinkrl.rollout import SamplingParams, sample
 
 
@@ -114,12 +115,13 @@ def check_shapes(r, B: int, G: int) -> None:
     assert len(r.texts) == N
 
 
+@pytest.mark.parametrize("engine", ["lean", "hf"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_logprobs_match_full_forward(arch):
+def test_logprobs_match_full_forward(arch, engine):
     model = MODELS[arch]()
     prompts = [enc(p) for p in PROMPTS]
     params = SamplingParams(max_new_tokens=12, temperature=0.7)
-    r = sample(model, TOK, prompts, 3, params, torch.Generator().manual_seed(0))
+    r = sample(model, TOK, prompts, 3, params, torch.Generator().manual_seed(0), engine=engine)
     check_shapes(r, 3, 3)
     for n in range(9):
         c = r.completion_ids[n, : r.lengths[n]].tolist()
@@ -128,12 +130,13 @@ def test_logprobs_match_full_forward(arch):
         assert r.texts[n] == TOK.decode([t for t in c if t != TOK.eos_token_id])
 
 
+@pytest.mark.parametrize("engine", ["lean", "hf"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_greedy_prefix_sharing_and_left_padding_match_naive(arch):
+def test_greedy_prefix_sharing_and_left_padding_match_naive(arch, engine):
     """Covers prefix sharing (G copies of one prefill) and left padding (mixed prompt lengths)."""
     model = MODELS[arch]()
     prompts = [enc(p) for p in PROMPTS]
-    r = sample(model, TOK, prompts, 2, SamplingParams(max_new_tokens=10, temperature=0.0))
+    r = sample(model, TOK, prompts, 2, SamplingParams(max_new_tokens=10, temperature=0.0), engine=engine)
     check_shapes(r, 3, 2)
     for n in range(6):
         ids, lps = naive_greedy(model, prompts[n // 2], 10, TOK.eos_token_id)
@@ -141,7 +144,7 @@ def test_greedy_prefix_sharing_and_left_padding_match_naive(arch):
         torch.testing.assert_close(r.logprobs[n, : r.lengths[n]], torch.tensor(lps), atol=1e-5, rtol=1e-5)
     # each prompt alone in its own batch gives the same result as the mixed-length batch
     for b, p in enumerate(prompts):
-        alone = sample(model, TOK, [p], 1, SamplingParams(max_new_tokens=10, temperature=0.0))
+        alone = sample(model, TOK, [p], 1, SamplingParams(max_new_tokens=10, temperature=0.0), engine=engine)
         assert alone.completion_ids[0, : alone.lengths[0]].tolist() == r.completion_ids[2 * b, : r.lengths[2 * b]].tolist()
 
 
@@ -199,15 +202,23 @@ def test_pad_equals_eos_tokenizer():
     assert r.truncated.tolist() == [False, True]
 
 
-def test_finished_rows_are_dropped_from_decode_batch():
+@pytest.mark.parametrize("engine", ["lean", "hf"])
+def test_finished_rows_are_dropped_from_decode_batch(engine, monkeypatch):
     model = bigram_model(CHAINS)
     sizes: list[int] = []
-    handle = model.register_forward_pre_hook(lambda m, a, kw: sizes.append(kw["input_ids"].shape[0]), with_kwargs=True)
-    try:
-        params = SamplingParams(max_new_tokens=8, temperature=0.0, stop_strings=("</a>",))
-        r = sample(model, TOK, [enc("E"), enc("q"), enc("S")], 2, params)
-    finally:
-        handle.remove()
+    make = rollout._engine
+
+    def recording_engine(*args):
+        eng = make(*args)
+        prefill, step = eng.prefill, eng.step
+        eng.prefill = lambda ids, mask: (sizes.append(ids.shape[0]), prefill(ids, mask))[1]
+        eng.step = lambda tok, pos: (sizes.append(tok.shape[0]), step(tok, pos))[1]
+        return eng
+
+    monkeypatch.setattr(rollout, "_engine", recording_engine)
+    params = SamplingParams(max_new_tokens=8, temperature=0.0, stop_strings=("</a>",))
+    r = sample(model, TOK, [enc("E"), enc("q"), enc("S")], 2, params, engine=engine)
+    assert type(r) is rollout.Rollout
     assert r.lengths.tolist() == [2, 2, 8, 8, 4, 4]
     # prefill 3 prompts once; decode 6 rows, then 4 once E rows hit EOS, then 2 once S rows hit the stop string
     assert sizes == [3, 6, 4, 4, 2, 2, 2, 2]
@@ -223,3 +234,25 @@ def test_bfloat16_model():
         c = r.completion_ids[n, : r.lengths[n]].tolist()
         ref = full_forward_logprobs(model, prompts[n // 2], c, 1.0)
         torch.testing.assert_close(r.logprobs[n, : r.lengths[n]], ref, atol=0.1, rtol=0.05)
+
+
+def test_min_new_tokens_masks_eos_and_stop_strings():
+    model = bigram_model(CHAINS)
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, min_new_tokens=4, stop_strings=("</a>",))
+    r = sample(model, TOK, [enc("E")], 1, params)
+    assert r.lengths.tolist()[0] >= 5  # without the ban: "x", EOS (length 2)
+    assert TOK.eos_token_id not in r.completion_ids[0, :4].tolist()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_bf16_engine_close_to_fp32(arch):
+    """Sampling with bf16 layer matrices: log-probs of the sampled tokens near the fp32 policy's."""
+    model = MODELS[arch]()
+    prompts = [enc(p) for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    r = sample(model, TOK, prompts, 2, params, torch.Generator().manual_seed(0), engine_dtype=torch.bfloat16)
+    check_shapes(r, 3, 2)
+    for n in range(6):
+        c = r.completion_ids[n, : r.lengths[n]].tolist()
+        ref = full_forward_logprobs(model, prompts[n // 2], c, 1.0)  # the fp32 model
+        torch.testing.assert_close(r.logprobs[n, : r.lengths[n]], ref, atol=0.05, rtol=0.05)

@@ -107,6 +107,41 @@ def _add_sandbox(sub) -> None:
     add_parser(sub)
 
 
+def _add_sample(sub) -> None:
+    from thinkrl.sample_cli import add_parser  # `thinkrl sample`: rejection sampling (R1 stage 3)
+
+    add_parser(sub)
+
+
+def _add_sft(sub) -> None:
+    from thinkrl.sft_cli import add_sft_parser, sft_main  # `thinkrl sft`: supervised fine-tuning
+
+    add_sft_parser(sub, sft_main)
+
+
+def _add_distill(sub) -> None:
+    from thinkrl.sft_cli import add_distill_parser, distill_main  # `thinkrl distill`: trace SFT or logit KD
+
+    add_distill_parser(sub, distill_main)
+
+
+def _pipeline(args) -> int:
+    from thinkrl.pipeline import load_pipeline, run_pipeline  # heavy imports only when running
+
+    run_pipeline(load_pipeline(args.config, output_dir=args.output_dir))
+    return 0
+
+
+def _add_pipeline(sub) -> None:
+    from thinkrl.pipeline import help_text  # `thinkrl pipeline`: the R1 stages from one YAML
+
+    pl = sub.add_parser("pipeline", help="run the R1 pipeline's stages from one YAML (skips finished stages)",
+                        description=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    pl.add_argument("--config", required=True, help="pipeline YAML (e.g. recipes/r1_pipeline_tiny.yaml)")
+    pl.add_argument("--output-dir", help="overrides the YAML's output_dir")
+    pl.set_defaults(func=_pipeline)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thinkrl", description="Teach language models to reason with RL, the DeepSeek-R1 way.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_check_rewards(sub)
     _add_sandbox(sub)
+    _add_sample(sub)
+    _add_sft(sub)
+    _add_distill(sub)
+    _add_pipeline(sub)
     return parser
 
 

@@ -67,10 +67,20 @@ class GRPOConfig:
     top_p: float = opt(1.0, "Top-p for rollouts. Paper: 1.0 in training (0.95 at evaluation).")
     max_new_tokens: int = opt(64, "Maximum completion length. Paper R1-Zero: 32,768.")
     stop_strings: list = opt(["</answer>"], "Generation stops after any of these strings (besides EOS).")
-    recompute_old_logprobs: bool = opt(False, "Score samples in a separate pass for π_old instead of keeping the sampler's log-probs "
-                                               "(needed if sampling runs in another precision or engine).")
+    min_new_tokens: int = opt(0, "EOS and stop strings ignored before this many tokens (benchmarks use max_new_tokens "
+                                 "to force full-length completions). Paper: not used.")
+    recompute_old_logprobs: bool = opt(False, "Always score samples in a separate pass for π_old. Otherwise: with μ = 1 and one "
+                                               "mini-batch π_old = π_θ (detached, exact); else the sampler's log-probs (fp32), "
+                                               "or a scoring pass when sampling ran in bf16.")
     share_prompt: bool = opt(True, "Run each prompt once for its G samples in the training forward (exact; saves compute).")
-    logprob_chunk: int = opt(0, "Compute log-probs over this many completion tokens at a time (0 = all at once).")
+    logprob_chunk: int = opt(256, "LM head + log-softmax over this many tokens at a time, logits recomputed in backward "
+                                   "(peak logits memory: chunk × vocabulary floats). 0 = all tokens at once.")
+    micro_batch_size: int = opt(0, "Sequences per forward/backward inside a mini-batch, gradients accumulated (exact: the "
+                                   "loss keeps the mini-batch's denominators). Micro-batches group rows of similar length. "
+                                   "0 = the whole mini-batch at once. Smaller = less memory.")
+    skip_zero_advantage: bool = opt(True, "With no KL term (β = 0), don't run rows whose advantage is 0 (all-equal groups) "
+                                          "through forward/backward: their gradient is exactly 0; they still count in the "
+                                          "loss's denominators.")
 
 
 @dataclass
@@ -89,6 +99,10 @@ class RunConfig:
     eval_temperature: float = opt(0.6, "Evaluation temperature. Paper: 0.6.")
     eval_top_p: float = opt(0.95, "Evaluation top-p. Paper: 0.95.")
     threads: int = opt(0, "torch CPU threads (0 = leave torch's default).")
+    precision: str = opt("fp32", "fp32, or bf16: sample with bf16 weight copies and train under bf16 autocast, keeping "
+                                 "fp32 master weights, log-softmax and optimizer state. Paper: BF16/FP8 mixed precision.")
+    onednn: bool = opt(True, "In fp32 on x86 CPUs, run the model's linears through oneDNN kernels (same math; faster "
+                             "than MKL on AMD processors).")
     deterministic: bool = opt(True, "torch deterministic algorithms (warn-only): with 2+ threads, the prompt-sharing "
                                     "gather's backward otherwise accumulates in a varying order, and resumes drift by 1 ulp.")
     progress: bool = opt(True, "Show a progress bar.")
@@ -181,6 +195,7 @@ def validate(cfg: Config) -> Config:
         "grpo.kl_estimator": (g.kl_estimator, grpo.KL_ESTIMATORS),
         "data.template": (cfg.data.template, tuple(PROMPT_BUILDERS)),
         "model.dtype": (cfg.model.dtype, ("float32", "bfloat16")),
+        "run.precision": (cfg.run.precision, ("fp32", "bf16")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -194,6 +209,8 @@ def validate(cfg: Config) -> Config:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}={value}; must be at least 1")
+    if g.micro_batch_size < 0:
+        raise ConfigError(f"grpo.micro_batch_size={g.micro_batch_size}; must be 0 (whole mini-batch) or positive")
     if g.group_size < 2:
         raise ConfigError("grpo.group_size must be at least 2: advantages compare samples within a group")
     if g.minibatches > g.prompts_per_step * g.group_size:

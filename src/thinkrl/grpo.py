@@ -136,6 +136,8 @@ def aggregate_loss(
     mask: torch.Tensor,
     mode: str = "seq_mean_group_mean",
     const_len: int | None = None,
+    num_seqs: int | None = None,
+    num_tokens: float | None = None,
 ) -> torch.Tensor:
     """Reduce a per-token loss (N, T) over the valid tokens mask (N, T) to a scalar.
 
@@ -144,6 +146,10 @@ def aggregate_loss(
     seq_sum_const:       sum over each sequence / const_len, then mean over sequences
                          (Dr. GRPO; const_len is usually the max completion length).
     Sequences with no valid token contribute 0 to the sequence mean but still count in N.
+
+    num_seqs / num_tokens replace N / the token count as the final denominators: the
+    counts of the whole mini-batch when (N, T) is one micro-batch of it, so that the
+    micro-batch losses (and gradients) add up exactly to the mini-batch's.
     """
     if mode not in LOSS_AGGREGATIONS:
         raise ValueError(f"loss aggregation {mode!r}; choose one of {LOSS_AGGREGATIONS}")
@@ -152,9 +158,10 @@ def aggregate_loss(
     m = mask.to(token_loss.dtype)  # (N, T)
     masked = token_loss * m  # (N, T)
     if mode == "token_mean":
-        return masked.sum() / m.sum().clamp(min=1.0)
+        return masked.sum() / (m.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0))
     denom = m.sum(-1).clamp(min=1.0) if mode == "seq_mean_group_mean" else float(const_len)  # (N,) or scalar
-    return (masked.sum(-1) / denom).mean()
+    per_seq = masked.sum(-1) / denom  # (N,)
+    return per_seq.mean() if num_seqs is None else per_seq.sum() / num_seqs
 
 
 def grpo_loss(
@@ -169,6 +176,8 @@ def grpo_loss(
     kl_kind: str = "k3",
     aggregation: str = "seq_mean_group_mean",
     const_len: int | None = None,
+    num_seqs: int | None = None,
+    num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss -J(θ) for one (mini)batch and its diagnostics.
 
@@ -176,7 +185,9 @@ def grpo_loss(
     mask (N, T) marks completion tokens. The KL term is added to the loss with weight
     β (not to the reward), aggregated the same way as the surrogate.
     Returns (loss scalar, stats) with stats: kl (mean per token), clip_frac (share of
-    valid tokens whose clipped branch was active), ratio_mean — all detached.
+    valid tokens whose clipped branch was active), ratio_mean — all detached, over these N rows.
+    num_seqs / num_tokens: the mini-batch's counts when these rows are one micro-batch
+    of it (see `aggregate_loss`).
     """
     surrogate, was_clipped = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)  # (N, T)
     token_loss = surrogate
@@ -188,7 +199,7 @@ def grpo_loss(
         if beta:
             token_loss = token_loss + beta * kl
         stats["kl"] = ((kl.detach() * m).sum() / n_tok)
-    loss = aggregate_loss(token_loss, mask, aggregation, const_len)
+    loss = aggregate_loss(token_loss, mask, aggregation, const_len, num_seqs, num_tokens)
     stats["clip_frac"] = (was_clipped.float() * m).sum() / n_tok
     stats["ratio_mean"] = (torch.exp(logp.detach() - old_logp) * m).sum() / n_tok
     return loss, stats

@@ -5,10 +5,11 @@ its completion, right-padded to the longest completion L. Position ids count rea
 only, so padding changes nothing. Logits are computed only for the L positions that
 predict completion tokens (`logits_to_keep`), never for the prompt, and are turned into
 log-probs of the temperature-scaled distribution log_softmax(logits / T) — the same
-distribution the sampler draws from. With `chunk > 0` the log-softmax runs over chunks of
-completion positions, so at most (N, chunk, V) float32 logits exist at a time (the
-hidden states are kept and the projection is recomputed in backward by autograd's graph
-of each chunk).
+distribution the sampler draws from. The LM head and log-softmax run `chunk` tokens at a
+time in one autograd function that keeps no logits: forward stores each token's
+log-sum-exp, backward recomputes the chunk's logits (d logp / d logits = onehot − softmax,
+over T). At most (chunk, V) float32 logits exist at any moment, in forward or backward;
+the price is one extra head product in backward.
 
 `grouped_completion_logprobs` computes the same numbers with each distinct prompt run
 through the model once instead of G times: the prompts' forward builds a KV cache with
@@ -16,7 +17,7 @@ autograd history, its rows are selected per sample (a differentiable gather, so 
 from all G samples add up in the shared prompt states), and the completions attend to it.
 Exact, not an approximation: a test compares values and gradients with the plain path.
 
-Left out: a fused/Triton cross-entropy, sequence packing.
+Left out: a Triton/vocabulary-parallel kernel, sequence packing.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from __future__ import annotations
 import inspect
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
+
+from thinkrl import onednn
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,20 +66,67 @@ def _logprob_temperature(temperature: float) -> float:
     return temperature if temperature > 0 else 1.0  # greedy sampling reports temperature-1 log-probs
 
 
+def _head_logits(h: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """h (c, H) -> float32 logits / T (c, V): the LM head in the forward's precision (bf16
+    under autocast, else float32 through oneDNN where available)."""
+    logits = onednn.linear(h, weight).float()  # (c, V)
+    return logits if temperature == 1.0 else logits / temperature
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log_softmax(h·Wᵀ / T)[target] for every row of h, `chunk` rows at a time. Forward keeps
+    no logits (only each row's log-sum-exp); backward recomputes each chunk's logits:
+    d logp / d logits = (onehot(target) - softmax) / T."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, temperature, chunk, want_entropy):
+        M = h.shape[0]
+        logp = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
+        lse = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
+        ent = torch.empty(M, dtype=torch.float32, device=h.device) if want_entropy else None
+        for s in range(0, M, chunk):
+            z = _head_logits(h[s:s + chunk], weight, temperature)  # (c, V)
+            lse[s:s + chunk] = torch.logsumexp(z, dim=-1)  # (c,)
+            logp[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
+            if want_entropy:
+                p = torch.exp(z - lse[s:s + chunk, None])  # (c, V)
+                ent[s:s + chunk] = lse[s:s + chunk] - (p * z).sum(-1)  # H = lse - E_p[z]
+            del z
+        ctx.save_for_backward(h, weight, targets, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.autocast = torch.is_autocast_enabled(h.device.type)
+        ctx.mark_non_differentiable(*([ent] if want_entropy else []))
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, g_logp, g_ent):
+        h, weight, targets, lse = ctx.saved_tensors
+        T, chunk = ctx.temperature, ctx.chunk
+        gh = torch.zeros_like(h) if ctx.needs_input_grad[0] else None  # (M, H)
+        gw = None  # (V, H) float32, summed over chunks
+        with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
+            for s in range(0, h.shape[0], chunk):
+                hc, tc = h[s:s + chunk], targets[s:s + chunk]  # (c, H), (c,)
+                z = _head_logits(hc, weight, T)  # (c, V) recomputed
+                gz = torch.exp(z - lse[s:s + chunk, None]).neg_()  # (c, V) -softmax
+                gz.scatter_add_(-1, tc[:, None], torch.ones_like(tc, dtype=gz.dtype)[:, None])  # onehot - softmax
+                gz.mul_((g_logp[s:s + chunk] / T)[:, None])  # (c, V) d loss / d (h·Wᵀ)
+                if gh is not None:
+                    gh[s:s + chunk] = onednn.linear(gz, weight.t()).to(gh.dtype)  # (c, H) = gz · W
+                if ctx.needs_input_grad[1]:
+                    part = onednn.linear(gz.t(), hc.t()).float()  # (V, H) = gzᵀ · h
+                    gw = part if gw is None else gw.add_(part)
+                del z, gz
+        return gh, (None if gw is None else gw.to(weight.dtype)), None, None, None, None
+
+
 def _logprobs_from_hidden(hidden, head, targets, temperature, chunk, want_entropy):
     """hidden: (N, L, H) states predicting targets (N, L). Returns logp (N, L), entropy (N, L) or None."""
-    L = targets.shape[1]
-    step = chunk if chunk > 0 else L
-    logps, ents = [], []
-    for s in range(0, L, step):
-        logits = head(hidden[:, s:s + step]).float() / temperature  # (N, c, V)
-        logp_all = F.log_softmax(logits, dim=-1)  # (N, c, V)
-        logps.append(logp_all.gather(-1, targets[:, s:s + step, None]).squeeze(-1))  # (N, c)
-        if want_entropy:
-            with torch.no_grad():
-                ents.append(-(logp_all.exp() * logp_all).sum(-1))  # (N, c)
-        del logits, logp_all
-    return torch.cat(logps, 1), (torch.cat(ents, 1) if want_entropy else None)
+    N, L, H = hidden.shape
+    chunk = chunk if chunk > 0 else N * L
+    logp, ent = _TokenLogprobs.apply(hidden.reshape(N * L, H), head.weight, targets.reshape(N * L),
+                                     temperature, chunk, want_entropy)
+    return logp.view(N, L), (ent.view(N, L) if want_entropy else None)
 
 
 def completion_logprobs(

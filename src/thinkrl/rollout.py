@@ -1,19 +1,24 @@
 """
 Batched rollouts for GRPO: G sampled completions for each of B prompts, with a KV cache.
 
+Engine: `thinkrl.decoder.LeanDecoder` (a lean forward with a static cache and oneDNN
+weights; Llama / Qwen2) where the architecture is supported, else the transformers forward
+with a `DynamicCache` (`_HFEngine`). Both give the same logits up to float rounding.
+
 Algorithm
 1. Left-pad the B prompts into one (B, T) batch with an attention mask and explicit
-   position ids (cumsum(mask) - 1), and prefill them ONCE into a transformers `DynamicCache`.
-2. Repeat the cache, the last-position logits, the mask and the next positions G times
-   along the batch (`Cache.batch_repeat_interleave`): sample n = b*G + g starts from prompt b.
+   position ids (cumsum(mask) - 1), and prefill them ONCE into the engine's KV cache.
+2. Repeat the cache, the last-position logits and the next positions G times along the
+   batch: sample n = b*G + g starts from prompt b.
 3. Decode one token per step for every live row: logits / temperature -> float32
    log-softmax -> optional top-p (nucleus) truncation -> `torch.multinomial` with the
    caller's generator, so a seeded generator makes the rollout deterministic.
    temperature == 0 is greedy (argmax); its log-probs are then taken at temperature 1.
 4. A row finishes on an EOS id (the tokenizer's, plus `model.generation_config.eos_token_id`)
    or once its decoded completion contains a stop string; the finishing token is kept
-   (mask 1). Finished rows are dropped from the decode batch (`Cache.batch_select_indices`
-   plus the same rows of the mask and positions), so they stop costing compute.
+   (mask 1). Finished rows are dropped from the decode batch (their cache rows too),
+   so they stop costing compute. `min_new_tokens` masks EOS out (and ignores stop
+   strings) until that many tokens exist, as transformers' option of that name.
    Stop strings are checked incrementally: only the last `max(len(stop)) + 2` completion
    tokens of each live row are decoded (enough while every token decodes to >= 1 char).
 
@@ -25,7 +30,7 @@ attention, batch shape), which is why a GRPO trainer may skip a separate scoring
 Left out: no beam search, repetition penalties, top-k/min-p or logits processors; no
 speculative decoding or continuous batching (new prompts never join a running batch);
 the cache is never compacted in time (left-pad columns stay after rows are dropped);
-only attention models whose cache is a `DynamicCache` (no recurrent/linear-attention state).
+the fallback handles only attention models whose cache is a `DynamicCache`.
 The model is put in eval mode for the call and its mode restored afterwards.
 """
 
@@ -38,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from thinkrl.decoder import LeanDecoder
 from thinkrl.logprobs import left_pad
 
 
@@ -47,6 +53,7 @@ class SamplingParams:
     temperature: float = 1.0  # paper R1-Zero training: 1.0; evaluation 0.6. 0 = greedy
     top_p: float = 1.0  # evaluation 0.95
     stop_strings: tuple[str, ...] = ()  # e.g. ("</answer>",): stop once the decoded completion contains one
+    min_new_tokens: int = 0  # EOS and stop strings are ignored before this many tokens (as HF's min_new_tokens)
 
 
 @dataclass
@@ -76,11 +83,50 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def _forward_kwarg_names(model) -> tuple[str, bool]:
-    """transformers 5.x names the cache argument `cache` (`past_key_values` before)."""
-    params = inspect.signature(model.forward).parameters
-    cache_name = "cache" if "cache" in params else "past_key_values"
-    return cache_name, "logits_to_keep" in params
+class _HFEngine:
+    """The transformers forward with a DynamicCache, behind the LeanDecoder's interface
+    (prefill / repeat_rows / keep_rows / step), for architectures the LeanDecoder lacks."""
+
+    def __init__(self, model):
+        params = inspect.signature(model.forward).parameters
+        self.model = model
+        self.cache_name = "cache" if "cache" in params else "past_key_values"  # transformers 5.x: `cache`
+        self.extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.cache = DynamicCache(config=model.config)
+        self.attn = None  # (n, T) mask of the cache columns
+
+    def prefill(self, input_ids, attention_mask):
+        self.attn = attention_mask
+        pos = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T), pads get 0
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                         use_cache=True, **{self.cache_name: self.cache}, **self.extra)
+        return out.logits[:, -1, :].float()  # (B, V)
+
+    def repeat_rows(self, times):
+        self.cache.batch_repeat_interleave(times)
+        self.attn = self.attn.repeat_interleave(times, dim=0)
+
+    def keep_rows(self, rows):
+        self.cache.batch_select_indices(rows)
+        self.attn = self.attn[rows]
+
+    def step(self, tokens, positions):
+        self.attn = torch.cat([self.attn, self.attn.new_ones(self.attn.shape[0], 1)], dim=-1)  # (n, T + 1)
+        out = self.model(input_ids=tokens.unsqueeze(-1), attention_mask=self.attn, position_ids=positions.unsqueeze(-1),
+                         use_cache=True, **{self.cache_name: self.cache})
+        return out.logits[:, -1, :].float()  # (n, V)
+
+
+def _engine(model, dtype: torch.dtype | None, max_len: int, kind: str = "auto"):
+    """The LeanDecoder where the architecture is supported (kind auto / lean), else the transformers forward."""
+    assert kind in ("auto", "lean", "hf"), kind
+    if kind == "lean" and not LeanDecoder.supports(model):
+        raise ValueError(f"the lean decoder does not support {type(model).__name__}")
+    if kind != "hf" and LeanDecoder.supports(model):
+        return LeanDecoder(model, dtype=dtype, max_len=max_len)
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        raise ValueError(f"sampling in {dtype} needs the lean decoder, which does not support {type(model).__name__}")
+    return _HFEngine(model)
 
 
 def _next_token(
@@ -114,8 +160,14 @@ def sample(
     group_size: int,
     params: SamplingParams,
     generator: torch.Generator | None = None,
+    engine_dtype: torch.dtype | None = None,
+    engine: str = "auto",
 ) -> Rollout:
     """Sample `group_size` completions for each prompt; see the module docstring.
+
+    engine_dtype: precision of the decoder's layer matrices (None = the model's own; e.g.
+    torch.bfloat16 for fast CPU sampling; the log-probs are then the bf16 policy's).
+    engine: "auto" (lean where supported), "lean" or "hf" (the transformers forward).
 
     `texts[n]` decodes the completion with skip_special_tokens=False, minus pads and minus
     a final EOS token (a stop string, by contrast, stays in the text). If the tokenizer has
@@ -129,34 +181,26 @@ def sample(
     assert eos_ids, "tokenizer has no eos token"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = next(model.parameters()).device
-    cache_name, has_logits_to_keep = _forward_kwarg_names(model)
     eos_t = torch.tensor(eos_ids, device=device)  # (E,)
     stops = tuple(s for s in params.stop_strings if s)
     tail = max((len(s) for s in stops), default=0) + 2  # tokens decoded per stop check
 
     # ---- 1. left-pad and prefill the B distinct prompts once
     input_ids, attn = left_pad(prompt_ids, pad_id, device)  # (B, T), (B, T)
-    position_ids = (attn.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T), pads get 0
 
     was_training = model.training
     model.eval()
     try:
-        cache = DynamicCache(config=model.config)
-        extra = {"logits_to_keep": 1} if has_logits_to_keep else {}
-        out = model(
-            input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
-            use_cache=True, **{cache_name: cache}, **extra,
-        )
-        logits = out.logits[:, -1, :].float()  # (B, V)
+        M = params.max_new_tokens
+        engine = _engine(model, engine_dtype, input_ids.shape[1] + M, engine)
+        logits = engine.prefill(input_ids, attn)  # (B, V) float32
 
         # ---- 2. share the prefix: repeat cache and state G times (row n <- prompt n // G)
-        cache.batch_repeat_interleave(G)
+        engine.repeat_rows(G)
         logits = logits.repeat_interleave(G, dim=0)  # (N, V)
-        attn = attn.repeat_interleave(G, dim=0)  # (N, T)
-        next_pos = attn.sum(dim=-1)  # (N,) position of the next token = prompt length
+        next_pos = attn.sum(dim=-1).repeat_interleave(G)  # (N,) position of the next token = prompt length
         live = torch.arange(N, device=device)  # (n,) global row of each live decode row
 
-        M = params.max_new_tokens
         tokens = torch.full((N, M), pad_id, dtype=torch.long, device=device)  # (N, M)
         logprobs = torch.zeros((N, M), dtype=torch.float32, device=device)  # (N, M)
         lengths = torch.zeros(N, dtype=torch.long, device=device)  # (N,)
@@ -164,12 +208,14 @@ def sample(
 
         # ---- 3. decode, dropping finished rows
         for step in range(M):
+            if step < params.min_new_tokens:
+                logits = logits.index_fill(-1, eos_t, float("-inf"))  # (n, V) EOS not yet allowed
             tok, tok_logp = _next_token(logits, params, generator)  # (n,), (n,)
             tokens[live, step] = tok
             logprobs[live, step] = tok_logp
             lengths[live] = step + 1
             done = torch.isin(tok, eos_t)  # (n,)
-            if stops:  # every live row has exactly step + 1 tokens; decode a short tail of each
+            if stops and step + 1 >= params.min_new_tokens:  # every live row has step + 1 tokens; decode a short tail
                 tails = tokenizer.batch_decode(
                     tokens[live, max(0, step + 1 - tail) : step + 1].tolist(), skip_special_tokens=False
                 )
@@ -182,16 +228,11 @@ def sample(
                 keep = (~done).nonzero().squeeze(-1)  # (n',)
                 if keep.numel() == 0:
                     break
-                cache.batch_select_indices(keep)
-                live, tok, attn, next_pos = live[keep], tok[keep], attn[keep], next_pos[keep]
-            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=-1)  # (n, T + step + 1)
-            out = model(
-                input_ids=tok.unsqueeze(-1), attention_mask=attn, position_ids=next_pos.unsqueeze(-1),
-                use_cache=True, **{cache_name: cache},
-            )
-            logits = out.logits[:, -1, :].float()  # (n, V)
+                engine.keep_rows(keep)
+                live, tok, next_pos = live[keep], tok[keep], next_pos[keep]
+            logits = engine.step(tok, next_pos)  # (n, V)
             next_pos = next_pos + 1  # (n,)
-        del cache
+        del engine
     finally:
         model.train(was_training)
 

@@ -34,7 +34,7 @@ from thinkrl.report import write_report
 from thinkrl.rewards.verify import verify_many
 from thinkrl.rollout import SamplingParams
 from thinkrl.tiny import build_base_model
-from thinkrl.trainer import PromptStream, TrainState, grpo_step, make_optimizer
+from thinkrl.trainer import PromptStream, TrainState, grpo_step, make_optimizer, set_deterministic
 
 
 def load_problems(cfg: Config) -> tuple[list[loaders.Problem], list[loaders.Problem]]:
@@ -107,7 +107,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
         ckpt = None
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    torch.use_deterministic_algorithms(cfg.run.deterministic, warn_only=True)
+    set_deterministic(cfg.run.deterministic)
     torch.manual_seed(cfg.run.seed)
 
     train_problems, eval_problems = load_problems(cfg)  # before anything slow: a bad dataset fails fast

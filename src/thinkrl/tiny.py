@@ -146,10 +146,16 @@ def pretrain(model, tokenizer, texts: list[str], cfg: BaseModelConfig, on_step=N
     return losses
 
 
-def build_base_model(out_dir: Path, cfg: BaseModelConfig = BaseModelConfig(), on_step=None) -> Path:
-    """Build corpus, tokenizer and model, pre-train, save both in HF format to out_dir."""
+def build_base_model(out_dir: Path, cfg: BaseModelConfig = BaseModelConfig(), on_step=None,
+                     tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
+    """Build corpus, tokenizer and model, pre-train, save both in HF format to out_dir.
+
+    `tokenizer`: reuse this one instead of training a new one (cfg.vocab_size is then
+    ignored), so that models of different sizes share a vocabulary (teacher and student).
+    """
     texts = build_corpus(cfg)
-    tokenizer = build_tokenizer(texts, cfg.vocab_size)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(texts, cfg.vocab_size)
     model = build_model(cfg, tokenizer)
     pretrain(model, tokenizer, texts, cfg, on_step)
     out_dir = Path(out_dir)

@@ -5,12 +5,19 @@ score them with the rule-based rewards, turn rewards into group-relative advanta
 make μ passes of optimizer steps over mini-batches of those samples. π_ref is replaced by
 π_θ every `ref_reset_every` steps; β = 0 loads no reference model at all.
 
-π_old's log-probs: by default we keep the ones the sampler computed while drawing each
-token (log_softmax(logits / T) at the sampled token). They come from the same weights and
-the same precision as the training forward, so they equal a separate scoring pass up to
-float rounding between cached and uncached attention (~1e-6), and we save a full forward
-pass per step. `recompute_old_logprobs=true` runs the scoring pass instead, which is
-necessary whenever the sampler differs from the trainer (another dtype, vLLM).
+π_old's log-probs: with μ = 1 and one mini-batch (the paper's R1-Zero setting is μ = 1),
+π_old is π_θ itself at the moment of the only update, so the ratio is exp(logp - logp.detach())
+= 1 with the right gradient (as TRL does). Otherwise we keep the log-probs the sampler
+computed while drawing each token — same weights and precision, equal to a scoring pass up
+to float rounding (~1e-6) — or, when sampling ran in bf16, run the scoring pass.
+`recompute_old_logprobs=true` always runs it.
+
+Speed without changing the math (tests compare against a plain full-logits reference):
+the prompt runs once per group; micro-batches sorted by length and trimmed to their own
+longest completion, summed with the mini-batch's denominators; rows whose advantage is 0
+skipped when there is no KL term (their gradient is exactly 0); LM head + log-softmax in
+token chunks with no stored logits; float32 linears on oneDNN, fused RMSNorm; optional
+bf16 autocast (`run.precision`) with float32 master weights and optimizer.
 
 A non-finite loss or gradient norm skips that optimizer step (weights and optimizer state
 untouched); it is counted and logged. Left out: distributed data parallel, vLLM sampling,
@@ -19,6 +26,7 @@ process supervision, and value models (GRPO has none).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from dataclasses import dataclass, field
@@ -31,6 +39,7 @@ from thinkrl.data.loaders import Problem
 from thinkrl.data.templates import encode_prompts
 from thinkrl.logprobs import build_batch, completion_logprobs, grouped_completion_logprobs
 from thinkrl.metrics import PhaseTimer, mean, peak_rss_gib
+from thinkrl.onednn import fused_rms_norms, onednn_linears, sparse_tied_embedding
 from thinkrl.rollout import SamplingParams, sample
 
 
@@ -69,8 +78,9 @@ class TrainState:
 
 
 def make_optimizer(model, lr: float, weight_decay: float, warmup_steps: int):
-    """AdamW on fp32 master weights, linear warm-up then constant (the paper's constant lr)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+    """AdamW on fp32 master weights, linear warm-up then constant (the paper's constant lr).
+    The fused kernel: one pass over each tensor, no full-size temporaries (less peak memory)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
     return opt, sched
 
@@ -87,7 +97,97 @@ def reward_columns(problems: list[Problem], group_size: int) -> dict[str, list]:
 def _sampling(cfg: Config) -> SamplingParams:
     g = cfg.grpo
     return SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                          stop_strings=tuple(g.stop_strings))
+                          stop_strings=tuple(g.stop_strings), min_new_tokens=g.min_new_tokens)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """torch's deterministic algorithms (warn-only), without its NaN-filling of every new
+    tensor (`fill_uninitialized_memory`): our code never reads uninitialised memory, and the
+    filling cost ~25% of a SmolLM2 training step."""
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+@contextlib.contextmanager
+def precision(model, bf16: bool, onednn: bool = True):
+    """The training forward's kernels: fused RMSNorm and a sparse gradient for a head-tied
+    embedding always; then bf16 autocast (fp32 master weights and log-softmax), or fp32 with
+    the linears on oneDNN (same math, faster on x86)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(fused_rms_norms(model))
+        stack.enter_context(sparse_tied_embedding(model))
+        if bf16:
+            stack.enter_context(torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16))
+        else:
+            stack.enter_context(onednn_linears(model, enabled=onednn))
+        yield
+
+
+def _logprob_fn(ro, g, pad_id: int):
+    """logprobs_of(net, rows, L, want_entropy) -> (logp, entropy) (m, L) for rows (m,) of the rollout,
+    completions trimmed to their first L tokens; each prompt run once per batch if share_prompt."""
+    if g.share_prompt:
+        def logprobs_of(net, rows, L, want_entropy=False):
+            return grouped_completion_logprobs(net, ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L],
+                                               ro.completion_mask[rows, :L], pad_id, g.temperature, g.logprob_chunk,
+                                               want_entropy)
+    else:
+        def logprobs_of(net, rows, L, want_entropy=False):
+            ids, attn, pos = build_batch(ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L],
+                                         ro.completion_mask[rows, :L], pad_id)
+            return completion_logprobs(net, ids, attn, pos, L, g.temperature, g.logprob_chunk, want_entropy)
+    return logprobs_of
+
+
+def _micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Rows (m,) sorted by completion length, cut into groups of `size`: each group is padded
+    only to its own longest completion (length bucketing)."""
+    if len(rows) == 0:
+        return []
+    order = torch.argsort(lengths[rows], descending=True, stable=True)
+    return list(rows[order].split(size))
+
+
+def _score(logprobs_of, net, N: int, micro: int, like: torch.Tensor) -> torch.Tensor:
+    """No-grad log-probs (N, L) of every sample under `net`, in micro-batches; `like` gives the shape."""
+    out = torch.zeros_like(like)
+    for rows in torch.arange(N).split(micro):
+        out[rows] = logprobs_of(net, rows, like.shape[1])[0].float()
+    return out
+
+
+def minibatch_gradients(model, logprobs_of, ro, mb, adv, old_logp, ref_logp, g, micro: int, skip_zero: bool,
+                        forward_context, stats: dict) -> tuple[float, int]:
+    """Accumulate into .grad the gradient of the GRPO loss of mini-batch `mb` (rows of the rollout).
+
+    Rows run in length-sorted micro-batches of `micro`, each trimmed to its longest
+    completion, with the mini-batch's sequence and token counts as loss denominators (so
+    the sum is exactly the mini-batch loss); with `skip_zero`, zero-advantage rows are left
+    out (exact when there is no KL term). old_logp None: π_old = π_θ (detached), exact
+    for a single update per batch. Returns (mini-batch loss, rows run); appends stats.
+    """
+    rows = mb[adv[mb] != 0] if skip_zero else mb  # zero-advantage rows: exactly zero gradient
+    n_tok = float(ro.completion_mask[mb].sum())
+    loss_sum = 0.0
+    for part in _micro_batches(rows, ro.lengths, micro):  # (m,) rows of similar length
+        L = int(ro.lengths[part].max())  # trim the padding of this micro-batch
+        mask = ro.completion_mask[part, :L]  # (m, L)
+        with forward_context():
+            logp, ent = logprobs_of(model, part, L, want_entropy=True)  # (m, L) each
+        old = logp.detach() if old_logp is None else old_logp[part, :L]
+        loss, s = grpo.grpo_loss(
+            logp, old, adv[part], mask, None if ref_logp is None else ref_logp[part, :L], g.beta, g.epsilon_low,
+            g.epsilon_high, g.kl_estimator, g.loss_aggregation, g.max_new_tokens, num_seqs=len(mb), num_tokens=n_tok)
+        loss.backward()
+        loss_sum += loss.item()
+        stats["clip_frac"].append(s["clip_frac"].item())
+        stats["entropy"].append(((ent * mask).sum() / mask.sum().clamp(min=1)).item())
+        if "kl" in s:
+            stats["kl"].append(s["kl"].item())
+    if len(rows) == 0:  # the plain computation would step with an all-zero gradient: so do we
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+    return loss_sum, len(rows)
 
 
 def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: str = "") -> dict:
@@ -98,60 +198,50 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
     prompts = encode_prompts(state.tokenizer, build_prompt, [p.question for p in problems])
     G = g.group_size
 
+    bf16 = cfg.run.precision == "bf16"
     with timer("sample"):
-        ro = sample(model, state.tokenizer, prompts, G, _sampling(cfg), state.generator)
+        ro = sample(model, state.tokenizer, prompts, G, _sampling(cfg), state.generator,
+                    engine_dtype=torch.bfloat16 if bf16 else None)
     with timer("reward"):
         texts = [completion_prefix + t for t in ro.texts]
         scored = rewards.score(texts, reward_columns(problems, G), cfg.rewards.weights)
         valid = torch.tensor([r is not None for r in scored.total])  # (N,)
         r = torch.tensor([x if x is not None else 0.0 for x in scored.total])  # (N,)
-        adv = grpo.group_advantages(r, G, g.advantage_scale, valid)  # (N,)
+        adv = grpo.group_advantages(r, G, g.advantage_scale, valid).to(ro.completion_ids.device)  # (N,)
         state.counters["reward_none"] += int((~valid).sum())
 
-    mask = ro.completion_mask.float()  # (N, L)
-    L = ro.completion_ids.shape[1]
-    pad = state.tokenizer.pad_token_id
-    if g.share_prompt:
-        def logprobs_of(net, rows, want_entropy=False):
-            return grouped_completion_logprobs(net, ro.prompt_ids, ro.group[rows], ro.completion_ids[rows],
-                                               ro.completion_mask[rows], pad, g.temperature, g.logprob_chunk, want_entropy)
-    else:
-        ids, attn, pos = build_batch(ro.prompt_ids, ro.group, ro.completion_ids, ro.completion_mask, pad)
+    N, lengths = len(ro.texts), ro.lengths
+    logprobs_of = _logprob_fn(ro, g, state.tokenizer.pad_token_id)
+    single_update = g.mu == 1 and g.minibatches == 1
+    old_source = ("recompute" if g.recompute_old_logprobs or (bf16 and not single_update)
+                  else "detach" if single_update else "sampler")
+    micro = g.micro_batch_size or N
+    with timer("score"), torch.no_grad(), precision(model, bf16, cfg.run.onednn):
+        old_logp = _score(logprobs_of, model, N, micro, ro.logprobs) if old_source == "recompute" else ro.logprobs
+        ref_logp = None if state.ref_model is None else _score(logprobs_of, state.ref_model, N, micro, ro.logprobs)
 
-        def logprobs_of(net, rows, want_entropy=False):
-            return completion_logprobs(net, ids[rows], attn[rows], pos[rows], L, g.temperature, g.logprob_chunk, want_entropy)
-
-    everyone = torch.arange(len(ro.texts))
-    with timer("score"), torch.no_grad():
-        old_logp = logprobs_of(model, everyone)[0] if g.recompute_old_logprobs else ro.logprobs
-        ref_logp = None if state.ref_model is None else logprobs_of(state.ref_model, everyone)[0]
-
+    skip_zero = g.skip_zero_advantage and ref_logp is None
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip_frac": [], "grad_norm": [], "entropy": []}
+    trained_rows = 0
     with timer("train"):
         model.train()
-        N = len(ro.texts)
         for _ in range(g.mu):
-            order = torch.randperm(N, generator=state.generator)
+            order = torch.randperm(N, generator=state.generator, device=state.generator.device)
             for mb in order.chunk(g.minibatches):
-                logp, ent = logprobs_of(model, mb, want_entropy=True)
-                loss, s = grpo.grpo_loss(
-                    logp, old_logp[mb], adv[mb], mask[mb], None if ref_logp is None else ref_logp[mb], g.beta,
-                    g.epsilon_low, g.epsilon_high, g.kl_estimator, g.loss_aggregation, g.max_new_tokens)
                 state.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_sum, trained = minibatch_gradients(
+                    model, logprobs_of, ro, mb, adv, None if old_source == "detach" else old_logp, ref_logp, g,
+                    micro, skip_zero, lambda: precision(model, bf16, cfg.run.onednn), stats)
+                trained_rows += trained
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.max_grad_norm)
-                if not (torch.isfinite(loss) and torch.isfinite(norm)):
-                    state.optimizer.zero_grad(set_to_none=True)  # the NaN never reaches the weights
-                    state.counters["skipped_updates"] += 1
+                if not (math.isfinite(loss_sum) and torch.isfinite(norm)):
+                    state.counters["skipped_updates"] += 1  # the NaN never reaches the weights
                 else:
                     state.optimizer.step()
                     state.scheduler.step()
-                stats["loss"].append(loss.item())
+                state.optimizer.zero_grad(set_to_none=True)  # free the gradients before sampling
+                stats["loss"].append(loss_sum)
                 stats["grad_norm"].append(norm.item())
-                stats["clip_frac"].append(s["clip_frac"].item())
-                stats["entropy"].append(((ent * mask[mb]).sum() / mask[mb].sum().clamp(min=1)).item())
-                if "kl" in s:
-                    stats["kl"].append(s["kl"].item())
         model.eval()
 
     state.step += 1
@@ -170,6 +260,7 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
         "length/max": lengths.max().item(),
         "length/truncated": ro.truncated.float().mean().item(),
         "zero_variance_groups": grpo.zero_variance_share(r, G, valid),
+        "trained_rows": trained_rows / g.mu,
         "reward_none": int((~valid).sum()),
         **{f"reward_failures/{k}": v for k, v in scored.failures.items() if v},
         **{k: mean(v) for k, v in stats.items()},

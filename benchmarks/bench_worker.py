@@ -1,0 +1,164 @@
+"""One benchmark run in its own process (so peak RSS is per tool): thinkrl or TRL, one setting.
+
+    python benchmarks/bench_worker.py --tool thinkrl --setting smollm2-128 [--device cpu]
+
+Prints `BENCH {json}` lines: one per step (warm-up steps flagged) and a final summary with
+the process's peak RSS. The driver is `grpo_vs_trl.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import SETTINGS, Setting, diversity_reward, emit, model_dir, n_params, peak_rss_gib, prompts  # noqa: E402
+
+
+def _load(setting: Setting, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = model_dir(setting.model)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _counts(tok, texts: list[str], s: Setting) -> tuple[int, int]:
+    """Training tokens per step: actual for a trainer that runs each prompt once per group,
+    and nominal (every sample carries its prompt), for B prompts with max_new_tokens each."""
+    P = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    N, M = len(texts) * s.group_size, s.max_new_tokens
+    return sum(P) + N * M, sum(P) * s.group_size + N * M
+
+
+def run_thinkrl(s: Setting, device: str) -> None:
+    from thinkrl import rewards
+    from thinkrl.config import Config
+    from thinkrl.data.loaders import Problem
+    from thinkrl.trainer import TrainState, grpo_step, make_optimizer, set_deterministic
+
+    rewards.register("bench_diversity")(diversity_reward)
+    model, tok = _load(s, device)
+    B, total = s.prompts_per_step, s.warmup + s.steps
+    texts = prompts(s, tok, B * total)
+    cfg = Config()
+    g = cfg.grpo
+    g.prompts_per_step, g.group_size, g.lr, g.beta, g.temperature = B, s.group_size, s.lr, s.beta, s.temperature
+    g.max_new_tokens = g.min_new_tokens = s.max_new_tokens
+    g.stop_strings, g.top_p, g.mu, g.minibatches = [], 1.0, 1, 1
+    default_micro = 2 if device == "cpu" and s.model != "tiny" else 0  # small on the CPU for memory; GPU: all at once
+    g.micro_batch_size = int(os.environ.get("BENCH_MICRO", default_micro))
+    cfg.rewards.weights = {"bench_diversity": 1.0}
+    cfg.run.precision = s.precision
+    cfg.run.deterministic = os.environ.get("BENCH_DETERMINISTIC", "1") == "1"
+    set_deterministic(cfg.run.deterministic)  # as `thinkrl train` runs
+
+    class InOrder:  # the same prompts in the same order as TRL's unshuffled sampler
+        pos = 0
+
+        def next(self, n):
+            out = [Problem(id=str(i), question=texts[i], answer="") for i in range(self.pos, self.pos + n)]
+            self.pos += n
+            return out
+
+    opt, sched = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps)
+    state = TrainState(model, tok, opt, sched, InOrder(), torch.Generator(device=device).manual_seed(s.seed))
+    for i in range(total):
+        actual, nominal = _counts(tok, texts[i * B:(i + 1) * B], s)
+        m = grpo_step(state, cfg, build_prompt=lambda q: q)
+        emit({"tool": "thinkrl", "setting": s.name, "step": i, "warmup": i < s.warmup, "step_s": m["time/step"],
+              "sample_s": m["time/sample"], "score_s": m["time/reward"] + m.get("time/score", 0.0),
+              "train_s": m["time/train"], "gen_tokens": int(m["length/mean"] * B * s.group_size),
+              "train_tokens": actual, "nominal_tokens": nominal, "reward": m["reward/total"]})
+    emit({"tool": "thinkrl", "setting": s.name, "summary": True, "peak_rss_gib": peak_rss_gib(),
+          "params": n_params(model), "versions": {"torch": torch.__version__}})
+
+
+def run_trl(s: Setting, device: str) -> None:
+    import transformers
+    import trl
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tok = _load(s, device)
+    B, total = s.prompts_per_step, s.warmup + s.steps
+    texts = prompts(s, tok, B * total)
+    ds = Dataset.from_list([{"prompt": t} for t in texts])  # plain strings: used verbatim
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=B * s.group_size,
+        num_generations=s.group_size, max_completion_length=s.max_new_tokens,
+        generation_kwargs={"min_new_tokens": s.max_new_tokens}, temperature=s.temperature, top_p=1.0,
+        learning_rate=s.lr, beta=s.beta, num_iterations=1, loss_type="grpo", scale_rewards="group", epsilon=0.2,
+        max_steps=total, lr_scheduler_type="constant", warmup_steps=0, adam_beta2=0.99, weight_decay=0.0,
+        max_grad_norm=1.0, gradient_accumulation_steps=1, shuffle_dataset=False, seed=s.seed, logging_steps=1,
+        report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=device == "cpu",
+        bf16=s.precision == "bf16", dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(model=model, reward_funcs=[diversity_reward], args=args, train_dataset=ds,
+                          processing_class=tok)
+    phase = {"generate": 0.0, "gen_and_score": 0.0}
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                phase[name] += time.perf_counter() - t
+        return wrapper
+
+    model.generate = timed("generate", model.generate)
+    trainer._generate_and_score_completions = timed("gen_and_score", trainer._generate_and_score_completions)
+
+    class Steps(TrainerCallback):
+        def on_step_begin(self, *a, **kw):
+            phase.update(generate=0.0, gen_and_score=0.0)
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **kw):
+            if device != "cpu":
+                torch.cuda.synchronize()
+            dt, i = time.perf_counter() - self.t, trainer.state.global_step - 1
+            actual, nominal = _counts(tok, texts[i * B:(i + 1) * B], s)
+            emit({"tool": "trl", "setting": s.name, "step": i, "warmup": i < s.warmup, "step_s": dt,
+                  "sample_s": phase["generate"], "score_s": phase["gen_and_score"] - phase["generate"],
+                  "train_s": dt - phase["gen_and_score"], "gen_tokens": B * s.group_size * s.max_new_tokens,
+                  "train_tokens": nominal, "nominal_tokens": nominal})
+
+    trainer.add_callback(Steps())
+    trainer.train()
+    emit({"tool": "trl", "setting": s.name, "summary": True, "peak_rss_gib": peak_rss_gib(), "params": n_params(model),
+          "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tool", choices=["thinkrl", "trl"], required=True)
+    ap.add_argument("--setting", choices=sorted(SETTINGS), required=True)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, help="measured steps (default: the setting's)")
+    ap.add_argument("--smoke", action="store_true", help="B=1, G=2, 8 new tokens, 1 step: a quick check of the code path")
+    a = ap.parse_args()
+    s = SETTINGS[a.setting]
+    if a.steps:
+        s.steps = a.steps
+    if a.smoke:
+        s.prompts_per_step, s.group_size, s.max_new_tokens, s.steps = 1, 2, 8, 1
+    (run_thinkrl if a.tool == "thinkrl" else run_trl)(s, a.device)
+    if a.device != "cpu":
+        emit({"tool": a.tool, "setting": s.name, "summary_gpu": True,
+              "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30})
+
+
+if __name__ == "__main__":
+    main()

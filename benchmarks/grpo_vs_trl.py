@@ -1,0 +1,184 @@
+"""thinkrl vs TRL GRPOTrainer, side by side on this machine, alternating, one process per run.
+
+    pip install -e '.[bench]'            # TRL 1.16 (never imported by thinkrl itself)
+    python benchmarks/grpo_vs_trl.py      # all CPU settings, ~20 minutes on 2 cores
+    python benchmarks/grpo_vs_trl.py --settings tiny,smollm2-64 --json out.json
+
+For each setting (see bench_common.SETTINGS: same weights, prompts, B, G, max new tokens,
+temperature, lr, β = 0, μ = 1, precision), thinkrl and TRL each run in a fresh process,
+one after the other, the order flipping from setting to setting; each run does a warm-up
+step and then the measured steps. Printed: per-phase seconds (sample / reward+score /
+train), generation tokens/s, training GFLOP/s (6·params·tokens actually processed / train
+time), peak RSS; then the ratios; the last line is the SmolLM2 1×8×128 fp32 pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_common import SETTINGS  # noqa: E402
+
+CPU_DEFAULT = "smollm2-128,smollm2-64,smollm2-B4,smollm2-128-bf16,tiny,tiny-bf16"
+
+
+def run_worker(tool: str, setting: str, device: str, timeout: int) -> dict:
+    cmd = [sys.executable, str(HERE / "bench_worker.py"), "--tool", tool, "--setting", setting, "--device", device]
+    t = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    records = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+    if proc.returncode != 0 or not any(r.get("summary") for r in records):
+        tail = (proc.stderr or proc.stdout)[-3000:]
+        return {"tool": tool, "setting": setting, "error": f"exit {proc.returncode}: {tail}"}
+    steps = [r for r in records if "step" in r and not r["warmup"]]
+    summary = next(r for r in records if r.get("summary"))
+    gpu = next((r for r in records if r.get("summary_gpu")), {})
+    med = lambda k: statistics.median(r[k] for r in steps)  # noqa: E731
+    return {
+        "tool": tool, "setting": setting, "wall_s": time.time() - t, "steps": steps,
+        "step_s": med("step_s"), "sample_s": med("sample_s"), "score_s": med("score_s"), "train_s": med("train_s"),
+        "gen_tok_s": med("gen_tokens") / med("sample_s"),
+        "train_gflops": 6 * summary["params"] * med("train_tokens") / med("train_s") / 1e9,
+        "peak_rss_gib": summary["peak_rss_gib"], "gpu_peak_gib": gpu.get("gpu_peak_gib"),
+        "params": summary["params"], "versions": summary["versions"],
+    }
+
+
+def matmul_peak(device: str) -> dict:
+    """Achieved GFLOP/s of large square products: torch.mm (MKL for fp32 on CPU) and, for
+    fp32 on x86, oneDNN; bf16 goes to oneDNN in torch anyway."""
+    from thinkrl import onednn
+
+    out = {}
+    n = 2048 if device == "cpu" else 8192
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        fns = {"torch.mm": lambda: a @ b}
+        if device == "cpu" and dtype == torch.float32 and onednn.available():
+            fns["oneDNN"] = lambda: onednn._mm(a, b.t())
+        for label, fn in fns.items():
+            fn()
+            if device != "cpu":
+                torch.cuda.synchronize()
+            t, reps = time.perf_counter(), 5
+            for _ in range(reps):
+                fn()
+            if device != "cpu":
+                torch.cuda.synchronize()
+            out[f"{name} {label}"] = 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+    return out
+
+
+def table(results: list[dict]) -> str:
+    head = f"{'setting':24s} {'tool':8s} {'step s':>7s} {'sample':>7s} {'rew+sc':>7s} {'train':>7s} " \
+           f"{'gen tok/s':>9s} {'trainGF/s':>9s} {'RSS GiB':>8s}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['setting']:24s} {r['tool']:8s} ERROR {r['error'][-300:]!r}")
+            continue
+        gpu = f" (GPU {r['gpu_peak_gib']:.1f})" if r.get("gpu_peak_gib") else ""
+        lines.append(f"{r['setting']:24s} {r['tool']:8s} {r['step_s']:7.2f} {r['sample_s']:7.2f} {r['score_s']:7.2f} "
+                     f"{r['train_s']:7.2f} {r['gen_tok_s']:9.0f} {r['train_gflops']:9.0f} {r['peak_rss_gib']:8.2f}{gpu}")
+    return "\n".join(lines)
+
+
+def ratios(results: list[dict]) -> dict[str, dict]:
+    by = {(r["setting"], r["tool"]): r for r in results if "error" not in r}
+    out = {}
+    for setting in dict.fromkeys(r["setting"] for r in results):
+        a, b = by.get((setting, "thinkrl")), by.get((setting, "trl"))
+        if a and b:
+            out[setting] = {"step_time": a["step_s"] / b["step_s"], "peak_rss": a["peak_rss_gib"] / b["peak_rss_gib"]}
+    for model in ("smollm2", "tiny"):  # each tool in its fastest mode
+        mine = [r for (s, t), r in by.items() if t == "thinkrl" and SETTINGS[s].model == model and SETTINGS[s].prompts_per_step == 1
+                and SETTINGS[s].max_new_tokens == (128 if model == "smollm2" else 64)]
+        theirs = [r for (s, t), r in by.items() if t == "trl" and SETTINGS[s].model == model and SETTINGS[s].prompts_per_step == 1
+                  and SETTINGS[s].max_new_tokens == (128 if model == "smollm2" else 64)]
+        if mine and theirs:
+            fa, fb = min(mine, key=lambda r: r["step_s"]), min(theirs, key=lambda r: r["step_s"])
+            out[f"{model} fastest"] = {"step_time": fa["step_s"] / fb["step_s"],
+                                       "modes": f"thinkrl {fa['setting']} vs TRL {fb['setting']}"}
+    return out
+
+
+def markdown(results: list[dict], rat: dict, peak: dict, started: str, a) -> str:
+    ok = [r for r in results if "error" not in r]
+    versions = {k: v for r in ok for k, v in r["versions"].items()}
+    out = [f"Run {started} on `{a.device}` ({os.cpu_count()} CPUs), command `python benchmarks/grpo_vs_trl.py "
+           f"--settings {a.settings}`; " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".", "",
+           "Matrix-product peak measured in the same run (GFLOP/s, 2048² square): "
+           + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()) + ".", "",
+           "| setting | tool | step s | sample s | reward+score s | train s | generated tok/s | train GFLOP/s | peak RSS GiB |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in ok:
+        out.append(f"| {r['setting']} | {r['tool']} | {r['step_s']:.2f} | {r['sample_s']:.2f} | {r['score_s']:.2f} | "
+                   f"{r['train_s']:.2f} | {r['gen_tok_s']:.0f} | {r['train_gflops']:.0f} | {r['peak_rss_gib']:.2f} |")
+    for r in results:
+        if "error" in r:
+            out.append(f"| {r['setting']} | {r['tool']} | failed: {r['error'][-200:]!r} |||||||")
+    out += ["", "| pair | thinkrl/TRL step time | thinkrl/TRL peak RSS |", "|---|---|---|"]
+    for k, v in rat.items():
+        out.append(f"| {k}{' (' + v['modes'] + ')' if 'modes' in v else ''} | {v['step_time']:.2f} | "
+                   f"{v['peak_rss']:.2f} |" if "peak_rss" in v else f"| {k} ({v['modes']}) | {v['step_time']:.2f} | |")
+    out += ["", "Per-step values are medians of the measured steps (after one warm-up step). Train GFLOP/s = "
+            "6 × parameters × tokens the trainer actually ran (thinkrl: each prompt once per group) / train seconds."]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", default=CPU_DEFAULT, help=f"comma-separated, from: {', '.join(SETTINGS)}")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    ap.add_argument("--json", type=Path, help="write all results here")
+    ap.add_argument("--markdown", type=Path, help="write the result tables here (benchmarks/RESULTS_TABLES.md)")
+    a = ap.parse_args()
+    names = [s for s in a.settings.split(",") if s]
+    for s in names:
+        if s not in SETTINGS:
+            ap.error(f"unknown setting {s!r}")
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    peak = matmul_peak(a.device)
+    print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()), flush=True)
+    results = []
+    for i, setting in enumerate(names):
+        order = ("thinkrl", "trl") if i % 2 == 0 else ("trl", "thinkrl")
+        for tool in order:
+            r = run_worker(tool, setting, a.device, a.timeout)
+            results.append(r)
+            print(table([r]).splitlines()[-1], flush=True)
+    print()
+    print(table(results))
+    rat = ratios(results)
+    print()
+    for k, v in rat.items():
+        extra = f" ({v['modes']})" if "modes" in v else f" peak_rss={v['peak_rss']:.2f}"
+        print(f"{k:24s} thinkrl/TRL step_time={v['step_time']:.2f}{extra}")
+    if a.json:
+        meta = {"started": started, "device": a.device, "machine": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(), "python": platform.python_version(), "matmul_peak_gflops": peak,
+                "command": " ".join(sys.argv)}
+        a.json.write_text(json.dumps({"meta": meta, "results": results, "ratios": rat}, indent=1))
+    if a.markdown:
+        a.markdown.write_text(markdown(results, rat, peak, started, a))
+    main_pair = rat.get("smollm2-128") or next(iter(rat.values()), None)
+    if main_pair and "peak_rss" in main_pair:
+        print(f"thinkrl/TRL: step_time={main_pair['step_time']:.2f} peak_rss={main_pair['peak_rss']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

