@@ -74,13 +74,13 @@ class GRPOConfig:
                                                "or a scoring pass when sampling ran in bf16.")
     share_prompt: bool = opt(True, "Run each prompt once for its G samples in the training forward (exact; saves compute).")
     logprob_chunk: int = opt(256, "LM head + log-softmax over this many tokens at a time, logits recomputed in backward "
-                                   "(peak logits memory: chunk × vocabulary floats). 0 = all tokens at once.")
+                                   "(peak logits memory: chunk × vocabulary floats). 0 = all tokens at once. Paper: not stated (exact either way).")
     micro_batch_size: int = opt(0, "Sequences per forward/backward inside a mini-batch, gradients accumulated (exact: the "
                                    "loss keeps the mini-batch's denominators). Micro-batches group rows of similar length. "
-                                   "0 = the whole mini-batch at once. Smaller = less memory.")
+                                   "0 = the whole mini-batch at once. Smaller = less memory. Paper: not stated (engineering).")
     skip_zero_advantage: bool = opt(True, "With no KL term (β = 0), don't run rows whose advantage is 0 (all-equal groups) "
                                           "through forward/backward: their gradient is exactly 0; they still count in the "
-                                          "loss's denominators.")
+                                          "loss's denominators. Paper: not stated (exact either way).")
 
 
 @dataclass
@@ -102,7 +102,7 @@ class RunConfig:
     precision: str = opt("fp32", "fp32, or bf16: sample with bf16 weight copies and train under bf16 autocast, keeping "
                                  "fp32 master weights, log-softmax and optimizer state. Paper: BF16/FP8 mixed precision.")
     onednn: bool = opt(True, "In fp32 on x86 CPUs, run the model's linears through oneDNN kernels (same math; faster "
-                             "than MKL on AMD processors).")
+                             "than MKL on AMD processors). Paper: not applicable.")
     deterministic: bool = opt(True, "torch deterministic algorithms (warn-only): with 2+ threads, the prompt-sharing "
                                     "gather's backward otherwise accumulates in a varying order, and resumes drift by 1 ulp.")
     progress: bool = opt(True, "Show a progress bar.")
