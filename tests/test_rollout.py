@@ -256,3 +256,14 @@ def test_bf16_engine_close_to_fp32(arch):
         c = r.completion_ids[n, : r.lengths[n]].tolist()
         ref = full_forward_logprobs(model, prompts[n // 2], c, 1.0)  # the fp32 model
         torch.testing.assert_close(r.logprobs[n, : r.lengths[n]], ref, atol=0.05, rtol=0.05)
+
+
+def test_categorical_draws_follow_the_distribution():
+    from thinkrl.rollout import _categorical
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 2.0]])  # unnormalised row 2, zeros never drawn
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([_categorical(probs, g) for _ in range(20000)])  # (20000, 2)
+    freq = torch.bincount(draws[:, 0], minlength=4).float() / 20000
+    assert torch.allclose(freq, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.015)
+    assert (draws[:, 1] == 3).all() and not (draws[:, 0] == 1).any()
