@@ -47,7 +47,7 @@ from safetensors.torch import load_file, save_file
 
 from thinkrl import kd, rewards
 from thinkrl.config import ConfigError, opt
-from thinkrl.data.loaders import DataError, Problem
+from thinkrl.data.loaders import DataError, Problem, write_jsonl
 from thinkrl.rollout import SamplingParams, sample
 from thinkrl.sft import SFTConfig, fit, response_logits, train_sft
 from thinkrl.sft import validate_config as validate_sft_config
@@ -209,14 +209,6 @@ def _select(samples: list[dict], cfg: DistillConfig, template: str) -> tuple[lis
     return [s for s in samples if not s["dropped_by"]], dropped
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _sample_row(s: dict) -> dict:
     p = s["problem"]
     return {"id": p.id, "sample": s["sample"], "question": p.question, "answer": p.answer, "response": s["text"],
@@ -229,7 +221,7 @@ def _sample_row(s: dict) -> dict:
 def _trace_sft(teacher, student, tokenizer, kept: list[dict], cfg: DistillConfig, output_dir: Path, log) -> dict:
     rows = [{"prompt": s["problem"].question, "response": s["text"], "id": s["problem"].id, "reward": s["reward"]}
             for s in kept]
-    _write_jsonl(output_dir / "traces.jsonl", rows)
+    write_jsonl(output_dir / "traces.jsonl", rows)
     return train_sft(student, tokenizer, rows, cfg.sft, output_dir, log)
 
 
@@ -332,7 +324,7 @@ def distill(teacher, student, tokenizer, problems: list[Problem], cfg: DistillCo
     t0 = time.time()
     samples = teacher_samples(teacher, teacher_tok, problems, cfg, log)
     kept, dropped = _select(samples, cfg, template)
-    _write_jsonl(output_dir / "teacher_samples.jsonl", [_sample_row(s) for s in samples])
+    write_jsonl(output_dir / "teacher_samples.jsonl", [_sample_row(s) for s in samples])
     n = len(samples)
     teacher_stats = {"problems": len(problems), "samples": n, "kept": len(kept), "dropped": dropped,
                      "correct": sum(s["correct"] for s in samples) / n,

@@ -102,12 +102,16 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
 @contextlib.contextmanager
 def onednn_linears(model: torch.nn.Module, enabled: bool = True):
     """Route the model's float32 CPU `nn.Linear`s through `linear` inside the block."""
-    swapped = []
-    if enabled and available():
-        for mod in model.modules():
-            if type(mod) is torch.nn.Linear and "forward" not in mod.__dict__:
-                mod.forward = functools.partial(_module_forward, mod)
-                swapped.append(mod)
+    with _swapped_forwards(model, lambda m: type(m) is torch.nn.Linear, _module_forward, enabled and available()):
+        yield
+
+
+@contextlib.contextmanager
+def _swapped_forwards(model: torch.nn.Module, select, forward, enabled: bool):
+    """Inside the block, every selected module (not already swapped) runs forward(mod, x)."""
+    swapped = [m for m in model.modules() if enabled and select(m) and "forward" not in m.__dict__]
+    for mod in swapped:
+        mod.forward = functools.partial(forward, mod)
     try:
         yield
     finally:
@@ -134,17 +138,8 @@ def _rms_norm_forward(mod, x: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def fused_rms_norms(model: torch.nn.Module, enabled: bool = True):
     """Swap each RMSNorm module's forward for `F.rms_norm` inside the block (restored on exit)."""
-    swapped = []
-    if enabled:
-        for mod in model.modules():
-            if _is_rms_norm(mod) and "forward" not in mod.__dict__:
-                mod.forward = functools.partial(_rms_norm_forward, mod)
-                swapped.append(mod)
-    try:
+    with _swapped_forwards(model, _is_rms_norm, _rms_norm_forward, enabled):
         yield
-    finally:
-        for mod in swapped:
-            del mod.forward
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from thinkrl.config import Config, ConfigError, _coerce, opt
-from thinkrl.data.loaders import DataError
+from thinkrl.data.loaders import DataError, write_jsonl
 from thinkrl.tiny import BaseModelConfig, completion_for
 
 __all__ = ["Kind", "KINDS", "StageContext", "StageResult", "task_config", "task_problems", "cold_start_rows",
@@ -108,14 +108,6 @@ def cold_start_rows(problems: list) -> list[dict]:
         raise DataError(f"cold_start traces need worked solutions; problem {missing[0]} has none "
                         f"({len(missing)} of {len(problems)} lack one)")
     return [{"prompt": p.question, "response": completion_for(p, "reason"), "id": p.id} for p in problems]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -235,7 +227,7 @@ def _run_sft(ctx: StageContext, opts: SFTOptions) -> StageResult:
     outputs = {"model": "final_model"}
     if opts.data == COLD_START:
         rows = cold_start_rows(task_problems(ctx.pipeline, opts.traces))
-        _write_jsonl(ctx.dir / "cold_start.jsonl", rows)
+        write_jsonl(ctx.dir / "cold_start.jsonl", rows)
         outputs["data"] = "cold_start.jsonl"
         ctx.log(f"{ctx.name}: {len(rows)} cold-start traces, e.g. {rows[0]['response']!r}")
     else:

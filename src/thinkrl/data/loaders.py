@@ -211,3 +211,13 @@ def load_benchmark(
         names = sorted(BENCHMARKS)
         raise ValueError(f"unknown benchmark {name!r}; choose one of {names}") from None
     return loader(split=split or "test", data_dir=data_dir)
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Write rows as JSON lines atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
