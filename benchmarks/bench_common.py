@@ -36,12 +36,15 @@ class Setting:
     beta: float = 0.0
     temperature: float = 1.0
     seed: int = 0
+    cpu_micro_batch: int = 0  # thinkrl's grpo.micro_batch_size on the CPU (0 = whole batch: fastest)
 
 
 SETTINGS = {
-    "smollm2-128": Setting("smollm2-128", "smollm2"),
-    "smollm2-64": Setting("smollm2-64", "smollm2", max_new_tokens=64),
-    "smollm2-B4": Setting("smollm2-B4", "smollm2", prompts_per_step=4),
+    # fp32 SmolLM2 (the memory-ratio settings): micro-batches of 2 to hold activations down
+    "smollm2-128": Setting("smollm2-128", "smollm2", cpu_micro_batch=2),
+    "smollm2-64": Setting("smollm2-64", "smollm2", max_new_tokens=64, cpu_micro_batch=2),
+    "smollm2-B4": Setting("smollm2-B4", "smollm2", prompts_per_step=4, cpu_micro_batch=2),
+    # both tools' fastest mode: bf16, the whole batch in one backward (as TRL does)
     "smollm2-128-bf16": Setting("smollm2-128-bf16", "smollm2", precision="bf16"),
     "tiny": Setting("tiny", "tiny", max_new_tokens=64),
     "tiny-bf16": Setting("tiny-bf16", "tiny", max_new_tokens=64, precision="bf16"),

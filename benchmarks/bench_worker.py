@@ -15,6 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+if "--tool" in sys.argv[:-1] and sys.argv[sys.argv.index("--tool") + 1] == "thinkrl":
+    import thinkrl  # noqa: F401  before torch, as for any user: its import-time allocator default (THP)
+
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,7 +58,7 @@ def run_thinkrl(s: Setting, device: str) -> None:
     g.prompts_per_step, g.group_size, g.lr, g.beta, g.temperature = B, s.group_size, s.lr, s.beta, s.temperature
     g.max_new_tokens = g.min_new_tokens = s.max_new_tokens
     g.stop_strings, g.top_p, g.mu, g.minibatches = [], 1.0, 1, 1
-    default_micro = 2 if device == "cpu" and s.model != "tiny" else 0  # small on the CPU for memory; GPU: all at once
+    default_micro = s.cpu_micro_batch if device == "cpu" else 0  # GPU: the whole batch at once
     g.micro_batch_size = int(os.environ.get("BENCH_MICRO", default_micro))
     cfg.rewards.weights = {"bench_diversity": 1.0}
     cfg.run.precision = s.precision

@@ -107,3 +107,26 @@ def test_chunked_head_gradients_and_entropy_match_full_logits_autograd(tiny_mode
         logits = tiny_model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float()[:, -L - 1:-1] / 0.7
         ref_ent = -(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1)  # (N, L)
     torch.testing.assert_close(ent[mask.bool()], ref_ent[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_head_under_bf16_autocast_matches_bf16_product_reference():
+    """Under bf16 autocast the head product runs in bf16 (W cast once) and the softmax in float32:
+    the same numbers as autograd through the bf16 product widened to float32 logits."""
+    from thinkrl.logprobs import _TokenLogprobs
+
+    g = torch.Generator().manual_seed(0)
+    M, H, V, T = 13, 16, 40, 0.7
+    h = torch.randn(M, H, generator=g, requires_grad=True)
+    w = (torch.randn(V, H, generator=g) * 0.5).requires_grad_()
+    targets, up = torch.randint(0, V, (M,), generator=g), torch.randn(M, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp, ent = _TokenLogprobs.apply(h, w, targets, T, 5, True)  # chunks of 5, 5, 3
+    got = torch.autograd.grad((logp * up).sum(), [h, w])
+    z = F.linear(h.bfloat16(), w.bfloat16()).float() / T  # (M, V) the bf16 product, float32 after
+    ref = F.log_softmax(z, -1).gather(-1, targets[:, None]).squeeze(-1)
+    ref_grads = torch.autograd.grad((ref * up).sum(), [h, w])
+    torch.testing.assert_close(logp, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, -(F.softmax(z, -1) * F.log_softmax(z, -1)).sum(-1), atol=1e-5, rtol=1e-5)
+    for a, b in zip(got, ref_grads):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)  # bf16 products, other summation order

@@ -102,3 +102,40 @@ def test_sparse_tied_embedding_same_dense_grads(tied):
     assert all(not g.is_sparse for g in out[1])
     for a, b in zip(*out):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_gqa_attention_same_values_and_grads_without_repeated_heads(monkeypatch):
+    """A padded grouped-query batch: the swap hands the KV heads to the kernel as they are
+    (enable_gqa), in float32, with the same logits and gradients; the config is restored."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=50, max_position_embeddings=64, attn_implementation="sdpa")
+    model = LlamaForCausalLM(cfg)
+    ids, mask = torch.randint(0, 50, (3, 10)), torch.ones(3, 10, dtype=torch.long)
+    mask[0, :4] = 0  # left padding: transformers builds a mask and repeats the KV heads
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.shape[1], k.shape[1], kw.get("enable_gqa", False), q.dtype))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    out = []
+    for on in (False, True):
+        model.zero_grad(set_to_none=True)
+        seen.clear()
+        with onednn.gqa_attention(model, enabled=on):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        (logits * torch.linspace(-1, 1, 50)).sum().backward()
+        out.append((logits.detach(), [p.grad.clone() for p in model.parameters()], list(seen)))
+    assert all(s[:3] == (4, 4, False) for s in out[0][2])  # transformers' path: KV heads repeated 2x
+    assert len(out[1][2]) == 2 and all(s == (4, 2, True, torch.float32) for s in out[1][2])
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-6, rtol=1e-5)
+    for a, b in zip(out[0][1], out[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert model.config._attn_implementation == "sdpa"
+    with torch.autocast("cpu", dtype=torch.bfloat16), onednn.gqa_attention(model):  # bf16 activations in, bf16 out
+        bf16 = model(input_ids=ids, attention_mask=mask).logits
+    assert bf16.dtype == torch.bfloat16 and seen[-1][3] == torch.float32
+    torch.testing.assert_close(bf16.float(), out[0][0], atol=0.1, rtol=0.05)

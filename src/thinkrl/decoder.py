@@ -13,10 +13,12 @@ What it computes (the Llama / Qwen2 architecture, exactly as transformers does):
     logits = lm_head(rms_norm(x))
 The q/k/v projections are fused into one matrix and gate/up into another, and every
 matrix is reordered for oneDNN (`thinkrl.onednn.pack`): copies, rebuilt each time a
-decoder is made, so they always hold the current weights. In bf16 mode the layer
-matrices are bf16 copies, while the LM head and the final log-softmax stay float32
-(bf16 logits would be off by ~0.1 nats). The cache is static: (rows, kv_heads, max_len, head_dim) per layer,
-one column per step for every row; left-padding is masked. Rows can be repeated
+decoder is made, so they always hold the current weights. In bf16 mode every matrix,
+the LM head included, is a bf16 copy (the products the bf16-autocast training forward
+runs; logits widened to float32 for the softmax). The cache is static and float32 in
+both modes (one-query attention products are ~2x faster in float32 than in bf16 on the
+CPU): (rows, kv_heads, max_len, head_dim) per layer, one column per step for every row;
+left-padding is masked. Rows can be repeated
 (one prompt prefilled once, G samples) and dropped (finished samples).
 
 Left out: sliding-window attention, logit soft-capping, biased MLPs, MoE, non-RoPE
@@ -66,7 +68,7 @@ class LeanDecoder:
                 down=pack(cast(m.down_proj.weight)),
             ))
         self.inter = body.layers[0].mlp.gate_proj.weight.shape[0]
-        self.head_packed = pack(self.head.detach().float())  # (V, H) float32
+        self.head_packed = pack(self.head.detach().to(self.dtype))  # (V, H)
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
         self.key_mask = None  # (n, max_len) bool: which cache columns hold real tokens
@@ -106,8 +108,9 @@ class LeanDecoder:
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # (P, D)
 
     def _norm(self, x, w):
-        """RMSNorm as transformers computes it (in float32, cast back); plain ops beat F.rms_norm's
-        CPU path for one-token rows."""
+        """RMSNorm as transformers computes it: in float32, cast back to x's dtype, times w."""
+        if x.dtype == torch.float32 and w.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), w, self.eps)  # one kernel
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * w
 
@@ -133,12 +136,12 @@ class LeanDecoder:
         kc[:, :, start:start + t] = k
         vc[:, :, start:start + t] = v
         if t == 1:  # one query: three small products beat SDPA's kernel setup
-            o = self._attend_one(q, kc[:, :, : start + 1], vc[:, :, : start + 1], attn_mask)
+            o = self._attend_one(q.float(), kc[:, :, : start + 1], vc[:, :, : start + 1], attn_mask)
         else:
             o = F.scaled_dot_product_attention(
-                q, kc[:, :, : start + t], vc[:, :, : start + t], attn_mask=attn_mask,
-                enable_gqa=self.n_heads != self.n_kv)  # (n, Hq, t, D)
-        o = o.transpose(1, 2).reshape(n, t, self.n_heads * self.head_dim)  # (n, t, Hq*D)
+                q.float(), kc[:, :, : start + t], vc[:, :, : start + t], attn_mask=attn_mask,
+                enable_gqa=self.n_heads != self.n_kv)  # (n, Hq, t, D) float32
+        o = o.to(self.dtype).transpose(1, 2).reshape(n, t, self.n_heads * self.head_dim)  # (n, t, Hq*D)
         x = x + packed_linear(o, p["o"], p["o_b"])  # (n, t, H)
         h = self._norm(x, p["ln2"])  # (n, t, H)
         gate, up = packed_linear(h, p["gate_up"]).split(self.inter, dim=-1)  # (n, t, I) each
@@ -150,13 +153,13 @@ class LeanDecoder:
         n, Hq, _, D = q.shape
         g = Hq // self.n_kv
         qg = q.reshape(n, self.n_kv, g, D)  # (n, Hkv, g, D)
-        scores = torch.matmul(qg, k.transpose(-1, -2)).float() * D ** -0.5 + bias  # (n, Hkv, g, S)
-        w = torch.softmax(scores, dim=-1).to(v.dtype)  # (n, Hkv, g, S)
+        scores = torch.matmul(qg, k.transpose(-1, -2)) * D ** -0.5 + bias  # (n, Hkv, g, S)
+        w = torch.softmax(scores, dim=-1)  # (n, Hkv, g, S)
         return torch.matmul(w, v).reshape(n, Hq, 1, D)  # (n, Hq, 1, D)
 
     def _logits(self, x_last: torch.Tensor) -> torch.Tensor:
-        h = self._norm(x_last.float(), self.final_norm.float())  # (n, H) float32
-        return packed_linear(h, self.head_packed)  # (n, V) float32
+        h = self._norm(x_last, self.final_norm.to(self.dtype))  # (n, H)
+        return packed_linear(h, self.head_packed).float()  # (n, V) float32
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -174,8 +177,8 @@ class LeanDecoder:
         eye = torch.eye(T, dtype=torch.bool, device=device)  # pad queries see themselves: no all-masked rows
         mask = (causal & valid[:, None, :]) | eye  # (B, T, T)
         shape = (B, self.n_kv, max_len, self.head_dim)
-        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=device) for _ in self.layers]
-        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=device) for _ in self.layers]
+        self.k_cache = [torch.zeros(shape, device=device) for _ in self.layers]  # float32
+        self.v_cache = [torch.zeros(shape, device=device) for _ in self.layers]
         self.key_mask = torch.zeros(B, max_len, dtype=torch.bool, device=device)
         self.key_mask[:, :T] = valid
         x = F.embedding(input_ids, self.embed).to(self.dtype)  # (B, T, H)

@@ -66,58 +66,84 @@ def _logprob_temperature(temperature: float) -> float:
     return temperature if temperature > 0 else 1.0  # greedy sampling reports temperature-1 log-probs
 
 
-def _head_logits(h: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
-    """h (c, H) -> float32 logits / T (c, V): the LM head in the forward's precision (bf16
-    under autocast, else float32 through oneDNN where available)."""
-    logits = onednn.linear(h, weight).float()  # (c, V)
-    return logits if temperature == 1.0 else logits / temperature
+def _compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The head product's dtype: autocast's (bf16) when it is on, else the weight's."""
+    dev = h.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
+
+
+def _chunk_logits(x: torch.Tensor, w: torch.Tensor, temperature: float, out: torch.Tensor | None) -> torch.Tensor:
+    """x (c, H) · w (V, H)ᵀ / T as float32 (c, V): float32 products through oneDNN; a bf16
+    product is widened into `out` (a reused (≥c, V) float32 buffer: no new 50 MB tensor per chunk)."""
+    z = onednn.linear(x, w)  # (c, V) in x's dtype
+    if z.dtype != torch.float32:
+        z = out[:len(z)].copy_(z)
+    return z if temperature == 1.0 else z.div_(temperature)
 
 
 class _TokenLogprobs(torch.autograd.Function):
     """log_softmax(h·Wᵀ / T)[target] for every row of h, `chunk` rows at a time. Forward keeps
     no logits (only each row's log-sum-exp); backward recomputes each chunk's logits:
-    d logp / d logits = (onehot(target) - softmax) / T."""
+    d logp / d logits = (onehot(target) - softmax) / T. Under bf16 autocast the product runs
+    in bf16 with W cast once per call (kept for backward), and all softmax math in float32;
+    each chunk's float32 work is done in place in buffers reused from chunk to chunk."""
 
     @staticmethod
     def forward(ctx, h, weight, targets, temperature, chunk, want_entropy):
-        M = h.shape[0]
+        cd = _compute_dtype(h, weight)
+        M, V = h.shape[0], weight.shape[0]
         logp = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
         lse = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
         ent = torch.empty(M, dtype=torch.float32, device=h.device) if want_entropy else None
-        for s in range(0, M, chunk):
-            z = _head_logits(h[s:s + chunk], weight, temperature)  # (c, V)
-            lse[s:s + chunk] = torch.logsumexp(z, dim=-1)  # (c,)
-            logp[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
-            if want_entropy:
-                p = torch.exp(z - lse[s:s + chunk, None])  # (c, V)
-                ent[s:s + chunk] = lse[s:s + chunk] - (p * z).sum(-1)  # H = lse - E_p[z]
-            del z
-        ctx.save_for_backward(h, weight, targets, lse)
-        ctx.temperature, ctx.chunk = temperature, chunk
-        ctx.autocast = torch.is_autocast_enabled(h.device.type)
+        with torch.autocast(h.device.type, enabled=False):
+            w, x = weight.to(cd), h.to(cd)  # (V, H), (M, H): cast once
+            out = None if cd == torch.float32 else torch.empty(min(chunk, M), V, device=h.device)  # (c, V)
+            e_buf = torch.empty(min(chunk, M), V, device=h.device) if want_entropy else None  # (c, V)
+            for s in range(0, M, chunk):
+                z = _chunk_logits(x[s:s + chunk], w, temperature, out)  # (c, V) float32
+                top = z.amax(-1, keepdim=True)  # (c, 1)
+                z.sub_(top)  # shifted logits, max 0
+                z_t = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1)  # (c,)
+                if want_entropy:
+                    e = torch.exp(z, out=e_buf[:len(z)])  # (c, V)
+                    total = e.sum(-1)  # (c,)
+                    log_sum = total.log()
+                    dot = torch.bmm(e[:, None, :], z[:, :, None]).view(-1)  # (c,) Σ e·z
+                    ent[s:s + chunk] = log_sum - dot / total  # H = log Σe - E_p[z]
+                else:
+                    log_sum = z.exp_().sum(-1).log()  # (c,)
+                logp[s:s + chunk] = z_t - log_sum
+                lse[s:s + chunk] = top.squeeze(-1) + log_sum
+                del z
+        ctx.save_for_backward(h, targets, lse)
+        ctx.w, ctx.weight_dtype, ctx.temperature, ctx.chunk = w, weight.dtype, temperature, chunk
         ctx.mark_non_differentiable(*([ent] if want_entropy else []))
         return logp, ent
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
-        h, weight, targets, lse = ctx.saved_tensors
-        T, chunk = ctx.temperature, ctx.chunk
-        gh = torch.zeros_like(h) if ctx.needs_input_grad[0] else None  # (M, H)
+        h, targets, lse = ctx.saved_tensors
+        w, T, chunk = ctx.w, ctx.temperature, ctx.chunk  # w: (V, H) in the compute dtype
+        M, V = h.shape[0], w.shape[0]
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gh = torch.empty(h.shape, dtype=w.dtype, device=h.device) if want_h else None  # (M, H)
         gw = None  # (V, H) float32, summed over chunks
-        with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
-            for s in range(0, h.shape[0], chunk):
-                hc, tc = h[s:s + chunk], targets[s:s + chunk]  # (c, H), (c,)
-                z = _head_logits(hc, weight, T)  # (c, V) recomputed
-                gz = torch.exp(z - lse[s:s + chunk, None]).neg_()  # (c, V) -softmax
-                gz.scatter_add_(-1, tc[:, None], torch.ones_like(tc, dtype=gz.dtype)[:, None])  # onehot - softmax
-                gz.mul_((g_logp[s:s + chunk] / T)[:, None])  # (c, V) d loss / d (h·Wᵀ)
-                if gh is not None:
-                    gh[s:s + chunk] = onednn.linear(gz, weight.t()).to(gh.dtype)  # (c, H) = gz · W
-                if ctx.needs_input_grad[1]:
-                    part = onednn.linear(gz.t(), hc.t()).float()  # (V, H) = gzᵀ · h
-                    gw = part if gw is None else gw.add_(part)
-                del z, gz
-        return gh, (None if gw is None else gw.to(weight.dtype)), None, None, None, None
+        with torch.autocast(h.device.type, enabled=False):
+            x = h.to(w.dtype)  # (M, H)
+            out = None if w.dtype == torch.float32 else torch.empty(min(chunk, M), V, device=h.device)  # (c, V)
+            for s in range(0, M, chunk):
+                xc, tc, gc = x[s:s + chunk], targets[s:s + chunk, None], (g_logp[s:s + chunk] / T)[:, None]
+                p = _chunk_logits(xc, w, T, out).sub_(lse[s:s + chunk, None]).exp_()  # (c, V) softmax
+                p.mul_(-gc).scatter_add_(-1, tc, gc)  # (onehot - softmax)·g/T = d loss / d (h·Wᵀ)
+                gz = p.to(w.dtype)  # (c, V) in the compute dtype
+                if want_h:
+                    gh[s:s + chunk] = onednn.linear(gz, w.t())  # (c, H) = gz · W
+                if want_w:
+                    part = onednn.linear(gz.t(), xc.t()) if w.dtype == torch.float32 else gz.t().mm(xc)  # (V, H) gzᵀ·h
+                    gw = part.float() if gw is None else gw.add_(part)
+                del p, gz
+        return (None if gh is None else gh.to(h.dtype)), (None if gw is None else gw.to(ctx.weight_dtype)), \
+            None, None, None, None
 
 
 def _logprobs_from_hidden(hidden, head, targets, temperature, chunk, want_entropy):
@@ -176,12 +202,18 @@ def grouped_completion_logprobs(
     cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
     cache = DynamicCache(config=model.config)
     p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)  # (U, P)
-    p_out = backbone(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, **{cache_kw: cache})
+    # one embedding lookup for prompts and completions: one gradient for the embedding (not two,
+    # each summed into a full-size copy of a head-tied matrix's gradient by the autograd engine)
+    U, P = p_ids.shape
+    embeds = model.get_input_embeddings()(torch.cat([p_ids.flatten(), completion_ids.flatten()]))  # (U*P + N*L, H)
+    p_emb, c_emb = embeds.split([U * P, completion_ids.numel()])
+    p_out = backbone(inputs_embeds=p_emb.view(U, P, -1), attention_mask=p_mask, position_ids=p_pos, use_cache=True,
+                     **{cache_kw: cache})
     rows = row_prompt.to(device)  # (N,)
     cache.batch_select_indices(rows)  # (U, ...) -> (N, ...), differentiable gather
     attn = torch.cat([p_mask[rows], completion_mask.long()], dim=1)  # (N, P+L)
     c_pos = p_mask[rows].sum(1, keepdim=True) + torch.arange(completion_ids.shape[1], device=device)  # (N, L)
-    c_out = backbone(input_ids=completion_ids, attention_mask=attn, position_ids=c_pos, use_cache=True,
-                     **{cache_kw: cache})
+    c_out = backbone(inputs_embeds=c_emb.view(*completion_ids.shape, -1), attention_mask=attn, position_ids=c_pos,
+                     use_cache=True, **{cache_kw: cache})
     hidden = torch.cat([p_out.last_hidden_state[rows, -1:], c_out.last_hidden_state[:, :-1]], dim=1)  # (N, L, H)
     return _logprobs_from_hidden(hidden, model.get_output_embeddings(), completion_ids, T, chunk, want_entropy)

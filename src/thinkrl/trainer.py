@@ -39,7 +39,7 @@ from thinkrl.data.loaders import Problem
 from thinkrl.data.templates import encode_prompts
 from thinkrl.logprobs import build_batch, completion_logprobs, grouped_completion_logprobs
 from thinkrl.metrics import PhaseTimer, mean, peak_rss_gib
-from thinkrl.onednn import fused_rms_norms, onednn_linears, sparse_tied_embedding
+from thinkrl.onednn import fused_rms_norms, gqa_attention, onednn_linears, sparse_tied_embedding
 from thinkrl.rollout import SamplingParams, sample
 
 
@@ -110,12 +110,13 @@ def set_deterministic(enabled: bool) -> None:
 
 @contextlib.contextmanager
 def precision(model, bf16: bool, onednn: bool = True):
-    """The training forward's kernels: fused RMSNorm and a sparse gradient for a head-tied
-    embedding always; then bf16 autocast (fp32 master weights and log-softmax), or fp32 with
+    """The training forward's kernels: fused RMSNorm, a sparse gradient for a head-tied
+    embedding and grouped-query attention without repeated heads always; then bf16 autocast (fp32 master weights and log-softmax), or fp32 with
     the linears on oneDNN (same math, faster on x86)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(fused_rms_norms(model))
         stack.enter_context(sparse_tied_embedding(model))
+        stack.enter_context(gqa_attention(model))
         if bf16:
             stack.enter_context(torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16))
         else:
