@@ -1,8 +1,10 @@
 """Training log-probs against a plain full-logits computation, and against the sampler's."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from thinkrl import logprobs
 from thinkrl.logprobs import build_batch, completion_logprobs
 from thinkrl.rollout import SamplingParams, sample
 
@@ -88,8 +90,12 @@ def test_grouped_prompt_forward_is_exact(tiny_model, tiny_tokenizer):
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_chunked_head_gradients_and_entropy_match_full_logits_autograd(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("block_bytes", [None, 1])  # default: one weight-gradient block; 1: one per chunk
+def test_chunked_head_gradients_and_entropy_match_full_logits_autograd(tiny_model, tiny_tokenizer, block_bytes,
+                                                                        monkeypatch):
     """The logits-free autograd function vs plain autograd through full (N, S, V) logits, T != 1."""
+    if block_bytes:
+        monkeypatch.setattr(logprobs, "WGRAD_BLOCK_BYTES", block_bytes)
     ro = _rollout(tiny_model, tiny_tokenizer, temperature=0.7)
     ids, attn, pos = build_batch(ro.prompt_ids, ro.group, ro.completion_ids, ro.completion_mask, tiny_tokenizer.pad_token_id)
     L, mask = ro.completion_ids.shape[1], ro.completion_mask.float()
@@ -109,10 +115,15 @@ def test_chunked_head_gradients_and_entropy_match_full_logits_autograd(tiny_mode
     torch.testing.assert_close(ent[mask.bool()], ref_ent[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
-def test_chunked_head_under_bf16_autocast_matches_bf16_product_reference():
+@pytest.mark.parametrize("block_bytes", [None, 1])  # default: one weight-gradient block; 1: one per chunk
+def test_chunked_head_under_bf16_autocast_matches_bf16_product_reference(block_bytes, monkeypatch):
     """Under bf16 autocast the head product runs in bf16 (W cast once) and the softmax in float32:
     the same numbers as autograd through the bf16 product widened to float32 logits."""
+    from thinkrl import logprobs
     from thinkrl.logprobs import _TokenLogprobs
+
+    if block_bytes:
+        monkeypatch.setattr(logprobs, "WGRAD_BLOCK_BYTES", block_bytes)
 
     g = torch.Generator().manual_seed(0)
     M, H, V, T = 13, 16, 40, 0.7

@@ -267,3 +267,46 @@ def test_categorical_draws_follow_the_distribution():
     freq = torch.bincount(draws[:, 0], minlength=4).float() / 20000
     assert torch.allclose(freq, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.015)
     assert (draws[:, 1] == 3).all() and not (draws[:, 0] == 1).any()
+
+
+def test_two_level_categorical_follows_the_distribution_and_the_one_level_inversion():
+    """V = 1000 (not a multiple of the 256-wide blocks): zero entries (one whole block, the tail)
+    are never drawn, frequencies match, and each draw equals the plain float64 inverse CDF's
+    for the same uniform."""
+    from thinkrl.rollout import _categorical
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(3, 1000, generator=g) ** 4  # (3, 1000) uneven
+    probs[:, 256:512] = 0.0  # a whole block empty
+    probs[:, 990:] = 0.0  # trailing zeros
+    probs[2] = 0.0
+    probs[2, [3, 600, 989]] = torch.tensor([0.2, 0.5, 0.3])  # sparse row: one entry per block
+    draws = torch.stack([_categorical(probs, torch.Generator().manual_seed(s)) for s in range(4000)])  # (4000, 3)
+    assert not (probs.gather(1, draws.t()) == 0).any()
+    ref = []
+    for s in range(4000):  # the same uniforms through a one-level float64 CDF
+        u = torch.rand(3, 1, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+        cdf = probs.double().cumsum(-1)
+        ref.append(torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1))
+    assert (draws == torch.stack(ref)).float().mean() > 0.999
+    freq = torch.bincount(draws[:, 2], minlength=1000).float() / 4000
+    assert torch.allclose(freq[[3, 600, 989]], torch.tensor([0.2, 0.5, 0.3]), atol=0.03)
+
+
+@pytest.mark.parametrize("scale,top_p", [(4.0, 0.9), (1.0, 0.95), (0.3, 0.95), (0.0, 0.95), (8.0, 0.5)])
+def test_nucleus_equals_the_full_sort(scale, top_p):
+    """Top-p through top-256 / top-4096 / full sort: the same kept tokens and probabilities as
+    sorting all 10,000 (scale 0: uniform, the nucleus needs ~9,500 tokens)."""
+    from thinkrl.rollout import _nucleus
+
+    logits = torch.randn(4, 10_000, generator=torch.Generator().manual_seed(1)) * scale  # (4, V)
+    logp = F.log_softmax(logits, -1)
+    probs, ids = _nucleus(logp, top_p)  # (4, k)
+    sorted_logp, sorted_idx = logp.sort(dim=-1, descending=True)
+    p = sorted_logp.exp()
+    keep = (p.cumsum(-1) - p) < top_p  # (4, V) the reference nucleus
+    for r in range(4):
+        n = int(keep[r].sum())
+        assert int((probs[r] > 0).sum()) == n
+        assert set(ids[r, :n].tolist()) == set(sorted_idx[r, :n].tolist())
+        torch.testing.assert_close(probs[r, :n], p[r, :n])

@@ -81,6 +81,10 @@ def _chunk_logits(x: torch.Tensor, w: torch.Tensor, temperature: float, out: tor
     return z if temperature == 1.0 else z.div_(temperature)
 
 
+WGRAD_BLOCK_BYTES = 128 << 20  # backward keeps d loss / d logits for this many bytes of rows, then
+# runs one weight-gradient product for them (fewer, larger products; fewer full-size partial sums)
+
+
 class _TokenLogprobs(torch.autograd.Function):
     """log_softmax(h·Wᵀ / T)[target] for every row of h, `chunk` rows at a time. Forward keeps
     no logits (only each row's log-sum-exp); backward recomputes each chunk's logits:
@@ -127,21 +131,27 @@ class _TokenLogprobs(torch.autograd.Function):
         M, V = h.shape[0], w.shape[0]
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gh = torch.empty(h.shape, dtype=w.dtype, device=h.device) if want_h else None  # (M, H)
-        gw = None  # (V, H) float32, summed over chunks
+        gw = None  # (V, H) float32, summed over blocks
         with torch.autocast(h.device.type, enabled=False):
             x = h.to(w.dtype)  # (M, H)
             out = None if w.dtype == torch.float32 else torch.empty(min(chunk, M), V, device=h.device)  # (c, V)
-            for s in range(0, M, chunk):
-                xc, tc, gc = x[s:s + chunk], targets[s:s + chunk, None], (g_logp[s:s + chunk] / T)[:, None]
-                p = _chunk_logits(xc, w, T, out).sub_(lse[s:s + chunk, None]).exp_()  # (c, V) softmax
-                p.mul_(-gc).scatter_add_(-1, tc, gc)  # (onehot - softmax)·g/T = d loss / d (h·Wᵀ)
-                gz = p.to(w.dtype)  # (c, V) in the compute dtype
-                if want_h:
-                    gh[s:s + chunk] = onednn.linear(gz, w.t())  # (c, H) = gz · W
-                if want_w:
-                    part = onednn.linear(gz.t(), xc.t()) if w.dtype == torch.float32 else gz.t().mm(xc)  # (V, H) gzᵀ·h
-                    gw = part.float() if gw is None else gw.add_(part)
-                del p, gz
+            rows = min(M, max(chunk, WGRAD_BLOCK_BYTES // (V * w.element_size()) // chunk * chunk))
+            gz = torch.empty(rows, V, dtype=w.dtype, device=h.device)  # (b, V) d loss / d (h·Wᵀ), a block of rows
+            for b in range(0, M, rows):
+                e = min(b + rows, M)
+                for s in range(b, e, chunk):
+                    t = min(s + chunk, e)
+                    gc = (g_logp[s:t] / T)[:, None]  # (c, 1)
+                    p = _chunk_logits(x[s:t], w, T, out).sub_(lse[s:t, None]).exp_()  # (c, V) softmax
+                    p.mul_(-gc).scatter_add_(-1, targets[s:t, None], gc)  # (onehot - softmax)·g/T
+                    gz[s - b:t - b] = p  # (c, V) in the compute dtype
+                    if want_h:
+                        gh[s:t] = onednn.linear(gz[s - b:t - b], w.t())  # (c, H) = gz · W
+                    del p
+                if want_w:  # one weight-gradient product per block, not per chunk
+                    g_blk = gz[:e - b]
+                    part = onednn.linear(g_blk.t(), x[b:e].t()) if w.dtype == torch.float32 else g_blk.t().mm(x[b:e])
+                    gw = part.float() if gw is None else gw.add_(part)  # (V, H) += gzᵀ · h
         return (None if gh is None else gh.to(h.dtype)), (None if gw is None else gw.to(ctx.weight_dtype)), \
             None, None, None, None
 

@@ -130,14 +130,56 @@ def _engine(model, dtype: torch.dtype | None, max_len: int, kind: str = "auto"):
     return _HFEngine(model)
 
 
+CDF_BLOCK = 256  # _categorical's block width
+
+
 def _categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One draw per row from unnormalised probabilities (n, V), by inverting the CDF with one
-    uniform per row: exact categorical sampling, and ~10x cheaper on the CPU than
-    torch.multinomial, which draws an exponential variate for every vocabulary entry."""
-    cdf = probs.double().cumsum(dim=-1)  # (n, V) float64: no drift over 49k entries
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)  # (n, 1)
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (n, 1) first index with cdf > u·total
-    return idx.squeeze(-1).clamp(max=probs.shape[-1] - 1)  # (n,)
+    uniform per row: exact categorical sampling (zero-probability entries are never drawn), and
+    far cheaper on the CPU than torch.multinomial, which draws an exponential variate for every
+    vocabulary entry. The CDF is two-level: the float64 cumulative sum of 256-entry block sums
+    locates the block, then that block's float64 cumulative sum the entry (no drift over 49k
+    entries; block sums carry float32 rounding, ~1e-7 relative, as the probabilities do).
+    One vectorised pass over probs instead of a float64 copy and cumsum of all of it
+    (1.4 -> ~0.1 ms at 8 x 49,152)."""
+    n, V = probs.shape
+    u = torch.rand(n, 1, generator=generator, device=probs.device, dtype=torch.float64)  # (n, 1)
+    if V <= CDF_BLOCK:
+        cdf = probs.double().cumsum(dim=-1)  # (n, V)
+        return _invert(cdf, u * cdf[:, -1:], probs > 0)  # (n,)
+    nb = -(-V // CDF_BLOCK)
+    padded = F.pad(probs, (0, nb * CDF_BLOCK - V)).view(n, nb, CDF_BLOCK)  # (n, nb, b) zeros past V
+    block_mass = padded.sum(-1).double()  # (n, nb)
+    block_cdf = block_mass.cumsum(dim=-1)  # (n, nb)
+    target = u * block_cdf[:, -1:]  # (n, 1) in [0, total)
+    blk = _invert(block_cdf, target, block_mass > 0)  # (n,) the block holding the target
+    rows = torch.arange(n, device=probs.device)
+    inner = padded[rows, blk]  # (n, b)
+    rest = target - (block_cdf[rows, blk] - block_mass[rows, blk])[:, None]  # (n, 1) mass into the block
+    return blk * CDF_BLOCK + _invert(inner.double().cumsum(dim=-1), rest, inner > 0)  # (n,)
+
+
+def _invert(cdf: torch.Tensor, target: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """First index whose cdf (n, m) exceeds target (n, 1); rounding that would step past the last
+    positive entry (onto trailing zeros) is pulled back to the last positive one."""
+    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # (n,)
+    last = torch.where(positive, torch.arange(cdf.shape[-1], device=cdf.device), -1).amax(dim=-1)  # (n,)
+    return torch.minimum(idx, last)
+
+
+def _nucleus(logp: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-p set of each row of logp (n, V): probabilities (n, k) in descending order, zero
+    past the smallest prefix whose mass reaches top_p (the first token always kept), and their
+    token ids (n, k). Tries the top 256, then 4,096 tokens, and sorts the whole vocabulary only
+    when some row's nucleus is larger: the same set as a full sort, ~0.4 instead of ~13 ms."""
+    V = logp.shape[-1]
+    for k in (min(256, V), min(4096, V), V):
+        top_logp, ids = logp.sort(dim=-1, descending=True) if k == V else logp.topk(k, dim=-1)  # (n, k)
+        p = top_logp.exp()  # (n, k)
+        mass_before = p.cumsum(dim=-1) - p  # (n, k) prob of strictly better tokens
+        if k == V or bool((mass_before[:, -1] + p[:, -1] >= top_p).all()):  # every row's nucleus is inside
+            return p.masked_fill(~(mass_before < top_p), 0.0), ids
+    raise AssertionError("unreachable")
 
 
 def _next_token(
@@ -150,13 +192,9 @@ def _next_token(
     else:
         logp = F.log_softmax(logits / params.temperature, dim=-1)  # (n, V)
         if params.top_p < 1.0:
-            sorted_logp, sorted_idx = logp.sort(dim=-1, descending=True)  # (n, V), (n, V)
-            sorted_p = sorted_logp.exp()  # (n, V)
-            mass_before = sorted_p.cumsum(dim=-1) - sorted_p  # (n, V) prob of strictly better tokens
-            keep = mass_before < params.top_p  # (n, V) smallest set reaching top_p; first always kept
-            probs = sorted_p.masked_fill(~keep, 0.0)  # (n, V) renormalised by _categorical
-            choice = _categorical(probs, generator)  # (n,) rank in sorted order
-            tok = sorted_idx.gather(-1, choice[:, None]).squeeze(-1)  # (n,)
+            probs, ids = _nucleus(logp, params.top_p)  # (n, k) each; renormalised by _categorical
+            choice = _categorical(probs, generator)  # (n,) rank in descending order
+            tok = ids.gather(-1, choice[:, None]).squeeze(-1)  # (n,)
         else:
             tok = _categorical(logp.exp(), generator)  # (n,)
     tok_logp = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # (n,)
