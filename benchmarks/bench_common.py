@@ -44,6 +44,8 @@ SETTINGS = {
     "smollm2-128": Setting("smollm2-128", "smollm2", cpu_micro_batch=2),
     "smollm2-64": Setting("smollm2-64", "smollm2", max_new_tokens=64, cpu_micro_batch=2),
     "smollm2-B4": Setting("smollm2-B4", "smollm2", prompts_per_step=4, cpu_micro_batch=2),
+    # fp32 with the whole batch in one backward: thinkrl's fastest fp32 point (more activation memory)
+    "smollm2-128-whole": Setting("smollm2-128-whole", "smollm2"),
     # both tools' fastest mode: bf16, the whole batch in one backward (as TRL does)
     "smollm2-128-bf16": Setting("smollm2-128-bf16", "smollm2", precision="bf16"),
     "tiny": Setting("tiny", "tiny", max_new_tokens=64),

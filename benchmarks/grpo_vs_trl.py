@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_common import SETTINGS  # noqa: E402
 
-CPU_DEFAULT = "smollm2-128,smollm2-64,smollm2-B4,smollm2-128-bf16,tiny,tiny-bf16"
+CPU_DEFAULT = "smollm2-128,smollm2-128-whole,smollm2-64,smollm2-B4,smollm2-128-bf16,tiny,tiny-bf16"
 
 
 def run_worker(tool: str, setting: str, device: str, timeout: int) -> dict:

@@ -8,8 +8,9 @@ log-probs of the temperature-scaled distribution log_softmax(logits / T) — the
 distribution the sampler draws from. The LM head and log-softmax run `chunk` tokens at a
 time in one autograd function that keeps no logits: forward stores each token's
 log-sum-exp, backward recomputes the chunk's logits (d logp / d logits = onehot − softmax,
-over T). At most (chunk, V) float32 logits exist at any moment, in forward or backward;
-the price is one extra head product in backward.
+over T). At most (chunk, V) float32 logits exist at any moment, in forward or backward,
+plus in backward their gradient for a block of rows (≤ 128 MiB, `WGRAD_BLOCK_BYTES`) that
+feeds one weight-gradient product; the price is one extra head product in backward.
 
 `grouped_completion_logprobs` computes the same numbers with each distinct prompt run
 through the model once instead of G times: the prompts' forward builds a KV cache with
@@ -138,9 +139,9 @@ class _TokenLogprobs(torch.autograd.Function):
             rows = min(M, max(chunk, WGRAD_BLOCK_BYTES // (V * w.element_size()) // chunk * chunk))
             gz = torch.empty(rows, V, dtype=w.dtype, device=h.device)  # (b, V) d loss / d (h·Wᵀ), a block of rows
             for b in range(0, M, rows):
-                e = min(b + rows, M)
-                for s in range(b, e, chunk):
-                    t = min(s + chunk, e)
+                stop = min(b + rows, M)
+                for s in range(b, stop, chunk):
+                    t = min(s + chunk, stop)
                     gc = (g_logp[s:t] / T)[:, None]  # (c, 1)
                     p = _chunk_logits(x[s:t], w, T, out).sub_(lse[s:t, None]).exp_()  # (c, V) softmax
                     p.mul_(-gc).scatter_add_(-1, targets[s:t, None], gc)  # (onehot - softmax)·g/T
@@ -149,8 +150,8 @@ class _TokenLogprobs(torch.autograd.Function):
                         gh[s:t] = onednn.linear(gz[s - b:t - b], w.t())  # (c, H) = gz · W
                     del p
                 if want_w:  # one weight-gradient product per block, not per chunk
-                    g_blk = gz[:e - b]
-                    part = onednn.linear(g_blk.t(), x[b:e].t()) if w.dtype == torch.float32 else g_blk.t().mm(x[b:e])
+                    g_blk = gz[:stop - b]
+                    part = onednn.linear(g_blk.t(), x[b:stop].t()) if w.dtype == torch.float32 else g_blk.t().mm(x[b:stop])
                     gw = part.float() if gw is None else gw.add_(part)  # (V, H) += gzᵀ · h
         return (None if gh is None else gh.to(h.dtype)), (None if gw is None else gw.to(ctx.weight_dtype)), \
             None, None, None, None

@@ -24,8 +24,8 @@ kernel: results agree to float32 rounding (tests compare against `F.linear`).
 - `gqa_attention(model)`: transformers' SDPA attention hands grouped-query heads to the
   kernel (`enable_gqa`) only when there is no mask; with a padding mask it first copies
   each key/value head G times (`repeat_kv`), and back-propagates through that copy. This
-  swap passes the grouped heads straight to the kernel, in float32 (torch's CPU flash
-  kernel is ~1.6x slower in bf16): 21 -> 12 ms per SmolLM2 layer forward+backward at 8x219.
+  swap passes the grouped heads straight to the kernel, in float32 on the CPU (torch's CPU
+  flash kernel is ~1.6x slower in bf16): 21 -> 12 ms per SmolLM2 layer forward+backward at 8x219.
 
 Left out: attention and the embedding stay with torch's kernels;
 on CUDA, non-float32, or a torch build without oneDNN these are no-ops (F.linear).
@@ -178,8 +178,10 @@ def _gqa_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     groups = getattr(module, "num_key_value_groups", 1)
     if attention_mask is None or groups == 1 or query.shape[2] == 1 or kw.get("position_bias") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kw)
-    with torch.autocast(query.device.type, enabled=False):
-        out = F.scaled_dot_product_attention(query.float(), key.float(), value.float(), attn_mask=attention_mask,
+    dev = query.device.type
+    dt = torch.float32 if dev == "cpu" else query.dtype  # CUDA keeps bf16 for its flash kernels
+    with torch.autocast(dev, enabled=False):
+        out = F.scaled_dot_product_attention(query.to(dt), key.to(dt), value.to(dt), attn_mask=attention_mask,
                                              dropout_p=dropout, scale=scaling, enable_gqa=True)  # (B, Hq, T, D)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None  # (B, T, Hq, D)
 
