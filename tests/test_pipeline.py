@@ -92,6 +92,10 @@ def _reset(calls):
     (lambda s: s[2].update(model={"path": "x"}), "only dtype"),
     (lambda s: s[2]["grpo"].update(steps="many"), "grpo.steps: expected int"),
     (lambda s: s[5]["distill"].update(method="osmosis"), "method='osmosis'"),
+    (lambda s: s[1].update(traces=0), "'cold'.traces=0: must be at least 1"),
+    (lambda s: s[3].update(problems=0), "'rs'.problems=0: must be at least 1"),
+    (lambda s: s[1]["sft"].update(epochs=0), "epochs"),
+    (lambda s: s[3]["sample"].update(samples=0), "samples"),
     (lambda s: s.append(dict(s[0])), "used twice"),
 ])
 def test_bad_pipelines_are_refused_before_anything_runs(tmp_path, change, message):

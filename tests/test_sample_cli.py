@@ -176,12 +176,6 @@ def test_cli_end_to_end_on_the_tiny_model(model_dir, tmp_path, capsys):
     assert "| generated | 12 |" in capsys.readouterr().out
 
 
-def _bad_jsonl(tmp_path, name, text):
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
-
-
 @pytest.mark.parametrize("case, message", [
     ("unknown_filter", "unknown filter(s) ['nosuch']"),
     ("zero_samples", "samples 0: must be at least 1"),
@@ -192,12 +186,14 @@ def _bad_jsonl(tmp_path, name, text):
     ("bad_split", "--split dev"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(case, message, model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "1"}\n{"question": "q"}\n')  # line 2 lacks its answer
     args = {
         "unknown_filter": ["--data", "arithmetic", "--filters", "format,nosuch"],
         "zero_samples": ["--data", "arithmetic", "--samples", "0"],
         "bad_share": ["--data", "arithmetic", "--min-language-share", "2"],
         "unknown_data": ["--data", "nosuch"],
-        "bad_row": ["--data", _bad_jsonl(tmp_path, "bad.jsonl", '{"question": "q", "answer": "1"}\n{"question": "q"}\n')],
+        "bad_row": ["--data", str(bad)],
         "missing_eval_set": ["--data", "arithmetic", "--limit", "1", "--contamination", str(tmp_path / "none.jsonl")],
         "bad_split": ["--data", "gsm8k", "--split", "dev"],
     }[case]

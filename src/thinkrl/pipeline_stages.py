@@ -208,16 +208,22 @@ class SFTOptions:
     sft: Any = None  # SFTConfig
 
 
+def _parse_wrapping(cls, inner: str, default, count: str, check, options: dict, where: str):
+    """Options of a stage that wraps another tool: the `inner` section over that tool's
+    `default` config (validated by `check`), the rest over `cls`; `count` must be at least 1."""
+    options = dict(options)
+    opts = cls(**{inner: update_dataclass(default, options.pop(inner, None), f"{where}.{inner}")})
+    update_dataclass(opts, options, where)
+    if getattr(opts, count) < 1:
+        raise ConfigError(f"{where}.{count}={getattr(opts, count)}: must be at least 1")
+    check(getattr(opts, inner))
+    return opts
+
+
 def _parse_sft(options: dict, p, where: str) -> SFTOptions:
     from thinkrl.sft import validate_config
 
-    options = dict(options)
-    opts = SFTOptions(sft=update_dataclass(_default_sft(p), options.pop("sft", None), f"{where}.sft"))
-    update_dataclass(opts, options, where)
-    if opts.traces < 1:
-        raise ConfigError(f"{where}.traces={opts.traces}: must be at least 1")
-    validate_config(opts.sft)
-    return opts
+    return _parse_wrapping(SFTOptions, "sft", _default_sft(p), "traces", validate_config, options, where)
 
 
 def _run_sft(ctx: StageContext, opts: SFTOptions) -> StageResult:
@@ -306,13 +312,7 @@ class SampleOptions:
 def _parse_sample(options: dict, p, where: str) -> SampleOptions:
     from thinkrl.rejection_sampling import validate
 
-    options = dict(options)
-    opts = SampleOptions(sample=update_dataclass(_default_sample(p), options.pop("sample", None), f"{where}.sample"))
-    update_dataclass(opts, options, where)
-    if opts.problems < 1:
-        raise ConfigError(f"{where}.problems={opts.problems}: must be at least 1")
-    validate(opts.sample)
-    return opts
+    return _parse_wrapping(SampleOptions, "sample", _default_sample(p), "problems", validate, options, where)
 
 
 def _run_sample(ctx: StageContext, opts: SampleOptions) -> StageResult:
