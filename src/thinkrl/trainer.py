@@ -111,8 +111,9 @@ def set_deterministic(enabled: bool) -> None:
 @contextlib.contextmanager
 def precision(model, bf16: bool, onednn: bool = True):
     """The training forward's kernels: fused RMSNorm, a sparse gradient for a head-tied
-    embedding and grouped-query attention without repeated heads always; then bf16 autocast (fp32 master weights and log-softmax), or fp32 with
-    the linears on oneDNN (same math, faster on x86)."""
+    embedding and grouped-query attention without repeated heads always; then bf16
+    autocast (fp32 master weights and log-softmax), or fp32 with the linears on oneDNN
+    (same math, faster on x86)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(fused_rms_norms(model))
         stack.enter_context(sparse_tied_embedding(model))

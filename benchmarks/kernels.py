@@ -1,0 +1,134 @@
+"""Micro-benchmarks behind the per-kernel figures quoted in RESULTS.md and the docstrings.
+
+    python benchmarks/kernels.py            # ~1 minute; SmolLM2 shapes, 2 CPU threads
+
+Each line: what is timed, the milliseconds per call of the alternatives (median of repeats).
+- attention: one SmolLM2 layer's training attention, forward+backward, 8 rows x 128 completion
+  tokens over 219 keys, 9 query / 3 key-value heads: transformers' repeat_kv + SDPA vs the
+  grouped-query SDPA of `onednn.gqa_attention`, float32 and bf16.
+- token draw: `rollout._categorical` vs a one-level float64 inverse CDF, 8 x 49,152 (first
+  in the process, see `token_draw`).
+- top-p: `rollout._nucleus` vs a full sort, T 0.6 / top-p 0.95 over SmolLM2's real logits.
+- head product: (256 x 576) x (49,152 x 576)ᵀ through oneDNN, weight packed once vs not.
+- decode step: `LeanDecoder.step` at 8 rows after a 90-token prompt, fp32 and bf16.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import thinkrl  # noqa: F401  (its import-time allocator default, before torch)
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import model_dir  # noqa: E402
+
+
+def ms(fn, repeats: int = 20) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def attention() -> None:
+    for dt in (torch.float32, torch.bfloat16):
+        q = torch.randn(8, 9, 128, 64, dtype=dt, requires_grad=True)  # (B, Hq, T, D)
+        k, v = (torch.randn(8, 3, 219, 64, dtype=dt, requires_grad=True) for _ in range(2))  # (B, Hkv, S, D)
+        mask = torch.ones(8, 1, 128, 219, dtype=torch.bool).tril(91)  # prompt of 91 + causal completion
+        up = torch.randn(8, 9, 128, 64, dtype=dt)
+
+        def repeated():
+            rep = lambda t: t[:, :, None].expand(8, 3, 3, 219, 64).reshape(8, 9, 219, 64)  # noqa: E731
+            F.scaled_dot_product_attention(q, rep(k), rep(v), attn_mask=mask).backward(up)
+
+        def grouped():
+            o = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=True)
+            o.to(dt).backward(up)
+
+        print(f"attention fwd+bwd {str(dt)[6:]:9s} repeat_kv {ms(repeated):6.1f} ms   grouped, float32 {ms(grouped):6.1f} ms")
+
+
+def token_draw() -> None:
+    """Run first in the process: the one-level draw's cost is mostly its 3 MB float64 copy's
+    fresh pages (later in a process that has freed large blocks it can be ~10x cheaper)."""
+    from thinkrl.rollout import _categorical
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(8, 49152, generator=g) * 3, -1)  # (8, V)
+
+    def one_level():
+        cdf = probs.double().cumsum(-1)
+        u = torch.rand(8, 1, generator=g, dtype=torch.float64)
+        return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+
+    print(f"token draw 8x49152       one-level float64 {ms(one_level, 200):6.2f} ms   "
+          f"two-level {ms(lambda: _categorical(probs, g), 200):6.2f} ms")
+
+
+def top_p(model) -> None:
+    from thinkrl.rollout import _nucleus
+
+    with torch.no_grad():
+        ids = torch.randint(0, 5000, (8, 40), generator=torch.Generator().manual_seed(0))
+        logits = model(input_ids=ids).logits[:, -1].float()  # (8, V) real next-token logits
+    logp = F.log_softmax(logits / 0.6, -1)
+
+    def full_sort():
+        sl, si = logp.sort(dim=-1, descending=True)
+        p = sl.exp()
+        return p.masked_fill((p.cumsum(-1) - p) >= 0.95, 0.0), si
+
+    print(f"top-p 0.95, T 0.6        full sort {ms(full_sort, 50):6.2f} ms   "
+          f"top-256/4096 first {ms(lambda: _nucleus(logp, 0.95), 50):6.2f} ms")
+
+
+def head_product(model) -> None:
+    from thinkrl.onednn import _mm, pack, packed_linear
+
+    w = model.get_output_embeddings().weight.detach()  # (V, H)
+    x = torch.randn(256, w.shape[1])
+    packed = pack(w, 256)
+    print(f"head product 256 rows    oneDNN unpacked {ms(lambda: _mm(x, w), 10):6.1f} ms   "
+          f"pre-packed {ms(lambda: packed_linear(x, packed), 10):6.1f} ms   "
+          f"(packing itself {ms(lambda: pack(w, 256), 5):.1f} ms)")
+
+
+def decode(model) -> None:
+    from thinkrl.decoder import LeanDecoder
+
+    for dt in (torch.float32, torch.bfloat16):
+        dec = LeanDecoder(model, dt, max_len=230)
+        ids = torch.randint(0, 5000, (1, 90), generator=torch.Generator().manual_seed(0))
+        dec.prefill(ids, torch.ones_like(ids))
+        dec.repeat_rows(8)
+        tokens, pos = torch.randint(0, 5000, (8,)), torch.full((8,), 90)
+        for _ in range(5):
+            dec.step(tokens, pos)
+        t = time.perf_counter()
+        for _ in range(40):
+            dec.step(tokens, pos)
+        print(f"decode step, 8 rows      {str(dt)[6:]:9s} {(time.perf_counter() - t) / 40 * 1e3:6.1f} ms")
+
+
+def main() -> None:
+    from transformers import AutoModelForCausalLM
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    token_draw()
+    attention()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir("smollm2")), dtype=torch.float32).eval()
+    top_p(model)
+    head_product(model)
+    decode(model)
+
+
+if __name__ == "__main__":
+    main()
