@@ -117,13 +117,15 @@ def check_shapes(r, B: int, G: int) -> None:
 
 @pytest.mark.parametrize("engine", ["lean", "hf"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_logprobs_match_full_forward(arch, engine):
+@pytest.mark.parametrize("texts", [PROMPTS, PROMPTS[:1]], ids=["left-padded", "one-prompt"])  # mask / no-mask paths
+def test_logprobs_match_full_forward(arch, engine, texts):
     model = MODELS[arch]()
-    prompts = [enc(p) for p in PROMPTS]
+    prompts = [enc(p) for p in texts]
+    B = len(prompts)
     params = SamplingParams(max_new_tokens=12, temperature=0.7)
     r = sample(model, TOK, prompts, 3, params, torch.Generator().manual_seed(0), engine=engine)
-    check_shapes(r, 3, 3)
-    for n in range(9):
+    check_shapes(r, B, 3)
+    for n in range(3 * B):
         c = r.completion_ids[n, : r.lengths[n]].tolist()
         ref = full_forward_logprobs(model, prompts[n // 3], c, 0.7)
         torch.testing.assert_close(r.logprobs[n, : r.lengths[n]], ref, atol=1e-5, rtol=1e-5)
@@ -269,12 +271,15 @@ def test_categorical_draws_follow_the_distribution():
     assert (draws[:, 1] == 3).all() and not (draws[:, 0] == 1).any()
 
 
-def test_two_level_categorical_follows_the_distribution_and_the_one_level_inversion():
+@pytest.mark.parametrize("one_level_max", [256, 4096])  # the two-level path, then the one-level one
+def test_categorical_follows_the_distribution_and_the_one_level_inversion(one_level_max, monkeypatch):
     """V = 1000 (not a multiple of the 256-wide blocks): zero entries (one whole block, the tail)
     are never drawn, frequencies match, and each draw equals the plain float64 inverse CDF's
     for the same uniform."""
+    from thinkrl import rollout
     from thinkrl.rollout import _categorical
 
+    monkeypatch.setattr(rollout, "CDF_ONE_LEVEL_MAX", one_level_max)
     g = torch.Generator().manual_seed(0)
     probs = torch.rand(3, 1000, generator=g) ** 4  # (3, 1000) uneven
     probs[:, 256:512] = 0.0  # a whole block empty
@@ -291,6 +296,17 @@ def test_two_level_categorical_follows_the_distribution_and_the_one_level_invers
     assert (draws == torch.stack(ref)).float().mean() > 0.999
     freq = torch.bincount(draws[:, 2], minlength=1000).float() / 4000
     assert torch.allclose(freq[[3, 600, 989]], torch.tensor([0.2, 0.5, 0.3]), atol=0.03)
+
+
+def test_inversion_never_lands_on_trailing_zeros():
+    """A target rounded up to the total (a uniform next to 1) selects the last entry with mass,
+    not a zero entry after it nor an index past the end."""
+    from thinkrl.rollout import _invert
+
+    cdf = torch.tensor([[0.25, 0.25, 1.0, 1.0, 1.0], [0.5, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)  # (2, 5)
+    assert _invert(cdf, cdf[:, -1:]).tolist() == [2, 1]
+    assert _invert(cdf, torch.tensor([[0.0], [0.5]], dtype=torch.float64)).tolist() == [0, 1]
+    assert _invert(cdf, torch.tensor([[0.25], [0.49]], dtype=torch.float64)).tolist() == [2, 0]
 
 
 @pytest.mark.parametrize("scale,top_p", [(4.0, 0.9), (1.0, 0.95), (0.3, 0.95), (0.0, 0.95), (8.0, 0.5)])

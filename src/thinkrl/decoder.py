@@ -37,6 +37,7 @@ SUPPORTED = {"llama", "qwen2"}
 
 
 class LeanDecoder:
+    @torch.no_grad()
     def __init__(self, model, dtype: torch.dtype | None = None, max_len: int = 0):
         """model: a supported *ForCausalLM (see `supports`). dtype: layer-matrix dtype
         (None = the model's own). max_len: cache length (prompt + new tokens)."""
@@ -50,30 +51,35 @@ class LeanDecoder:
         self.max_len = max_len
         self.rotary = body.rotary_emb
         self.embed = body.embed_tokens.weight  # (V, H), shared, never copied
-        self.final_norm = body.norm.weight.detach().to(self.dtype)  # cast once, not per step
         self.head = model.get_output_embeddings().weight  # (V, H) float32 as the model has it
+        self.eps_t = torch.tensor(self.eps, dtype=torch.float32, device=self.embed.device)
         cast = lambda t: None if t is None else t.detach().to(self.dtype)  # noqa: E731
+        # each RMSNorm's weight is folded into the columns of the product it feeds: (x * w) W^T = x (W diag w)^T
+        fold = lambda w, norm: w * norm.weight[None, :]  # noqa: E731
+        scale = getattr(body.layers[0].self_attn, "scaling", self.head_dim ** -0.5)  # folded into q's rows:
+        # rope is linear, so rope(s q) = s rope(q); exact when s is a power of two (head_dim 64, 256)
         self.layers = []
         for layer in body.layers:
             a, m = layer.self_attn, layer.mlp
             biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
-            qkv = torch.cat([cast(a.q_proj.weight), cast(a.k_proj.weight), cast(a.v_proj.weight)])  # ((Hq+2Hkv)D, H)
+            qkv = torch.cat([a.q_proj.weight * scale, a.k_proj.weight, a.v_proj.weight])  # ((Hq+2Hkv)D, H)
             self.layers.append(dict(
-                ln1=cast(layer.input_layernorm.weight),
-                qkv=pack(qkv),
-                qkv_b=None if biases[0] is None else torch.cat([cast(b) for b in biases]),
+                qkv=pack(cast(fold(qkv, layer.input_layernorm))),
+                qkv_b=None if biases[0] is None else cast(torch.cat([biases[0] * scale, biases[1], biases[2]]).detach()),
                 o=pack(cast(a.o_proj.weight)), o_b=cast(a.o_proj.bias),
-                ln2=cast(layer.post_attention_layernorm.weight),
-                gate_up=pack(torch.cat([cast(m.gate_proj.weight), cast(m.up_proj.weight)])),  # (2I, H)
+                gate_up=pack(cast(fold(torch.cat([m.gate_proj.weight, m.up_proj.weight]),
+                                       layer.post_attention_layernorm))),  # (2I, H)
                 down=pack(cast(m.down_proj.weight)),
             ))
+            for name in ("o", "down"):  # plain matrices: the residual add goes into the product (addmm)
+                w = self.layers[-1][name]
+                self.layers[-1][name + "_t"] = None if w.is_mkldnn else w.t()
         self.inter = body.layers[0].mlp.gate_proj.weight.shape[0]
-        self.head_packed = pack(self.head.detach().to(self.dtype))  # (V, H)
-        self.k_cache: list[torch.Tensor] = []
-        self.v_cache: list[torch.Tensor] = []
-        self.key_mask = None  # (n, max_len) bool: which cache columns hold real tokens
+        self.head_packed = pack(cast(fold(self.head, body.norm)))  # (V, H)
+        self._set_cache([], [])  # filled by prefill
+        self.key_mask = None  # (n, max_len) bool: which cache columns hold real tokens; None = all (no padding)
         self.length = 0  # cache columns filled
-        self.cos = self.sin = None  # (max_pos, D) tables
+        self.cos = self.sin = None  # (max_pos, D) tables; sin with rotate_half's sign folded in
 
     @staticmethod
     def supports(model) -> bool:
@@ -90,75 +96,96 @@ class LeanDecoder:
     # ---- rows -------------------------------------------------------------------------
     def repeat_rows(self, times: int) -> None:
         """Row b becomes rows b*times .. b*times+times-1 (prefill once, sample G times)."""
-        self.k_cache = [k.repeat_interleave(times, dim=0) for k in self.k_cache]
-        self.v_cache = [v.repeat_interleave(times, dim=0) for v in self.v_cache]
-        self.key_mask = self.key_mask.repeat_interleave(times, dim=0)
+        self._set_cache([k.repeat_interleave(times, dim=0) for k in self.k_cache],
+                        [v.repeat_interleave(times, dim=0) for v in self.v_cache])
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask.repeat_interleave(times, dim=0)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only these rows (finished samples dropped)."""
-        self.k_cache = [k.index_select(0, rows) for k in self.k_cache]
-        self.v_cache = [v.index_select(0, rows) for v in self.v_cache]
-        self.key_mask = self.key_mask.index_select(0, rows)
+        self._set_cache([k.index_select(0, rows) for k in self.k_cache], [v.index_select(0, rows) for v in self.v_cache])
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask.index_select(0, rows)
+
+    def _set_cache(self, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor]) -> None:
+        """Per layer (n, Hkv, max_len, D) caches, plus the 3-d views the decode step multiplies
+        with: keys transposed (n*Hkv, D, max_len) and values (n*Hkv, max_len, D)."""
+        self.k_cache, self.v_cache = k_cache, v_cache
+        D = self.head_dim
+        self.k_t = [k.view(-1, k.shape[2], D).transpose(1, 2) for k in k_cache]
+        self.v_3d = [v.view(-1, v.shape[2], D) for v in v_cache]
 
     # ---- forward ----------------------------------------------------------------------
     def _rope_tables(self, max_pos: int, device) -> None:
         pos = torch.arange(max_pos, device=device).unsqueeze(0)  # (1, P)
         probe = torch.empty(0, device=device, dtype=torch.float32)
         cos, sin = self.rotary(probe, pos)  # (1, P, D) each, float32, attention scaling applied
-        self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # (P, D)
+        half = self.head_dim // 2
+        sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # rotate_half(x) sin = swap(x) sin'
+        self.cos, self.sin = cos[0].to(self.dtype), sin.to(self.dtype)  # (P, D)
 
-    def _norm(self, x, w):
-        """RMSNorm as transformers computes it: in float32, cast back to x's dtype, times w."""
-        if x.dtype == torch.float32 and w.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), w, self.eps)  # one call: ~25% less per-op overhead
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * w
+    def _norm(self, x):
+        """RMSNorm without its weight (folded into the next product), in float32, cast back to
+        the layer dtype: x / sqrt(mean(x^2) + eps) with the mean of squares as |x|^2 / H, four
+        ops (one reduction kernel) instead of F.rms_norm's seven."""
+        xf = x if x.dtype == torch.float32 else x.float()  # (..., H)
+        n = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)  # (..., 1)
+        r = torch.addcmul(self.eps_t, n, n, value=1.0 / x.shape[-1]).rsqrt_()  # (..., 1)
+        h = xf * r  # (..., H)
+        return h if h.dtype == self.dtype else h.to(self.dtype)
 
-    def _qkv(self, x, p, cos, sin):
-        """x: (n, t, H); cos/sin: (n, 1, t, D). Returns rotated q (n, Hq, t, D), k and v (n, Hkv, t, D)."""
-        n, t, _ = x.shape
-        Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
-        h = self._norm(x, p["ln1"])  # (n, t, H)
-        qkv = packed_linear(h, p["qkv"], p["qkv_b"]).view(n, t, Hq + 2 * Hkv, D).transpose(1, 2)  # (n, Hq+2Hkv, t, D)
-        qk, v = qkv[:, : Hq + Hkv], qkv[:, Hq + Hkv:]  # (n, Hq+Hkv, t, D), (n, Hkv, t, D)
-        half = D // 2
-        rot = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)  # (n, Hq+Hkv, t, D) rotate_half
-        qk = qk * cos + rot * sin  # (n, Hq+Hkv, t, D)
-        q, k = qk[:, :Hq], qk[:, Hq:]
-        return q, k, v
+    def _rope(self, qk, cos, sin):
+        """qk (..., D) -> qk cos + rotate_half(qk) sin; rotate_half's sign is folded into sin, so
+        the swap of the two halves is a roll by D/2."""
+        return torch.addcmul(qk * cos, qk.roll(self.head_dim // 2, -1), sin)
 
     def _block(self, x, li, cos, sin, attn_mask, start):
-        """One decoder layer on x (n, t, H) whose tokens fill cache columns start .. start+t-1."""
+        """One decoder layer on x (n, t, H) whose tokens fill cache columns start .. start+t-1
+        (the prefill); cos/sin (n, 1, t, D); attn_mask (n, 1, t, start+t) bool, or None: causal
+        (start = 0, no padding)."""
         p = self.layers[li]
         n, t, H = x.shape
-        q, k, v = self._qkv(x, p, cos, sin)
+        Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        qkv = packed_linear(self._norm(x), p["qkv"], p["qkv_b"]).view(n, t, Hq + 2 * Hkv, D).transpose(1, 2)
+        qk = self._rope(qkv[:, : Hq + Hkv], cos, sin)  # (n, Hq+Hkv, t, D)
         kc, vc = self.k_cache[li], self.v_cache[li]
-        kc[:, :, start:start + t] = k
-        vc[:, :, start:start + t] = v
-        if t == 1:  # one query: three small products beat SDPA's kernel setup
-            o = self._attend_one(q.float(), kc[:, :, : start + 1], vc[:, :, : start + 1], attn_mask)
-        else:
-            o = F.scaled_dot_product_attention(
-                q.float(), kc[:, :, : start + t], vc[:, :, : start + t], attn_mask=attn_mask,
-                enable_gqa=self.n_heads != self.n_kv)  # (n, Hq, t, D) float32
-        o = o.to(self.dtype).transpose(1, 2).reshape(n, t, self.n_heads * self.head_dim)  # (n, t, Hq*D)
-        x = x + packed_linear(o, p["o"], p["o_b"])  # (n, t, H)
-        h = self._norm(x, p["ln2"])  # (n, t, H)
-        gate, up = packed_linear(h, p["gate_up"]).split(self.inter, dim=-1)  # (n, t, I) each
-        return x + packed_linear(F.silu(gate) * up, p["down"])  # (n, t, H)
+        kc[:, :, start:start + t] = qk[:, Hq:]
+        vc[:, :, start:start + t] = qkv[:, Hq + Hkv:]
+        o = F.scaled_dot_product_attention(
+            qk[:, :Hq].float(), kc[:, :, : start + t], vc[:, :, : start + t], attn_mask=attn_mask, scale=1.0,
+            is_causal=attn_mask is None, enable_gqa=Hq != Hkv)  # (n, Hq, t, D) float32; q carries the scale
+        o = o.to(self.dtype).transpose(1, 2).reshape(n * t, Hq * D)  # (n*t, Hq*D)
+        x = _add_linear(x.reshape(n * t, H), o, p["o"], p["o_t"], p["o_b"])  # (n*t, H) = x + o_proj(o)
+        gate, up = packed_linear(self._norm(x), p["gate_up"]).split(self.inter, dim=-1)  # (n*t, I) each
+        return _add_linear(x, F.silu(gate) * up, p["down"], p["down_t"]).view(n, t, H)  # (n, t, H)
 
-    def _attend_one(self, q, k, v, bias):
-        """q (n, Hq, 1, D); k, v (n, Hkv, S, D); bias (n, 1, 1, S) additive (0 / -inf).
-        Query heads grouped over their KV head (GQA). Returns (n, Hq, 1, D)."""
-        n, Hq, _, D = q.shape
-        g = Hq // self.n_kv
-        qg = q.reshape(n, self.n_kv, g, D)  # (n, Hkv, g, D)
-        scores = torch.matmul(qg, k.transpose(-1, -2)) * D ** -0.5 + bias  # (n, Hkv, g, S)
-        w = torch.softmax(scores, dim=-1)  # (n, Hkv, g, S)
-        return torch.matmul(w, v).reshape(n, Hq, 1, D)  # (n, Hq, 1, D)
+    def _decode_layer(self, x, p, li, cos, sin, bias, start):
+        """One decoder layer for one new token per row: x (n, H), written to cache column
+        `start` of layer li's cache; cos/sin (1 or n, 1, D); bias (n, 1, start+1)
+        additive (0 / -inf) or None (no padding). The one-query attention is two 3-d batched
+        products on views of the cache (SDPA's kernel setup, or torch.matmul's 4-d
+        broadcasting, costs more at one query)."""
+        n = x.shape[0]
+        Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        S, g = start + 1, Hq // Hkv
+        qkv = packed_linear(self._norm(x), p["qkv"], p["qkv_b"]).view(n, Hq + 2 * Hkv, D)  # (n, Hq+2Hkv, D)
+        qk = self._rope(qkv[:, : Hq + Hkv], cos, sin)  # (n, Hq+Hkv, D)
+        self.k_cache[li][:, :, start] = qk[:, Hq:]
+        self.v_cache[li][:, :, start] = qkv[:, Hq + Hkv:]
+        q = qk[:, :Hq].reshape(n * Hkv, g, D)  # (n*Hkv, g, D)
+        q = q if q.dtype == torch.float32 else q.float()
+        scores = torch.bmm(q, self.k_t[li][:, :, :S])  # (n*Hkv, g, S)
+        if bias is not None:
+            scores = (scores.view(n, Hkv * g, S) + bias).view(n * Hkv, g, S)
+        w = torch.softmax(scores, dim=-1)  # (n*Hkv, g, S)
+        o = torch.bmm(w, self.v_3d[li][:, :S]).view(n, Hq * D)  # (n, Hq*D) float32
+        x = _add_linear(x, o if o.dtype == self.dtype else o.to(self.dtype), p["o"], p["o_t"], p["o_b"])  # (n, H)
+        gate_up = packed_linear(self._norm(x), p["gate_up"])  # (n, 2I)
+        act = F.silu(gate_up[:, : self.inter]) * gate_up[:, self.inter:]  # (n, I)
+        return _add_linear(x, act, p["down"], p["down_t"])  # (n, H)
 
     def _logits(self, x_last: torch.Tensor) -> torch.Tensor:
-        h = self._norm(x_last, self.final_norm)  # (n, H)
+        h = self._norm(x_last)  # (n, H)
         return packed_linear(h, self.head_packed).float()  # (n, V) float32
 
     @torch.no_grad()
@@ -173,32 +200,48 @@ class LeanDecoder:
         valid = attention_mask.bool()  # (B, T)
         pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
         cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)  # (B, 1, T, D)
-        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()  # (T, T)
-        eye = torch.eye(T, dtype=torch.bool, device=device)  # pad queries see themselves: no all-masked rows
-        mask = (causal & valid[:, None, :]) | eye  # (B, T, T)
         shape = (B, self.n_kv, max_len, self.head_dim)
-        self.k_cache = [torch.zeros(shape, device=device) for _ in self.layers]  # float32
-        self.v_cache = [torch.zeros(shape, device=device) for _ in self.layers]
-        self.key_mask = torch.zeros(B, max_len, dtype=torch.bool, device=device)
-        self.key_mask[:, :T] = valid
+        self._set_cache([torch.zeros(shape, device=device) for _ in self.layers],  # float32
+                        [torch.zeros(shape, device=device) for _ in self.layers])
+        self.key_mask, mask = None, None  # no padding: plain causal attention, no mask kept for the steps
+        if not bool(valid.all()):
+            self.key_mask = torch.zeros(B, max_len, dtype=torch.bool, device=device)
+            self.key_mask[:, :T] = valid
+            causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()  # (T, T)
+            eye = torch.eye(T, dtype=torch.bool, device=device)  # pad queries see themselves: no all-masked rows
+            mask = ((causal & valid[:, None, :]) | eye).unsqueeze(1)  # (B, 1, T, T)
         x = F.embedding(input_ids, self.embed).to(self.dtype)  # (B, T, H)
         for li in range(len(self.layers)):
-            x = self._block(x, li, cos, sin, mask.unsqueeze(1), 0)
+            x = self._block(x, li, cos, sin, mask, 0)
         self.length = T
         self.next_pos = valid.sum(-1)  # (B,)
         return self._logits(x[:, -1])
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens, positions: (n,) for the live rows. Appends one cache column; returns logits (n, V)."""
+        """tokens, positions: (n,) for the live rows. Appends one cache column; returns logits (n, V).
+        Without left-padding every row's position is the cache column (`positions` is not read)."""
         n, start = tokens.shape[0], self.length
         assert start < self.max_len, "cache full"
-        self.key_mask[:, start] = True
-        bias = torch.zeros(self.key_mask.shape[0], start + 1, device=tokens.device)  # (n, start+1)
-        mask = bias.masked_fill_(~self.key_mask[:, : start + 1], float("-inf"))[:, None, None]  # (n, 1, 1, start+1)
-        cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]  # (n, 1, 1, D)
-        x = F.embedding(tokens, self.embed).to(self.dtype).unsqueeze(1)  # (n, 1, H)
-        for li in range(len(self.layers)):
-            x = self._block(x, li, cos, sin, mask, start)
+        bias = None
+        if self.key_mask is not None:
+            self.key_mask[:, start] = True
+            bias = torch.zeros(n, 1, start + 1, device=tokens.device)  # (n, 1, start+1)
+            bias.masked_fill_(~self.key_mask[:, None, : start + 1], float("-inf"))
+            cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (n, 1, D)
+        else:  # no padding: every row is at position `start`
+            cos, sin = self.cos[start:start + 1], self.sin[start:start + 1]  # (1, D), broadcast as (1, 1, D)
+        x = F.embedding(tokens, self.embed)  # (n, H)
+        x = x if x.dtype == self.dtype else x.to(self.dtype)
+        for li, p in enumerate(self.layers):
+            x = self._decode_layer(x, p, li, cos, sin, bias, start)
         self.length = start + 1
-        return self._logits(x[:, 0])
+        return self._logits(x)
+
+
+def _add_linear(x: torch.Tensor, inp: torch.Tensor, w, w_t, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x + packed_linear(inp, w, bias) for x (m, H), inp (m, I): the residual add fused into the
+    product (addmm with w_t = w.t()) where the weight is a plain matrix."""
+    if w_t is None or bias is not None:
+        return x + packed_linear(inp, w, bias)
+    return torch.addmm(x, inp, w_t)

@@ -28,7 +28,7 @@ import inspect
 import torch
 from transformers import DynamicCache
 
-from thinkrl import onednn
+from thinkrl import buffers, onednn
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,10 +100,11 @@ class _TokenLogprobs(torch.autograd.Function):
         logp = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
         lse = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
         ent = torch.empty(M, dtype=torch.float32, device=h.device) if want_entropy else None
+        c = min(chunk, M)
         with torch.autocast(h.device.type, enabled=False):
-            w, x = weight.to(cd), h.to(cd)  # (V, H), (M, H): cast once
-            out = None if cd == torch.float32 else torch.empty(min(chunk, M), V, device=h.device)  # (c, V)
-            e_buf = torch.empty(min(chunk, M), V, device=h.device) if want_entropy else None  # (c, V)
+            w, x = buffers.cast(weight, cd), h.to(cd)  # (V, H) cast once per weight update, (M, H)
+            out = None if cd == torch.float32 else buffers.scratch("logits", (c, V), torch.float32, h.device)
+            e_buf = buffers.scratch("exp", (c, V), torch.float32, h.device) if want_entropy else None  # (c, V)
             for s in range(0, M, chunk):
                 z = _chunk_logits(x[s:s + chunk], w, temperature, out)  # (c, V) float32
                 top = z.amax(-1, keepdim=True)  # (c, 1)
@@ -135,9 +136,10 @@ class _TokenLogprobs(torch.autograd.Function):
         gw = None  # (V, H) float32, summed over blocks
         with torch.autocast(h.device.type, enabled=False):
             x = h.to(w.dtype)  # (M, H)
-            out = None if w.dtype == torch.float32 else torch.empty(min(chunk, M), V, device=h.device)  # (c, V)
+            c = min(chunk, M)
+            out = None if w.dtype == torch.float32 else buffers.scratch("logits", (c, V), torch.float32, h.device)
             rows = min(M, max(chunk, WGRAD_BLOCK_BYTES // (V * w.element_size()) // chunk * chunk))
-            gz = torch.empty(rows, V, dtype=w.dtype, device=h.device)  # (b, V) d loss / d (h·Wᵀ), a block of rows
+            gz = buffers.scratch("dlogits", (rows, V), w.dtype, h.device)  # (b, V) d loss / d (h·Wᵀ), a block of rows
             for b in range(0, M, rows):
                 stop = min(b + rows, M)
                 for s in range(b, stop, chunk):

@@ -131,6 +131,7 @@ def _engine(model, dtype: torch.dtype | None, max_len: int, kind: str = "auto"):
 
 
 CDF_BLOCK = 256  # _categorical's block width
+CDF_ONE_LEVEL_MAX = 4096  # vocabularies up to this size: one float64 cumulative sum (fewer ops)
 
 
 def _categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -144,27 +145,27 @@ def _categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torc
     (1.5 -> 0.09 ms at 8 x 49,152 in `benchmarks/kernels.py`)."""
     n, V = probs.shape
     u = torch.rand(n, 1, generator=generator, device=probs.device, dtype=torch.float64)  # (n, 1)
-    if V <= CDF_BLOCK:
+    if V <= CDF_ONE_LEVEL_MAX:
         cdf = probs.double().cumsum(dim=-1)  # (n, V)
-        return _invert(cdf, u * cdf[:, -1:], probs > 0)  # (n,)
+        return _invert(cdf, u * cdf[:, -1:])  # (n,)
     nb = -(-V // CDF_BLOCK)
     padded = F.pad(probs, (0, nb * CDF_BLOCK - V)).view(n, nb, CDF_BLOCK)  # (n, nb, b) zeros past V
     block_mass = padded.sum(-1).double()  # (n, nb)
     block_cdf = block_mass.cumsum(dim=-1)  # (n, nb)
     target = u * block_cdf[:, -1:]  # (n, 1) in [0, total)
-    blk = _invert(block_cdf, target, block_mass > 0)  # (n,) the block holding the target
+    blk = _invert(block_cdf, target)  # (n,) the block holding the target
     rows = torch.arange(n, device=probs.device)
     inner = padded[rows, blk]  # (n, b)
     rest = target - (block_cdf[rows, blk] - block_mass[rows, blk])[:, None]  # (n, 1) mass into the block
-    return blk * CDF_BLOCK + _invert(inner.double().cumsum(dim=-1), rest, inner > 0)  # (n,)
+    return blk * CDF_BLOCK + _invert(inner.double().cumsum(dim=-1), rest)  # (n,)
 
 
-def _invert(cdf: torch.Tensor, target: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """First index whose cdf (n, m) exceeds target (n, 1); rounding that would step past the last
-    positive entry (onto trailing zeros) is pulled back to the last positive one."""
-    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # (n,)
-    last = torch.where(positive, torch.arange(cdf.shape[-1], device=cdf.device), -1).amax(dim=-1)  # (n,)
-    return torch.minimum(idx, last)
+def _invert(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """First index whose cdf (n, m) exceeds target (n, 1). The target is capped just below the
+    cdf's total, so rounding can never step past the last entry with mass (onto trailing
+    zeros, or past the end): the first index whose cdf exceeds the cap is where it reaches its total."""
+    cap = torch.nextafter(cdf[:, -1:], cdf.new_zeros(()))  # (n, 1) the float just below the total
+    return torch.searchsorted(cdf, torch.minimum(target, cap), right=True).squeeze(-1)  # (n,)
 
 
 def _nucleus(logp: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +191,8 @@ def _next_token(
         logp = F.log_softmax(logits, dim=-1)  # (n, V) at temperature 1
         tok = logits.argmax(dim=-1)  # (n,)
     else:
-        logp = F.log_softmax(logits / params.temperature, dim=-1)  # (n, V)
+        scaled = logits if params.temperature == 1.0 else logits / params.temperature  # (n, V)
+        logp = F.log_softmax(scaled, dim=-1)  # (n, V)
         if params.top_p < 1.0:
             probs, ids = _nucleus(logp, params.top_p)  # (n, k) each; renormalised by _categorical
             choice = _categorical(probs, generator)  # (n,) rank in descending order
@@ -252,18 +254,19 @@ def sample(
 
         tokens = torch.full((N, M), pad_id, dtype=torch.long, device=device)  # (N, M)
         logprobs = torch.zeros((N, M), dtype=torch.float32, device=device)  # (N, M)
-        lengths = torch.zeros(N, dtype=torch.long, device=device)  # (N,)
+        lengths = torch.full((N,), M, dtype=torch.long, device=device)  # (N,) set when a row finishes
         truncated = torch.zeros(N, dtype=torch.bool, device=device)  # (N,)
+        is_eos = (lambda t: t == eos_ids[0]) if len(eos_ids) == 1 else (lambda t: torch.isin(t, eos_t))  # noqa: E731
+        at = slice(None)  # rows of `tokens` being decoded: all of them until one finishes, then `live`
 
         # ---- 3. decode, dropping finished rows
         for step in range(M):
             if step < params.min_new_tokens:
                 logits = logits.index_fill(-1, eos_t, float("-inf"))  # (n, V) EOS not yet allowed
             tok, tok_logp = _next_token(logits, params, generator)  # (n,), (n,)
-            tokens[live, step] = tok
-            logprobs[live, step] = tok_logp
-            lengths[live] = step + 1
-            done = torch.isin(tok, eos_t)  # (n,)
+            tokens[at, step] = tok
+            logprobs[at, step] = tok_logp
+            done = is_eos(tok)  # (n,)
             if stops and step + 1 >= params.min_new_tokens:  # every live row has step + 1 tokens; decode a short tail
                 tails = tokenizer.batch_decode(
                     tokens[live, max(0, step + 1 - tail) : step + 1].tolist(), skip_special_tokens=False
@@ -274,11 +277,13 @@ def sample(
                 truncated[live[~done]] = True
                 break
             if done.any():
+                lengths[live[done]] = step + 1
                 keep = (~done).nonzero().squeeze(-1)  # (n',)
                 if keep.numel() == 0:
                     break
                 engine.keep_rows(keep)
                 live, tok, next_pos = live[keep], tok[keep], next_pos[keep]
+                at = live
             logits = engine.step(tok, next_pos)  # (n, V)
             next_pos = next_pos + 1  # (n,)
         del engine
