@@ -6,9 +6,11 @@ cast of a training step is a fresh malloc. glibc serves large blocks with mmap a
 them back on free (and trims the top of its heap), so each step touches new pages and pays
 a page fault per 4 KB page (zeroed by the kernel) for memory it held a moment earlier.
 Measured on this 2-core VM (SmolLM2-135M GRPO step, `python benchmarks/bench_worker.py
---tool thinkrl --setting smollm2-128`, with and without `THINKRL_MALLOC=0`): fp32 training
-phase ~5.5-6.2 s -> ~4.4-4.7 s, bf16 ~2.7 -> ~2.3 s, peak RSS unchanged (the peak is the
-peak either way; the difference is what is given back between steps).
+--tool thinkrl --setting smollm2-128 [--steps 3]`, with and without `THINKRL_MALLOC=0`,
+steps after the first): fp32 training phase 4.2-4.9 s with, 5.0-7.0 s without (page faults
+in it ~0-15 thousand vs 140-190 thousand); bf16 (`--setting smollm2-128-bf16`) 2.3-2.4 s vs
+2.4-2.9 s; peak RSS unchanged (the peak is the peak either way; the difference is what is
+given back to the kernel and faulted in again between allocations).
 
 What is set:
 - `THP_MEM_ALLOC_ENABLE=1` (unless set): torch backs large tensors with 2 MB transparent

@@ -4,22 +4,32 @@ transformers forward.
 
 Why: decoding a 135M model on a CPU is bound by per-op overhead, not by FLOPs. The
 transformers forward spends most of a decode step building masks, cache objects and
-kwargs; here one decode step is ~20 tensor ops per layer on preallocated buffers.
+kwargs; here a decode step is ~30 Python-level tensor calls per layer on preallocated
+buffers (`_decode_layer`: rows as a 2-d (n, H) batch, no reshapes between products).
 
-What it computes (the Llama / Qwen2 architecture, exactly as transformers does):
+What it computes (the Llama / Qwen2 architecture, as transformers does, up to float rounding):
     x = embed(ids)
     per layer:  h = x + o_proj(attn(rope(q), rope(k), v))    q, k, v = proj(rms_norm(x))
                 x = h + down(silu(gate(rms_norm(h))) * up(rms_norm(h)))
     logits = lm_head(rms_norm(x))
-The q/k/v projections are fused into one matrix and gate/up into another, and every
-matrix is reordered for oneDNN (`thinkrl.onednn.pack`): copies, rebuilt each time a
-decoder is made, so they always hold the current weights. In bf16 mode every matrix,
-the LM head included, is a bf16 copy (the products the bf16-autocast training forward
-runs; logits widened to float32 for the softmax). The cache is static and float32 in
-both modes (one-query attention products run faster in float32 than in bf16 on the
-CPU; the bf16 step: 18.8 -> 15.9 ms with the head change, `benchmarks/kernels.py`): (rows, kv_heads, max_len, head_dim) per layer, one column per step for every row;
-left-padding is masked. Rows can be repeated
-(one prompt prefilled once, G samples) and dropped (finished samples).
+Rewritten with the same math, fewer ops:
+- q/k/v are one matrix, gate/up another; each RMSNorm's weight is folded into the columns
+  of the product after it ((x * w) Wᵀ = x (W diag w)ᵀ), so the norm is x / rms(x) alone,
+  with rms from one reduction kernel (`torch.linalg.vector_norm`);
+- the attention scale 1/sqrt(D) is folded into q's rows (rope is linear: exact for D = 64);
+- rope's rotate_half is a roll by D/2 with its sign folded into the sin table;
+- the residual adds go into the o_proj / down products (addmm) where weights are plain
+  matrices; larger ones are reordered for oneDNN (`thinkrl.onednn.pack`);
+- without left-padding (one prompt, or prompts of one length) there is no attention mask
+  at all: the prefill is plain causal attention and decode steps attend to every column.
+The matrices are copies, rebuilt each time a decoder is made, so they hold the current
+weights. In bf16 mode every matrix, the LM head included, is a bf16 copy (the products
+the bf16-autocast training forward runs; logits widened to float32 for the softmax). The
+cache is static and float32 in both modes (one-query attention products run faster in
+float32 than in bf16 on the CPU): (rows, kv_heads, max_len, head_dim) per layer, one
+column per step for every row; left-padding is masked. Rows can be repeated (one prompt
+prefilled once, G samples) and dropped (finished samples). Step times:
+`python benchmarks/kernels.py`.
 
 Left out: sliding-window attention, logit soft-capping, biased MLPs, MoE, non-RoPE
 position schemes. `LeanDecoder.supports(model)` says whether a model qualifies; the

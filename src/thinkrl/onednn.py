@@ -25,8 +25,10 @@ kernel: results agree to float32 rounding (tests compare against `F.linear`).
   kernel (`enable_gqa`) only when there is no mask; with a padding mask it first copies
   each key/value head G times (`repeat_kv`), and back-propagates through that copy. This
   swap passes the grouped heads straight to the kernel, in float32 on the CPU (torch's CPU
-  flash kernel is slower in bf16): 22.5 -> 14.3 ms per SmolLM2 layer forward+backward at
-  8x219 in float32 (`benchmarks/kernels.py`).
+  flash kernel is slower in bf16): 13.0 -> 11.5 ms per SmolLM2 layer forward+backward at
+  8x219 in float32, 17.4 -> 11.8 ms from bf16 inputs (`benchmarks/kernels.py`, with
+  `thinkrl.allocator`'s defaults; 22.5 -> 14.3 ms without them, when each copy also paid
+  for fresh pages).
 
 Left out: attention and the embedding stay with torch's kernels;
 on CUDA, non-float32, or a torch build without oneDNN these are no-ops (F.linear).

@@ -138,11 +138,13 @@ def _categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torc
     """One draw per row from unnormalised probabilities (n, V), by inverting the CDF with one
     uniform per row: exact categorical sampling (zero-probability entries are never drawn), and
     far cheaper on the CPU than torch.multinomial, which draws an exponential variate for every
-    vocabulary entry. The CDF is two-level: the float64 cumulative sum of 256-entry block sums
+    vocabulary entry. Up to CDF_ONE_LEVEL_MAX entries: one float64 cumulative sum (fewest ops).
+    Larger vocabularies: a two-level CDF, the float64 cumulative sum of 256-entry block sums
     locates the block, then that block's float64 cumulative sum the entry (no drift over 49k
-    entries; block sums carry float32 rounding, ~1e-7 relative, as the probabilities do).
-    One vectorised pass over probs instead of a float64 copy and cumsum of all of it
-    (1.5 -> 0.09 ms at 8 x 49,152 in `benchmarks/kernels.py`)."""
+    entries; block sums carry float32 rounding, ~1e-7 relative, as the probabilities do):
+    one vectorised pass over probs instead of a float64 copy and cumsum of all of it
+    (0.13 -> 0.07 ms at 8 x 49,152 in `benchmarks/kernels.py`; 1.5 ms for the one-level pass
+    before `thinkrl.allocator`'s defaults, when its 3 MB float64 copy was fresh pages each step)."""
     n, V = probs.shape
     u = torch.rand(n, 1, generator=generator, device=probs.device, dtype=torch.float64)  # (n, 1)
     if V <= CDF_ONE_LEVEL_MAX:
