@@ -1,6 +1,7 @@
 """Micro-benchmarks behind the per-kernel figures quoted in RESULTS.md and the docstrings.
 
-    python benchmarks/kernels.py            # ~1 minute; SmolLM2 shapes, 2 CPU threads
+    python benchmarks/kernels.py            # ~10 s; SmolLM2 shapes, 2 CPU threads
+    THINKRL_MALLOC=0 python benchmarks/kernels.py   # the same without thinkrl's glibc settings
 
 Each line: what is timed, the milliseconds per call of the alternatives (median of repeats).
 - attention: one SmolLM2 layer's training attention, forward+backward, 8 rows x 128 completion
@@ -57,8 +58,9 @@ def attention() -> None:
 
 
 def token_draw() -> None:
-    """Run first in the process: the one-level draw's cost is mostly its 3 MB float64 copy's
-    fresh pages (later in a process that has freed large blocks it can be ~10x cheaper)."""
+    """Run first in the process. The one-level draw's cost depends on its 3 MB float64 copy:
+    with `thinkrl.allocator`'s settings it reuses freed heap memory (~0.13 ms); without them
+    (THINKRL_MALLOC=0) glibc maps fresh pages for it each call (~1.5 ms)."""
     from thinkrl.rollout import _categorical
 
     g = torch.Generator().manual_seed(0)

@@ -27,8 +27,8 @@ kernel: results agree to float32 rounding (tests compare against `F.linear`).
   swap passes the grouped heads straight to the kernel, in float32 on the CPU (torch's CPU
   flash kernel is slower in bf16): 13.0 -> 11.5 ms per SmolLM2 layer forward+backward at
   8x219 in float32, 17.4 -> 11.8 ms from bf16 inputs (`benchmarks/kernels.py`, with
-  `thinkrl.allocator`'s defaults; 22.5 -> 14.3 ms without them, when each copy also paid
-  for fresh pages).
+  `thinkrl.allocator`'s defaults; 17.3 -> 12.3 ms without them, THINKRL_MALLOC=0, when
+  each copy also pays for fresh pages).
 
 Left out: attention and the embedding stay with torch's kernels;
 on CUDA, non-float32, or a torch build without oneDNN these are no-ops (F.linear).
