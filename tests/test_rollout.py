@@ -33,6 +33,16 @@ def enc(text: str, tok: PreTrainedTokenizerFast = TOK) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+def random_norms(model):
+    """RMSNorm weights away from their initial ones, so that the lean decoder's folding of them
+    into the next product is exercised."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+    return model
+
+
 def tiny_llama(hidden: int = 64, init: float = 0.1, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
@@ -40,7 +50,7 @@ def tiny_llama(hidden: int = 64, init: float = 0.1, seed: int = 0) -> LlamaForCa
         num_key_value_heads=4, vocab_size=V, max_position_embeddings=256, initializer_range=init,
         tie_word_embeddings=False, eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id,
     )
-    return LlamaForCausalLM(cfg).eval()
+    return random_norms(LlamaForCausalLM(cfg)).eval()
 
 
 def tiny_qwen2(seed: int = 0) -> Qwen2ForCausalLM:
@@ -50,7 +60,7 @@ def tiny_qwen2(seed: int = 0) -> Qwen2ForCausalLM:
         num_key_value_heads=2, vocab_size=V, max_position_embeddings=256, initializer_range=0.1,
         tie_word_embeddings=False, eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id,
     )
-    return Qwen2ForCausalLM(cfg).eval()
+    return random_norms(Qwen2ForCausalLM(cfg)).eval()
 
 
 MODELS = {"llama": tiny_llama, "qwen2": tiny_qwen2}
