@@ -128,6 +128,11 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def page_faults() -> int:
+    """Minor page faults of this process so far (each first touch of a fresh 4 KB page)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

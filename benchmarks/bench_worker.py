@@ -21,7 +21,8 @@ if "--tool" in sys.argv[:-1] and sys.argv[sys.argv.index("--tool") + 1] == "thin
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import SETTINGS, Setting, diversity_reward, emit, model_dir, n_params, peak_rss_gib, prompts  # noqa: E402
+from bench_common import (SETTINGS, Setting, diversity_reward, emit, model_dir, n_params, page_faults,  # noqa: E402
+                          peak_rss_gib, prompts)
 
 
 def _load(setting: Setting, device: str):
@@ -77,11 +78,13 @@ def run_thinkrl(s: Setting, device: str) -> None:
     state = TrainState(model, tok, opt, sched, InOrder(), torch.Generator(device=device).manual_seed(s.seed))
     for i in range(total):
         actual, nominal = _counts(tok, texts[i * B:(i + 1) * B], s)
+        faults = page_faults()
         m = grpo_step(state, cfg, build_prompt=lambda q: q)
+        faults = page_faults() - faults
         emit({"tool": "thinkrl", "setting": s.name, "step": i, "warmup": i < s.warmup, "step_s": m["time/step"],
               "sample_s": m["time/sample"], "score_s": m["time/reward"] + m.get("time/score", 0.0),
               "train_s": m["time/train"], "gen_tokens": int(m["length/mean"] * B * s.group_size),
-              "train_tokens": actual, "nominal_tokens": nominal, "reward": m["reward/total"]})
+              "train_tokens": actual, "nominal_tokens": nominal, "reward": m["reward/total"], "page_faults": faults})
     emit({"tool": "thinkrl", "setting": s.name, "summary": True, "peak_rss_gib": peak_rss_gib(),
           "params": n_params(model), "versions": {"torch": torch.__version__}})
 
@@ -126,7 +129,7 @@ def run_trl(s: Setting, device: str) -> None:
     class Steps(TrainerCallback):
         def on_step_begin(self, *a, **kw):
             phase.update(generate=0.0, gen_and_score=0.0)
-            self.t = time.perf_counter()
+            self.t, self.faults = time.perf_counter(), page_faults()
 
         def on_step_end(self, *a, **kw):
             if device != "cpu":
@@ -136,7 +139,7 @@ def run_trl(s: Setting, device: str) -> None:
             emit({"tool": "trl", "setting": s.name, "step": i, "warmup": i < s.warmup, "step_s": dt,
                   "sample_s": phase["generate"], "score_s": phase["gen_and_score"] - phase["generate"],
                   "train_s": dt - phase["gen_and_score"], "gen_tokens": B * s.group_size * s.max_new_tokens,
-                  "train_tokens": nominal, "nominal_tokens": nominal})
+                  "train_tokens": nominal, "nominal_tokens": nominal, "page_faults": page_faults() - self.faults})
 
     trainer.add_callback(Steps())
     trainer.train()

@@ -49,7 +49,7 @@ def run_worker(tool: str, setting: str, device: str, timeout: int) -> dict:
     return {
         "tool": tool, "setting": setting, "wall_s": time.time() - t, "steps": steps,
         "step_s": med("step_s"), "sample_s": med("sample_s"), "score_s": med("score_s"), "train_s": med("train_s"),
-        "gen_tok_s": med("gen_tokens") / med("sample_s"),
+        "gen_tok_s": med("gen_tokens") / med("sample_s"), "page_faults": med("page_faults"),
         "train_gflops": 6 * summary["params"] * med("train_tokens") / med("train_s") / 1e9,
         "peak_rss_gib": summary["peak_rss_gib"], "gpu_peak_gib": gpu.get("gpu_peak_gib"),
         "params": summary["params"], "versions": summary["versions"],

@@ -11,7 +11,8 @@ Each line: what is timed, the milliseconds per call of the alternatives (median 
   in the process, see `token_draw`).
 - top-p: `rollout._nucleus` vs a full sort, T 0.6 / top-p 0.95 over SmolLM2's real logits.
 - head product: (256 x 576) x (49,152 x 576)ᵀ through oneDNN, weight packed once vs not.
-- decode step: `LeanDecoder.step` at 8 rows after a 90-token prompt, fp32 and bf16.
+- decode step: `LeanDecoder.step` at 8 rows after a 90-token prompt, fp32 and bf16; and the
+  quickstart's tiny model (4 layers, hidden 128) in fp32, where per-call overhead is all.
 """
 
 from __future__ import annotations
@@ -103,21 +104,21 @@ def head_product(model) -> None:
           f"(packing itself {ms(lambda: pack(w, 256), 5):.1f} ms)")
 
 
-def decode(model) -> None:
+def decode(model, name: str = "", dtypes=(torch.float32, torch.bfloat16)) -> None:
     from thinkrl.decoder import LeanDecoder
 
-    for dt in (torch.float32, torch.bfloat16):
+    for dt in dtypes:
         dec = LeanDecoder(model, dt, max_len=230)
-        ids = torch.randint(0, 5000, (1, 90), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(0, min(5000, model.config.vocab_size), (1, 90), generator=torch.Generator().manual_seed(0))
         dec.prefill(ids, torch.ones_like(ids))
         dec.repeat_rows(8)
-        tokens, pos = torch.randint(0, 5000, (8,)), torch.full((8,), 90)
+        tokens, pos = torch.randint(0, min(5000, model.config.vocab_size), (8,)), torch.full((8,), 90)
         for _ in range(5):
             dec.step(tokens, pos)
         t = time.perf_counter()
         for _ in range(40):
             dec.step(tokens, pos)
-        print(f"decode step, 8 rows      {str(dt)[6:]:9s} {(time.perf_counter() - t) / 40 * 1e3:6.1f} ms")
+        print(f"decode step, 8 rows {name:4s} {str(dt)[6:]:9s} {(time.perf_counter() - t) / 40 * 1e3:7.2f} ms")
 
 
 def main() -> None:
@@ -130,6 +131,8 @@ def main() -> None:
     top_p(model)
     head_product(model)
     decode(model)
+    tiny = AutoModelForCausalLM.from_pretrained(str(model_dir("tiny")), dtype=torch.float32).eval()
+    decode(tiny, "tiny", (torch.float32,))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Reused big buffers: a cached cast follows in-place changes of its weight; scratch memory is reused."""
+"""The cached dtype copy of a weight follows the weight's changes and goes with it."""
 
 import gc
 
@@ -20,6 +20,13 @@ def test_cast_is_cached_until_the_weight_changes_in_place():
     assert buffers.cast(w, torch.float32) is not None and not buffers.cast(w, torch.float32).requires_grad
 
 
+def test_cast_follows_new_storage():
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    buffers.cast(w, torch.bfloat16)
+    w.data = torch.randn(4, 4)  # keeps _version: caught by the storage pointer
+    assert torch.equal(buffers.cast(w, torch.bfloat16), w.detach().bfloat16())
+
+
 def test_cast_entries_go_with_their_weight():
     w = torch.nn.Parameter(torch.randn(4, 4))
     buffers.cast(w, torch.bfloat16)
@@ -28,14 +35,5 @@ def test_cast_entries_go_with_their_weight():
     del w
     gc.collect()
     assert key not in buffers._CASTS
-
-
-def test_scratch_reuses_memory_and_grows():
-    a = buffers.scratch("test", (4, 6), torch.float32, "cpu")
-    b = buffers.scratch("test", (3, 5), torch.float32, "cpu")  # smaller: a view of the same memory
-    assert b.shape == (3, 5) and b.data_ptr() == a.data_ptr()
-    c = buffers.scratch("test", (10, 10), torch.float32, "cpu")  # larger: new memory, kept from now on
-    assert c.shape == (10, 10) and buffers.scratch("test", (2, 2), torch.float32, "cpu").data_ptr() == c.data_ptr()
-    assert buffers.scratch("test", (2, 2), torch.bfloat16, "cpu").dtype == torch.bfloat16
     buffers.clear()
-    assert not buffers._SCRATCH
+    assert not buffers._CASTS

@@ -6,10 +6,11 @@ cast of a training step is a fresh malloc. glibc serves large blocks with mmap a
 them back on free (and trims the top of its heap), so each step touches new pages and pays
 a page fault per 4 KB page (zeroed by the kernel) for memory it held a moment earlier.
 Measured on this 2-core VM (SmolLM2-135M GRPO step, `python benchmarks/bench_worker.py
---tool thinkrl --setting smollm2-128 [--steps 3]`, with and without `THINKRL_MALLOC=0`,
-steps after the first): fp32 training phase 4.2-4.9 s with, 5.0-7.0 s without (page faults
-in it ~0-15 thousand vs 140-190 thousand); bf16 (`--setting smollm2-128-bf16`) 2.3-2.4 s vs
-2.4-2.9 s; peak RSS unchanged (the peak is the peak either way; the difference is what is
+--tool thinkrl --setting smollm2-128`, with and without `THINKRL_MALLOC=0`, two runs each,
+measured steps after the first; each step record carries its `page_faults`): fp32 training
+phase 4.47-4.52 s with, 6.27-6.51 s without; page faults per step 7-19 thousand vs 156-215
+thousand; bf16 (`--setting smollm2-128-bf16`, one run each) 2.30 vs 2.42-2.78 s; peak RSS
+3.48-3.58 vs 3.47-3.48 GiB (the peak is the peak either way; the difference is what is
 given back to the kernel and faulted in again between allocations).
 
 What is set:

@@ -1,44 +1,25 @@
 """
-Big per-call tensors kept from one training step to the next, so that their pages are not
-new every step.
+A parameter's copy in another dtype, kept until the parameter changes.
 
-Why: on the CPU every tensor is a fresh malloc; blocks over 32 MB (glibc's largest heap
-block, see `thinkrl.allocator`) are fresh memory-mapped pages each time, and each first
-touch is a page fault. The LM head's work buffers are such blocks: (256, 49,152) float32
-logits chunks are 50 MB, the bf16 copy of SmolLM2's tied head is 57 MB, a block of logits
-gradients 128 MB. Measured on this VM (fp32 SmolLM2 GRPO step at micro-batch 2, training
-phase, two runs each, against the same code with `scratch` / `cast` replaced by plain
-allocations): 4.30-4.36 s vs 4.25-4.74 s, steadier rather than much faster; the price is
-~0.1 GiB of peak RSS, as the buffers outlive the head's backward.
+Why: the bf16 LM-head product needs a bf16 copy of the (tied) head weight: 57 MB for
+SmolLM2, a block above glibc's 32 MB heap limit (`thinkrl.allocator`), so casting it afresh
+on every call touches new pages each time, and micro-batches of one step, or a frozen
+reference model scored every step, would cast the same values again.
 
-- `scratch(name, shape, dtype, device)`: a buffer for use within one call (not kept by
-  autograd), reused by the next call of the same name.
-- `cast(weight, dtype)`: a copy of a parameter in another dtype, re-copied (into the same
-  memory) only when the parameter changed (its `_version` moved: an optimizer step), so
-  micro-batches of one step share one cast.
+`cast(weight, dtype)`: weight.detach().to(dtype), re-copied (into the same memory) only
+when the weight changed: in place (its `_version` moved: an optimizer step, a
+load_state_dict) or by new storage (`.data = ...`). The copy lives as long as the weight.
 
-Left out: no eviction (a buffer only grows, to the largest request); not thread-safe; a
-`scratch` buffer must not outlive the call that asked for it.
+Left out: not thread-safe.
 """
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import torch
 
-_SCRATCH: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
-_CASTS: dict[int, tuple] = {}  # id(weight) -> (weakref to it, dtype, its _version, the copy)
-
-
-def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """An uninitialised tensor of `shape`, backed by memory reused across calls with this name."""
-    key, n = (name, dtype, torch.device(device)), math.prod(shape)
-    buf = _SCRATCH.get(key)
-    if buf is None or buf.numel() < n:
-        buf = _SCRATCH[key] = torch.empty(n, dtype=dtype, device=device)
-    return buf[:n].view(shape)
+_CASTS: dict[int, tuple] = {}  # id(weight) -> (weakref to it, dtype, (its _version, data_ptr), the copy)
 
 
 def cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -47,18 +28,18 @@ def cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return weight.detach()
     key = id(weight)
     entry = _CASTS.get(key)
+    state = (weight._version, weight.data_ptr())
     if entry is not None and entry[0]() is weight and entry[1] == dtype:
-        if entry[2] == weight._version:
+        if entry[2] == state:
             return entry[3]
         copy = entry[3].copy_(weight.detach())  # same memory, new values
     else:
         copy = weight.detach().to(dtype)
     ref = weakref.ref(weight, lambda _, k=key: _CASTS.pop(k, None))  # dropped with the weight
-    _CASTS[key] = (ref, dtype, weight._version, copy)
+    _CASTS[key] = (ref, dtype, state, copy)
     return copy
 
 
 def clear() -> None:
-    """Drop every kept buffer (e.g. before a phase that needs the memory)."""
-    _SCRATCH.clear()
+    """Drop every kept copy."""
     _CASTS.clear()

@@ -61,7 +61,6 @@ class LeanDecoder:
         self.max_len = max_len
         self.rotary = body.rotary_emb
         self.embed = body.embed_tokens.weight  # (V, H), shared, never copied
-        self.head = model.get_output_embeddings().weight  # (V, H) float32 as the model has it
         self.eps_t = torch.tensor(self.eps, dtype=torch.float32, device=self.embed.device)
         cast = lambda t: None if t is None else t.detach().to(self.dtype)  # noqa: E731
         # each RMSNorm's weight is folded into the columns of the product it feeds: (x * w) W^T = x (W diag w)^T
@@ -85,7 +84,7 @@ class LeanDecoder:
                 w = self.layers[-1][name]
                 self.layers[-1][name + "_t"] = None if w.is_mkldnn else w.t()
         self.inter = body.layers[0].mlp.gate_proj.weight.shape[0]
-        self.head_packed = pack(cast(fold(self.head, body.norm)))  # (V, H)
+        self.head_packed = pack(cast(fold(model.get_output_embeddings().weight, body.norm)))  # (V, H)
         self._set_cache([], [])  # filled by prefill
         self.key_mask = None  # (n, max_len) bool: which cache columns hold real tokens; None = all (no padding)
         self.length = 0  # cache columns filled
@@ -149,32 +148,30 @@ class LeanDecoder:
         the swap of the two halves is a roll by D/2."""
         return torch.addcmul(qk * cos, qk.roll(self.head_dim // 2, -1), sin)
 
-    def _block(self, x, li, cos, sin, attn_mask, start):
-        """One decoder layer on x (n, t, H) whose tokens fill cache columns start .. start+t-1
-        (the prefill); cos/sin (n, 1, t, D); attn_mask (n, 1, t, start+t) bool, or None: causal
-        (start = 0, no padding)."""
+    def _prefill_layer(self, x, li, cos, sin, attn_mask):
+        """One decoder layer on the prompts x (n, t, H), which fill cache columns 0 .. t-1;
+        cos/sin (n, 1, t, D); attn_mask (n, 1, t, t) bool, or None: causal (no padding)."""
         p = self.layers[li]
         n, t, H = x.shape
         Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         qkv = packed_linear(self._norm(x), p["qkv"], p["qkv_b"]).view(n, t, Hq + 2 * Hkv, D).transpose(1, 2)
         qk = self._rope(qkv[:, : Hq + Hkv], cos, sin)  # (n, Hq+Hkv, t, D)
-        kc, vc = self.k_cache[li], self.v_cache[li]
-        kc[:, :, start:start + t] = qk[:, Hq:]
-        vc[:, :, start:start + t] = qkv[:, Hq + Hkv:]
-        o = F.scaled_dot_product_attention(
-            qk[:, :Hq].float(), kc[:, :, : start + t], vc[:, :, : start + t], attn_mask=attn_mask, scale=1.0,
-            is_causal=attn_mask is None, enable_gqa=Hq != Hkv)  # (n, Hq, t, D) float32; q carries the scale
-        o = o.to(self.dtype).transpose(1, 2).reshape(n * t, Hq * D)  # (n*t, Hq*D)
+        kc, vc = self.k_cache[li][:, :, :t], self.v_cache[li][:, :, :t]  # (n, Hkv, t, D) float32
+        kc.copy_(qk[:, Hq:])
+        vc.copy_(qkv[:, Hq + Hkv:])
+        o = F.scaled_dot_product_attention(qk[:, :Hq].float(), kc, vc, attn_mask=attn_mask, scale=1.0,
+                                           is_causal=attn_mask is None, enable_gqa=Hq != Hkv)  # (n, Hq, t, D)
+        o = o.to(self.dtype).transpose(1, 2).reshape(n * t, Hq * D)  # (n*t, Hq*D); q carried the scale
         x = _add_linear(x.reshape(n * t, H), o, p["o"], p["o_t"], p["o_b"])  # (n*t, H) = x + o_proj(o)
-        gate, up = packed_linear(self._norm(x), p["gate_up"]).split(self.inter, dim=-1)  # (n*t, I) each
-        return _add_linear(x, F.silu(gate) * up, p["down"], p["down_t"]).view(n, t, H)  # (n, t, H)
+        return self._mlp(x, p).view(n, t, H)  # (n, t, H)
 
-    def _decode_layer(self, x, p, li, cos, sin, bias, start):
+    def _decode_layer(self, x, li, cos, sin, bias, start):
         """One decoder layer for one new token per row: x (n, H), written to cache column
         `start` of layer li's cache; cos/sin (1 or n, 1, D); bias (n, 1, start+1)
         additive (0 / -inf) or None (no padding). The one-query attention is two 3-d batched
         products on views of the cache (SDPA's kernel setup, or torch.matmul's 4-d
         broadcasting, costs more at one query)."""
+        p = self.layers[li]
         n = x.shape[0]
         Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         S, g = start + 1, Hq // Hkv
@@ -190,9 +187,13 @@ class LeanDecoder:
         w = torch.softmax(scores, dim=-1)  # (n*Hkv, g, S)
         o = torch.bmm(w, self.v_3d[li][:, :S]).view(n, Hq * D)  # (n, Hq*D) float32
         x = _add_linear(x, o if o.dtype == self.dtype else o.to(self.dtype), p["o"], p["o_t"], p["o_b"])  # (n, H)
-        gate_up = packed_linear(self._norm(x), p["gate_up"])  # (n, 2I)
-        act = F.silu(gate_up[:, : self.inter]) * gate_up[:, self.inter:]  # (n, I)
-        return _add_linear(x, act, p["down"], p["down_t"])  # (n, H)
+        return self._mlp(x, p)  # (n, H)
+
+    def _mlp(self, x, p):
+        """x (m, H) -> x + down(silu(gate) * up), gate and up from one product on the normed x."""
+        gate_up = packed_linear(self._norm(x), p["gate_up"])  # (m, 2I)
+        act = F.silu(gate_up[:, : self.inter]) * gate_up[:, self.inter:]  # (m, I)
+        return _add_linear(x, act, p["down"], p["down_t"])  # (m, H)
 
     def _logits(self, x_last: torch.Tensor) -> torch.Tensor:
         h = self._norm(x_last)  # (n, H)
@@ -222,9 +223,8 @@ class LeanDecoder:
             mask = ((causal & valid[:, None, :]) | eye).unsqueeze(1)  # (B, 1, T, T)
         x = F.embedding(input_ids, self.embed).to(self.dtype)  # (B, T, H)
         for li in range(len(self.layers)):
-            x = self._block(x, li, cos, sin, mask, 0)
+            x = self._prefill_layer(x, li, cos, sin, mask)
         self.length = T
-        self.next_pos = valid.sum(-1)  # (B,)
         return self._logits(x[:, -1])
 
     @torch.no_grad()
@@ -243,8 +243,8 @@ class LeanDecoder:
             cos, sin = self.cos[start:start + 1], self.sin[start:start + 1]  # (1, D), broadcast as (1, 1, D)
         x = F.embedding(tokens, self.embed)  # (n, H)
         x = x if x.dtype == self.dtype else x.to(self.dtype)
-        for li, p in enumerate(self.layers):
-            x = self._decode_layer(x, p, li, cos, sin, bias, start)
+        for li in range(len(self.layers)):
+            x = self._decode_layer(x, li, cos, sin, bias, start)
         self.length = start + 1
         return self._logits(x)
 

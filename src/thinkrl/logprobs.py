@@ -90,8 +90,8 @@ class _TokenLogprobs(torch.autograd.Function):
     """log_softmax(h·Wᵀ / T)[target] for every row of h, `chunk` rows at a time. Forward keeps
     no logits (only each row's log-sum-exp); backward recomputes each chunk's logits:
     d logp / d logits = (onehot(target) - softmax) / T. Under bf16 autocast the product runs
-    in bf16 with W cast once per call (kept for backward), and all softmax math in float32;
-    each chunk's float32 work is done in place in buffers reused from chunk to chunk."""
+    in bf16 with W cast once per weight update (`buffers.cast`, kept for backward), and all
+    softmax math in float32; each chunk's float32 work is done in place in buffers reused from chunk to chunk."""
 
     @staticmethod
     def forward(ctx, h, weight, targets, temperature, chunk, want_entropy):
@@ -100,11 +100,10 @@ class _TokenLogprobs(torch.autograd.Function):
         logp = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
         lse = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
         ent = torch.empty(M, dtype=torch.float32, device=h.device) if want_entropy else None
-        c = min(chunk, M)
         with torch.autocast(h.device.type, enabled=False):
             w, x = buffers.cast(weight, cd), h.to(cd)  # (V, H) cast once per weight update, (M, H)
-            out = None if cd == torch.float32 else buffers.scratch("logits", (c, V), torch.float32, h.device)
-            e_buf = buffers.scratch("exp", (c, V), torch.float32, h.device) if want_entropy else None  # (c, V)
+            out = None if cd == torch.float32 else torch.empty(min(chunk, M), V, device=h.device)  # (c, V)
+            e_buf = torch.empty(min(chunk, M), V, device=h.device) if want_entropy else None  # (c, V)
             for s in range(0, M, chunk):
                 z = _chunk_logits(x[s:s + chunk], w, temperature, out)  # (c, V) float32
                 top = z.amax(-1, keepdim=True)  # (c, 1)
@@ -136,10 +135,9 @@ class _TokenLogprobs(torch.autograd.Function):
         gw = None  # (V, H) float32, summed over blocks
         with torch.autocast(h.device.type, enabled=False):
             x = h.to(w.dtype)  # (M, H)
-            c = min(chunk, M)
-            out = None if w.dtype == torch.float32 else buffers.scratch("logits", (c, V), torch.float32, h.device)
+            out = None if w.dtype == torch.float32 else torch.empty(min(chunk, M), V, device=h.device)  # (c, V)
             rows = min(M, max(chunk, WGRAD_BLOCK_BYTES // (V * w.element_size()) // chunk * chunk))
-            gz = buffers.scratch("dlogits", (rows, V), w.dtype, h.device)  # (b, V) d loss / d (h·Wᵀ), a block of rows
+            gz = torch.empty(rows, V, dtype=w.dtype, device=h.device)  # (b, V) d loss / d (h·Wᵀ), a block of rows
             for b in range(0, M, rows):
                 stop = min(b + rows, M)
                 for s in range(b, stop, chunk):
