@@ -90,7 +90,7 @@ class _TokenLogprobs(torch.autograd.Function):
     """log_softmax(h·Wᵀ / T)[target] for every row of h, `chunk` rows at a time. Forward keeps
     no logits (only each row's log-sum-exp); backward recomputes each chunk's logits:
     d logp / d logits = (onehot(target) - softmax) / T. Under bf16 autocast the product runs
-    in bf16 with W cast once per weight update (`buffers.cast`, kept for backward), and all
+    in bf16 with W cast once per `buffers.fixed_weights` block (kept for backward), and all
     softmax math in float32; each chunk's float32 work is done in place in buffers reused from chunk to chunk."""
 
     @staticmethod
@@ -101,7 +101,7 @@ class _TokenLogprobs(torch.autograd.Function):
         lse = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
         ent = torch.empty(M, dtype=torch.float32, device=h.device) if want_entropy else None
         with torch.autocast(h.device.type, enabled=False):
-            w, x = buffers.cast(weight, cd), h.to(cd)  # (V, H) cast once per weight update, (M, H)
+            w, x = buffers.cast(weight, cd), h.to(cd)  # (V, H) cast once per fixed-weights block, (M, H)
             out = None if cd == torch.float32 else torch.empty(min(chunk, M), V, device=h.device)  # (c, V)
             e_buf = torch.empty(min(chunk, M), V, device=h.device) if want_entropy else None  # (c, V)
             for s in range(0, M, chunk):
@@ -120,15 +120,15 @@ class _TokenLogprobs(torch.autograd.Function):
                 logp[s:s + chunk] = z_t - log_sum
                 lse[s:s + chunk] = top.squeeze(-1) + log_sum
                 del z
-        ctx.save_for_backward(h, targets, lse)
-        ctx.w, ctx.weight_dtype, ctx.temperature, ctx.chunk = w, weight.dtype, temperature, chunk
+        ctx.save_for_backward(h, targets, lse, w)  # w: checked by autograd if a later cast overwrites it
+        ctx.weight_dtype, ctx.temperature, ctx.chunk = weight.dtype, temperature, chunk
         ctx.mark_non_differentiable(*([ent] if want_entropy else []))
         return logp, ent
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
-        h, targets, lse = ctx.saved_tensors
-        w, T, chunk = ctx.w, ctx.temperature, ctx.chunk  # w: (V, H) in the compute dtype
+        h, targets, lse, w = ctx.saved_tensors  # w: (V, H) in the compute dtype
+        T, chunk = ctx.temperature, ctx.chunk
         M, V = h.shape[0], w.shape[0]
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gh = torch.empty(h.shape, dtype=w.dtype, device=h.device) if want_h else None  # (M, H)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from thinkrl import grpo, rewards
+from thinkrl import buffers, grpo, rewards
 from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
 from thinkrl.data.templates import encode_prompts
@@ -153,8 +153,9 @@ def _micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> list
 def _score(logprobs_of, net, N: int, micro: int, like: torch.Tensor) -> torch.Tensor:
     """No-grad log-probs (N, L) of every sample under `net`, in micro-batches; `like` gives the shape."""
     out = torch.zeros_like(like)
-    for rows in torch.arange(N).split(micro):
-        out[rows] = logprobs_of(net, rows, like.shape[1])[0].float()
+    with buffers.fixed_weights():  # the bf16 head copy made once for all micro-batches
+        for rows in torch.arange(N).split(micro):
+            out[rows] = logprobs_of(net, rows, like.shape[1])[0].float()
     return out
 
 
@@ -171,21 +172,23 @@ def minibatch_gradients(model, logprobs_of, ro, mb, adv, old_logp, ref_logp, g, 
     rows = mb[adv[mb] != 0] if skip_zero else mb  # zero-advantage rows: exactly zero gradient
     n_tok = float(ro.completion_mask[mb].sum())
     loss_sum = 0.0
-    for part in _micro_batches(rows, ro.lengths, micro):  # (m,) rows of similar length
-        L = int(ro.lengths[part].max())  # trim the padding of this micro-batch
-        mask = ro.completion_mask[part, :L]  # (m, L)
-        with forward_context():
-            logp, ent = logprobs_of(model, part, L, want_entropy=True)  # (m, L) each
-        old = logp.detach() if old_logp is None else old_logp[part, :L]
-        loss, s = grpo.grpo_loss(
-            logp, old, adv[part], mask, None if ref_logp is None else ref_logp[part, :L], g.beta, g.epsilon_low,
-            g.epsilon_high, g.kl_estimator, g.loss_aggregation, g.max_new_tokens, num_seqs=len(mb), num_tokens=n_tok)
-        loss.backward()
-        loss_sum += loss.item()
-        stats["clip_frac"].append(s["clip_frac"].item())
-        stats["entropy"].append(((ent * mask).sum() / mask.sum().clamp(min=1)).item())
-        if "kl" in s:
-            stats["kl"].append(s["kl"].item())
+    with buffers.fixed_weights():  # no update inside: the bf16 head copy made once for all micro-batches
+        for part in _micro_batches(rows, ro.lengths, micro):  # (m,) rows of similar length
+            L = int(ro.lengths[part].max())  # trim the padding of this micro-batch
+            mask = ro.completion_mask[part, :L]  # (m, L)
+            with forward_context():
+                logp, ent = logprobs_of(model, part, L, want_entropy=True)  # (m, L) each
+            old = logp.detach() if old_logp is None else old_logp[part, :L]
+            loss, s = grpo.grpo_loss(
+                logp, old, adv[part], mask, None if ref_logp is None else ref_logp[part, :L], g.beta, g.epsilon_low,
+                g.epsilon_high, g.kl_estimator, g.loss_aggregation, g.max_new_tokens, num_seqs=len(mb),
+                num_tokens=n_tok)
+            loss.backward()
+            loss_sum += loss.item()
+            stats["clip_frac"].append(s["clip_frac"].item())
+            stats["entropy"].append(((ent * mask).sum() / mask.sum().clamp(min=1)).item())
+            if "kl" in s:
+                stats["kl"].append(s["kl"].item())
     if len(rows) == 0:  # the plain computation would step with an all-zero gradient: so do we
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
