@@ -136,3 +136,26 @@ def test_resume_is_bit_identical(tmp_path, base_dir, monkeypatch, length_reward)
     assert (resumed / "report.md").exists() and (resumed / "config.yaml").exists()
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(resumed / "final_model")
+
+
+def test_bf16_head_copy_is_current_in_every_update(tiny_model, tiny_tokenizer, length_reward, monkeypatch):
+    """Every bf16 copy of the LM head the trainer uses equals the weights of that moment, across
+    μ = 2 updates per batch and two steps (a copy kept across a fused AdamW update was a bug)."""
+    from thinkrl import buffers
+    cfg, state = _state(tiny_model, tiny_tokenizer)
+    cfg.rewards.weights = {length_reward: 1.0}
+    cfg.run.precision, cfg.grpo.mu, cfg.grpo.micro_batch_size = "bf16", 2, 3
+    real, seen = buffers.cast, []
+
+    def checked(weight, dtype):
+        out = real(weight, dtype)
+        seen.append(torch.equal(out, weight.detach().to(dtype)))
+        return out
+
+    monkeypatch.setattr(buffers, "cast", checked)
+    head = tiny_model.get_output_embeddings().weight
+    before = head.detach().clone()
+    for _ in range(2):
+        grpo_step(state, cfg, lambda q: q)
+    assert not torch.equal(before, head.detach())  # the head did change between copies
+    assert len(seen) > 4 and all(seen)
