@@ -55,3 +55,19 @@ def test_yaml_and_overrides(tmp_path):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "thinkrl.cli", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "thinkrl train" in out.stdout
+
+
+def test_new_run_into_a_finished_run_dir_is_refused(tmp_path, capsys):
+    """Without --resume a run never appends to an older run's metrics (or meets its checkpoints)."""
+    old = tmp_path / "run"
+    old.mkdir()
+    (old / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert cli.main(["train", "--output-dir", str(old), "grpo.steps=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("thinkrl: error:") and "already holds a run" in err and "--resume" in err
+    assert (old / "metrics.jsonl").read_text() == '{"step": 1}\n'  # untouched
+    ckpt = tmp_path / "run2" / "checkpoints" / "step-000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "COMPLETE").write_text("")
+    assert cli.main(["train", "--output-dir", str(tmp_path / "run2")]) == 2
+    assert "already holds a run" in capsys.readouterr().err

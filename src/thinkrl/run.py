@@ -7,7 +7,8 @@ format rewards only, measure again, and write the run directory:
     config.yaml  metrics.jsonl  summary.json  report.md  plots/  final_model/
     base_model/ (quickstart only)  checkpoints/step-N/  eval_before.json  eval_after.json
 
-`--resume RUN_DIR` continues from the run's last complete checkpoint.
+`--resume RUN_DIR` continues from the run's last complete checkpoint. A new run into a
+directory that already holds one (metrics or a checkpoint) is refused, not mixed into it.
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
         cfg = config_mod.load_config(run_dir / "config.yaml")
     else:
         run_dir = _new_run_dir(cfg)
+        if (run_dir / "metrics.jsonl").exists() or checkpoint.latest_checkpoint(run_dir) is not None:
+            raise config_mod.ConfigError(f"{run_dir} already holds a run (metrics.jsonl or a checkpoint): continue it "
+                                         f"with --resume {run_dir}, or choose another --output-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
         ckpt = None
