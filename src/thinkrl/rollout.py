@@ -205,7 +205,7 @@ def _next_token(
     return tok, tok_logp
 
 
-@torch.no_grad()  # not inference_mode: its tensors could not be saved for the trainer's backward
+@torch.no_grad()
 def sample(
     model,
     tokenizer,
@@ -241,54 +241,57 @@ def sample(
     # ---- 1. left-pad and prefill the B distinct prompts once
     input_ids, attn = left_pad(prompt_ids, pad_id, device)  # (B, T), (B, T)
 
+    M = params.max_new_tokens
+    # the results: ordinary tensors (the trainer's backward saves some of them), filled in below
+    tokens = torch.full((N, M), pad_id, dtype=torch.long, device=device)  # (N, M)
+    logprobs = torch.zeros((N, M), dtype=torch.float32, device=device)  # (N, M)
+    lengths = torch.full((N,), M, dtype=torch.long, device=device)  # (N,) set when a row finishes
+    truncated = torch.zeros(N, dtype=torch.bool, device=device)  # (N,)
+
     was_training = model.training
     model.eval()
     try:
-        M = params.max_new_tokens
-        engine = _engine(model, engine_dtype, input_ids.shape[1] + M, engine)
-        logits = engine.prefill(input_ids, attn)  # (B, V) float32
+        with torch.inference_mode():  # the decoder's own tensors: no version counters or view tracking
+            engine = _engine(model, engine_dtype, input_ids.shape[1] + M, engine)
+            logits = engine.prefill(input_ids, attn)  # (B, V) float32
 
-        # ---- 2. share the prefix: repeat cache and state G times (row n <- prompt n // G)
-        engine.repeat_rows(G)
-        logits = logits.repeat_interleave(G, dim=0)  # (N, V)
-        next_pos = attn.sum(dim=-1).repeat_interleave(G)  # (N,) position of the next token = prompt length
-        live = torch.arange(N, device=device)  # (n,) global row of each live decode row
+            # ---- 2. share the prefix: repeat cache and state G times (row n <- prompt n // G)
+            engine.repeat_rows(G)
+            logits = logits.repeat_interleave(G, dim=0)  # (N, V)
+            next_pos = attn.sum(dim=-1).repeat_interleave(G)  # (N,) position of the next token = prompt length
+            live = torch.arange(N, device=device)  # (n,) global row of each live decode row
 
-        tokens = torch.full((N, M), pad_id, dtype=torch.long, device=device)  # (N, M)
-        logprobs = torch.zeros((N, M), dtype=torch.float32, device=device)  # (N, M)
-        lengths = torch.full((N,), M, dtype=torch.long, device=device)  # (N,) set when a row finishes
-        truncated = torch.zeros(N, dtype=torch.bool, device=device)  # (N,)
-        is_eos = (lambda t: t == eos_ids[0]) if len(eos_ids) == 1 else (lambda t: torch.isin(t, eos_t))  # noqa: E731
-        at = slice(None)  # rows of `tokens` being decoded: all of them until one finishes, then `live`
+            is_eos = (lambda t: t == eos_ids[0]) if len(eos_ids) == 1 else (lambda t: torch.isin(t, eos_t))  # noqa: E731
+            at = slice(None)  # rows of `tokens` being decoded: all of them until one finishes, then `live`
 
-        # ---- 3. decode, dropping finished rows
-        for step in range(M):
-            if step < params.min_new_tokens:
-                logits = logits.index_fill(-1, eos_t, float("-inf"))  # (n, V) EOS not yet allowed
-            tok, tok_logp = _next_token(logits, params, generator)  # (n,), (n,)
-            tokens[at, step] = tok
-            logprobs[at, step] = tok_logp
-            done = is_eos(tok)  # (n,)
-            if stops and step + 1 >= params.min_new_tokens:  # every live row has step + 1 tokens; decode a short tail
-                tails = tokenizer.batch_decode(
-                    tokens[live, max(0, step + 1 - tail) : step + 1].tolist(), skip_special_tokens=False
-                )
-                hit = [any(s in text for s in stops) for text in tails]
-                done = done | torch.tensor(hit, dtype=torch.bool, device=device)  # (n,)
-            if step == M - 1:
-                truncated[live[~done]] = True
-                break
-            if done.any():
-                lengths[live[done]] = step + 1
-                keep = (~done).nonzero().squeeze(-1)  # (n',)
-                if keep.numel() == 0:
+            # ---- 3. decode, dropping finished rows
+            for step in range(M):
+                if step < params.min_new_tokens:
+                    logits = logits.index_fill(-1, eos_t, float("-inf"))  # (n, V) EOS not yet allowed
+                tok, tok_logp = _next_token(logits, params, generator)  # (n,), (n,)
+                tokens[at, step] = tok
+                logprobs[at, step] = tok_logp
+                done = is_eos(tok)  # (n,)
+                if stops and step + 1 >= params.min_new_tokens:  # every live row has step + 1 tokens; decode a short tail
+                    tails = tokenizer.batch_decode(
+                        tokens[live, max(0, step + 1 - tail) : step + 1].tolist(), skip_special_tokens=False
+                    )
+                    hit = [any(s in text for s in stops) for text in tails]
+                    done = done | torch.tensor(hit, dtype=torch.bool, device=device)  # (n,)
+                if step == M - 1:
+                    truncated[live[~done]] = True
                     break
-                engine.keep_rows(keep)
-                live, tok, next_pos = live[keep], tok[keep], next_pos[keep]
-                at = live
-            logits = engine.step(tok, next_pos)  # (n, V)
-            next_pos = next_pos + 1  # (n,)
-        del engine
+                if done.any():
+                    lengths[live[done]] = step + 1
+                    keep = (~done).nonzero().squeeze(-1)  # (n',)
+                    if keep.numel() == 0:
+                        break
+                    engine.keep_rows(keep)
+                    live, tok, next_pos = live[keep], tok[keep], next_pos[keep]
+                    at = live
+                logits = engine.step(tok, next_pos)  # (n, V)
+                next_pos = next_pos + 1  # (n,)
+            del engine
     finally:
         model.train(was_training)
 
