@@ -48,8 +48,9 @@ SETTINGS = {
     "smollm2-128-whole": Setting("smollm2-128-whole", "smollm2"),
     # both tools' fastest mode: bf16, the whole batch in one backward (as TRL does)
     "smollm2-128-bf16": Setting("smollm2-128-bf16", "smollm2", precision="bf16"),
-    "tiny": Setting("tiny", "tiny", max_new_tokens=64),
-    "tiny-bf16": Setting("tiny-bf16", "tiny", max_new_tokens=64, precision="bf16"),
+    # the tiny model's steps take ~0.1-0.3 s: more of them, for medians steadier than single-step noise
+    "tiny": Setting("tiny", "tiny", max_new_tokens=64, steps=10, warmup=3),
+    "tiny-bf16": Setting("tiny-bf16", "tiny", max_new_tokens=64, precision="bf16", steps=10, warmup=3),
     "qwen2-0.5b-random-bf16": Setting("qwen2-0.5b-random-bf16", "qwen2-0.5b-random", prompts_per_step=8,
                                       max_new_tokens=256, precision="bf16", lr=1e-6),
 }

@@ -6,10 +6,11 @@
 
 For each setting (see bench_common.SETTINGS: same weights, prompts, B, G, max new tokens,
 temperature, lr, β = 0, μ = 1, precision), thinkrl and TRL each run in a fresh process,
-one after the other, the order flipping from setting to setting; each run does a warm-up
-step and then the measured steps. Printed: per-phase seconds (sample / reward+score /
-train), generation tokens/s, training GFLOP/s (6·params·tokens actually processed / train
-time), peak RSS; then the ratios; the last line is the SmolLM2 1×8×128 fp32 pair.
+one after the other, the order flipping from setting to setting; each run does its
+warm-up steps and then the measured steps (SmolLM2: 1 and 3; the tiny model: 3 and 10).
+Printed: per-phase seconds (sample / reward+score / train), generation tokens/s, training
+GFLOP/s (6·params·tokens actually processed / train time), peak RSS; then the ratios; the
+last line is the SmolLM2 1×8×128 fp32 pair.
 """
 
 from __future__ import annotations
@@ -134,8 +135,9 @@ def markdown(results: list[dict], rat: dict, peak: dict, started: str, a) -> str
     for k, v in rat.items():
         out.append(f"| {k}{' (' + v['modes'] + ')' if 'modes' in v else ''} | {v['step_time']:.2f} | "
                    f"{v['peak_rss']:.2f} |" if "peak_rss" in v else f"| {k} ({v['modes']}) | {v['step_time']:.2f} | |")
-    out += ["", "Per-step values are medians of the measured steps (after one warm-up step). Train GFLOP/s = "
-            "6 × parameters × tokens the trainer actually ran (thinkrl: each prompt once per group) / train seconds."]
+    out += ["", "Per-step values are medians of the measured steps (SmolLM2: 3 after one warm-up step; "
+            "tiny: 10 after 3). Train GFLOP/s = 6 × parameters × tokens the trainer actually ran "
+            "(thinkrl: each prompt once per group) / train seconds."]
     return "\n".join(out) + "\n"
 
 
