@@ -1,6 +1,6 @@
 """One benchmark run in its own process (so peak RSS is per tool): thinkrl or TRL, one setting.
 
-    python benchmarks/bench_worker.py --tool thinkrl --setting smollm2-128 [--device cpu]
+    python benchmarks/bench_worker.py --tool thinkrl --setting smollm2-128 [--device cpu] [--profile]
 
 Prints `BENCH {json}` lines: one per step (warm-up steps flagged) and a final summary with
 the process's peak RSS. The driver is `grpo_vs_trl.py`.
@@ -44,7 +44,26 @@ def _counts(tok, texts: list[str], s: Setting) -> tuple[int, int]:
     return sum(P) + N * M, sum(P) * s.group_size + N * M
 
 
-def run_thinkrl(s: Setting, device: str) -> None:
+def _thp_faults() -> int:
+    """Transparent huge pages faulted in so far, machine-wide (0 where /proc/vmstat has no count)."""
+    try:
+        return next(int(v) for k, v in (line.split() for line in open("/proc/vmstat")) if k == "thp_fault_alloc")
+    except (OSError, StopIteration):
+        return 0
+
+
+def _profiled(step):
+    """step() under torch.profiler: prints its costliest ops by input shape and the huge pages it faulted in."""
+    thp = _thp_faults()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        out = step()
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20,
+                                                             max_name_column_width=40, max_shapes_column_width=70),
+          f"huge pages faulted in during the step: {_thp_faults() - thp}", sep="\n", file=sys.stderr)
+    return out
+
+
+def run_thinkrl(s: Setting, device: str, profile: bool = False) -> None:
     from thinkrl import rewards
     from thinkrl.config import Config
     from thinkrl.data.loaders import Problem
@@ -79,7 +98,8 @@ def run_thinkrl(s: Setting, device: str) -> None:
     for i in range(total):
         actual, nominal = _counts(tok, texts[i * B:(i + 1) * B], s)
         faults = page_faults()
-        m = grpo_step(state, cfg, build_prompt=lambda q: q)
+        step = lambda: grpo_step(state, cfg, build_prompt=lambda q: q)  # noqa: E731
+        m = _profiled(step) if profile and i == total - 1 else step()
         faults = page_faults() - faults
         emit({"tool": "thinkrl", "setting": s.name, "step": i, "warmup": i < s.warmup, "step_s": m["time/step"],
               "sample_s": m["time/sample"], "score_s": m["time/reward"] + m.get("time/score", 0.0),
@@ -154,13 +174,19 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, help="measured steps (default: the setting's)")
     ap.add_argument("--smoke", action="store_true", help="B=1, G=2, 8 new tokens, 1 step: a quick check of the code path")
+    ap.add_argument("--profile", action="store_true",
+                    help="thinkrl: profile the last step (stderr: costliest ops by shape, huge pages faulted in); "
+                         "its times include the profiler's overhead")
     a = ap.parse_args()
     s = SETTINGS[a.setting]
     if a.steps:
         s.steps = a.steps
     if a.smoke:
         s.prompts_per_step, s.group_size, s.max_new_tokens, s.steps = 1, 2, 8, 1
-    (run_thinkrl if a.tool == "thinkrl" else run_trl)(s, a.device)
+    if a.tool == "thinkrl":
+        run_thinkrl(s, a.device, a.profile)
+    else:
+        run_trl(s, a.device)
     if a.device != "cpu":
         emit({"tool": a.tool, "setting": s.name, "summary_gpu": True,
               "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30})

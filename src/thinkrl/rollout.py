@@ -261,7 +261,8 @@ def sample(
             next_pos = attn.sum(dim=-1).repeat_interleave(G)  # (N,) position of the next token = prompt length
             live = torch.arange(N, device=device)  # (n,) global row of each live decode row
 
-            is_eos = (lambda t: t == eos_ids[0]) if len(eos_ids) == 1 else (lambda t: torch.isin(t, eos_t))  # noqa: E731
+            is_eos = ((lambda t: t == eos_ids[0]) if len(eos_ids) == 1  # noqa: E731
+                      else (lambda t: torch.isin(t, eos_t)))
             at = slice(None)  # rows of `tokens` being decoded: all of them until one finishes, then `live`
 
             # ---- 3. decode, dropping finished rows
@@ -272,7 +273,7 @@ def sample(
                 tokens[at, step] = tok
                 logprobs[at, step] = tok_logp
                 done = is_eos(tok)  # (n,)
-                if stops and step + 1 >= params.min_new_tokens:  # every live row has step + 1 tokens; decode a short tail
+                if stops and step + 1 >= params.min_new_tokens:  # every live row has step + 1 tokens: decode a tail
                     tails = tokenizer.batch_decode(
                         tokens[live, max(0, step + 1 - tail) : step + 1].tolist(), skip_special_tokens=False
                     )
