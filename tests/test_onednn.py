@@ -85,6 +85,25 @@ def test_fused_rms_norms_same_values_and_grads():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_sparse_tied_embedding_same_dense_grads(tied):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=50, max_position_embeddings=64, tie_word_embeddings=tied)
+    model = LlamaForCausalLM(cfg)
+    ids = torch.randint(0, 50, (2, 9))
+    out = []
+    for on in (False, True):
+        model.zero_grad(set_to_none=True)
+        for _ in range(2):  # two micro-batches accumulate
+            with onednn.sparse_tied_embedding(model, enabled=on):
+                model(input_ids=ids, labels=ids).loss.backward()
+        out.append([p.grad.clone() for p in model.parameters()])
+    assert all(not g.is_sparse for g in out[1])
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_gqa_attention_same_values_and_grads_without_repeated_heads(monkeypatch):
     """A padded grouped-query batch: the swap hands the KV heads to the kernel as they are
     (enable_gqa), in float32, with the same logits and gradients; the config is restored."""

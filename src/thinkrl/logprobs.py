@@ -24,12 +24,11 @@ Left out: a Triton/vocabulary-parallel kernel, sequence packing.
 from __future__ import annotations
 
 import inspect
-import weakref
 
 import torch
 from transformers import DynamicCache
 
-from thinkrl import buffers, onednn, tied
+from thinkrl import buffers, onednn
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +122,6 @@ class _TokenLogprobs(torch.autograd.Function):
                 del z
         ctx.save_for_backward(h, targets, lse, w)  # w: checked by autograd if a later cast overwrites it
         ctx.weight_dtype, ctx.temperature, ctx.chunk = weight.dtype, temperature, chunk
-        ctx.weight = weakref.ref(weight)  # the Parameter, for a tied embedding's hand-off (`thinkrl.tied`)
         ctx.mark_non_differentiable(*([ent] if want_entropy else []))
         return logp, ent
 
@@ -155,11 +153,8 @@ class _TokenLogprobs(torch.autograd.Function):
                     g_blk = gz[:stop - b]
                     part = onednn.linear(g_blk.t(), x[b:stop].t()) if w.dtype == torch.float32 else g_blk.t().mm(x[b:stop])
                     gw = part.float() if gw is None else gw.add_(part)  # (V, H) += gzᵀ · h
-        if gw is not None:
-            gw = gw.to(ctx.weight_dtype)
-            if tied.defer_head_grad(ctx.weight(), gw):  # a tied lookup's backward adds its rows and hands it on
-                gw = None
-        return (None if gh is None else gh.to(h.dtype)), gw, None, None, None, None
+        return (None if gh is None else gh.to(h.dtype)), (None if gw is None else gw.to(ctx.weight_dtype)), \
+            None, None, None, None
 
 
 def _logprobs_from_hidden(hidden, head, targets, temperature, chunk, want_entropy):

@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from thinkrl import buffers, grpo, rewards, tied
+from thinkrl import buffers, grpo, rewards
 from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
 from thinkrl.data.templates import encode_prompts
 from thinkrl.logprobs import build_batch, completion_logprobs, grouped_completion_logprobs
 from thinkrl.metrics import PhaseTimer, mean, peak_rss_gib
-from thinkrl.onednn import fused_rms_norms, gqa_attention, onednn_linears
+from thinkrl.onednn import fused_rms_norms, gqa_attention, onednn_linears, sparse_tied_embedding
 from thinkrl.rollout import SamplingParams, sample
 
 
@@ -110,13 +110,13 @@ def set_deterministic(enabled: bool) -> None:
 
 @contextlib.contextmanager
 def precision(model, bf16: bool, onednn: bool = True):
-    """The training forward's kernels: fused RMSNorm, one in-place gradient for a head-tied
-    embedding (`thinkrl.tied`) and grouped-query attention without repeated heads always; then bf16
+    """The training forward's kernels: fused RMSNorm, a sparse gradient for a head-tied
+    embedding and grouped-query attention without repeated heads always; then bf16
     autocast (fp32 master weights and log-softmax), or fp32 with the linears on oneDNN
     (same math, faster on x86)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(fused_rms_norms(model))
-        stack.enter_context(tied.tied_embedding(model))
+        stack.enter_context(sparse_tied_embedding(model))
         stack.enter_context(gqa_attention(model))
         if bf16:
             stack.enter_context(torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16))
@@ -184,8 +184,6 @@ def minibatch_gradients(model, logprobs_of, ro, mb, adv, old_logp, ref_logp, g, 
                 g.epsilon_high, g.kl_estimator, g.loss_aggregation, g.max_new_tokens, num_seqs=len(mb),
                 num_tokens=n_tok)
             loss.backward()
-            if tied.pending_head_grad(model.get_output_embeddings().weight):
-                raise RuntimeError("the LM head's gradient was parked for a tied embedding lookup that never ran backward")
             loss_sum += loss.item()
             stats["clip_frac"].append(s["clip_frac"].item())
             stats["entropy"].append(((ent * mask).sum() / mask.sum().clamp(min=1)).item())
