@@ -17,10 +17,11 @@ from thinkrl.rollout import Rollout
 V, PAD = 40, 0
 
 
-def tiny(seed: int = 0) -> LlamaForCausalLM:
+def tiny(seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=V, max_position_embeddings=64, initializer_range=0.2)
+                      num_key_value_heads=2, vocab_size=V, max_position_embeddings=64, initializer_range=0.2,
+                      tie_word_embeddings=tie)
     return LlamaForCausalLM(cfg)
 
 
@@ -65,20 +66,22 @@ def grads(model):
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
 
 
-@pytest.mark.parametrize("share_prompt", [True, False])
+@pytest.mark.parametrize("share_prompt,tie", [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("beta,aggregation,detach_old", [
     (0.0, "seq_mean_group_mean", True),
     (0.0, "token_mean", False),
     (0.04, "seq_mean_group_mean", False),
 ])
-def test_optimised_path_equals_plain_reference(share_prompt, beta, aggregation, detach_old):
-    model, ro = tiny(), make_rollout()
+def test_optimised_path_equals_plain_reference(share_prompt, tie, beta, aggregation, detach_old):
+    """Micro-batches of 3 (prompts run once for all of them with share_prompt), a head-tied
+    embedding or not: loss and gradients equal the plain per-sequence reference."""
+    model, ro = tiny(tie=tie), make_rollout()
     ref_model = tiny(seed=1) if beta else None
     adv = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.5, -0.5, 1.5, 0.0, -1.5, 0.0])  # group 0 all-equal
     g = GRPOConfig(beta=beta, loss_aggregation=aggregation, temperature=0.8, share_prompt=share_prompt,
                    logprob_chunk=3, micro_batch_size=3, max_new_tokens=7)
     old_logp = None if detach_old else ro.logprobs
-    logprobs_of = trainer._logprob_fn(ro, g, PAD)
+    logprobs_of = trainer._Logprobs(ro, g, PAD)
     ref_logp = None
     if beta:
         with torch.no_grad():
@@ -104,7 +107,7 @@ def test_bf16_autocast_gradients_close_to_fp32():
     model, ro = tiny(), make_rollout()
     adv = torch.randn(len(ro.texts), generator=torch.Generator().manual_seed(5))
     g = GRPOConfig(beta=0.0, temperature=1.0, micro_batch_size=4, max_new_tokens=7)
-    logprobs_of = trainer._logprob_fn(ro, g, PAD)
+    logprobs_of = trainer._Logprobs(ro, g, PAD)
     out = []
     for bf16 in (False, True):
         model.zero_grad(set_to_none=True)

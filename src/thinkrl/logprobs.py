@@ -17,6 +17,9 @@ through the model once instead of G times: the prompts' forward builds a KV cach
 autograd history, its rows are selected per sample (a differentiable gather, so gradients
 from all G samples add up in the shared prompt states), and the completions attend to it.
 Exact, not an approximation: a test compares values and gradients with the plain path.
+`PromptStates` runs the distinct prompts once for several such calls (the micro-batches
+of one update): they attend to its keys/values through leaf tensors, and its `backward()`
+runs the prompts' backward once with the gradients they summed there.
 
 Left out: a Triton/vocabulary-parallel kernel, sequence packing.
 """
@@ -189,6 +192,54 @@ def completion_logprobs(
     return _logprobs_from_hidden(hidden, model.get_output_embeddings(), targets, T, chunk, want_entropy)
 
 
+class PromptStates:
+    """Distinct prompts run through the model once, shared by several completion forwards
+    (the micro-batches of one update, or of one scoring pass).
+
+    Holds, per distinct prompt, each layer's keys and values (U, Hkv, P, D) and the last
+    position's hidden state (U, 1, H). With autograd on, micro-batches get leaf copies
+    (`detach().requires_grad_()`): each micro-batch's backward stops at them and adds into
+    their `.grad`; `backward()` then runs the prompts' own backward once with those sums.
+    The same gradient as re-running the prompts in every micro-batch (gradients add
+    linearly), for one prompt forward and backward per update instead of one per micro-batch.
+    """
+
+    def __init__(self, model, prompts: list[list[int]], used: torch.Tensor, pad_id: int, device):
+        """Run prompts[i] for i in `used` (U,) through `model` (left-padded to the longest)."""
+        backbone = _backbone(model)
+        self.used = used.cpu()  # (U,) prompt indices
+        self.ids, self.mask = left_pad([prompts[i] for i in self.used.tolist()], pad_id, device)  # (U, P)
+        cache = DynamicCache(config=model.config)
+        pos = (self.mask.cumsum(1) - 1).clamp(min=0)  # (U, P)
+        out = backbone(input_ids=self.ids, attention_mask=self.mask, position_ids=pos, use_cache=True,
+                       **{_cache_kw(backbone): cache})
+        states = [t for layer in cache.layers for t in (layer.keys, layer.values)]  # 2 × layers of (U, Hkv, P, D)
+        states.append(out.last_hidden_state[:, -1:])  # (U, 1, H)
+        self._graph = states if states[-1].requires_grad else None
+        self.tensors = [t.detach().requires_grad_() for t in states] if self._graph else states
+
+    def backward(self) -> None:
+        """Back-propagate the gradients the micro-batches left on the shared states (once)."""
+        if self._graph is None:
+            return
+        pairs = [(t, leaf.grad) for t, leaf in zip(self._graph, self.tensors) if leaf.grad is not None]
+        self._graph = None
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+
+    def cache_for(self, rows: torch.Tensor, config) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """rows (N,): each sample's index into `used`. Returns a cache holding the rows' prompt
+        keys/values (a differentiable gather), their prompt mask (N, P) and last state (N, 1, H)."""
+        cache = DynamicCache(config=config)
+        for i in range(0, len(self.tensors) - 1, 2):
+            cache.update(self.tensors[i][rows], self.tensors[i + 1][rows], i // 2)
+        return cache, self.mask[rows], self.tensors[-1][rows]
+
+
+def _cache_kw(backbone) -> str:
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
 def grouped_completion_logprobs(
     model,
     prompts: list[list[int]],
@@ -199,32 +250,45 @@ def grouped_completion_logprobs(
     temperature: float = 1.0,
     chunk: int = 0,
     want_entropy: bool = False,
+    states: PromptStates | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Like `completion_logprobs`, running each prompt once for all its samples.
 
     prompts: the distinct prompts; group: (N,) prompt index of each row (any subset of
-    prompts may be used); completion_ids, completion_mask: (N, L).
+    prompts may be used); completion_ids, completion_mask: (N, L). `states`: the prompts
+    already run (`PromptStates` over indices including every row's), else they are run here,
+    in one graph with the completions.
     Returns (logp (N, L), entropy (N, L) or None).
     """
     device = completion_ids.device
     backbone, T = _backbone(model), _logprob_temperature(temperature)
-    used, row_prompt = torch.unique(group.cpu(), return_inverse=True)  # distinct prompts in this batch
-    p_ids, p_mask = left_pad([prompts[i] for i in used.tolist()], pad_id, device)  # (U, P)
-    cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-    cache = DynamicCache(config=model.config)
-    p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)  # (U, P)
-    # one embedding lookup for prompts and completions: one gradient for the embedding (not two,
-    # each summed into a full-size copy of a head-tied matrix's gradient by the autograd engine)
-    U, P = p_ids.shape
-    embeds = model.get_input_embeddings()(torch.cat([p_ids.flatten(), completion_ids.flatten()]))  # (U*P + N*L, H)
-    p_emb, c_emb = embeds.split([U * P, completion_ids.numel()])
-    p_out = backbone(inputs_embeds=p_emb.view(U, P, -1), attention_mask=p_mask, position_ids=p_pos, use_cache=True,
-                     **{cache_kw: cache})
-    rows = row_prompt.to(device)  # (N,)
-    cache.batch_select_indices(rows)  # (U, ...) -> (N, ...), differentiable gather
-    attn = torch.cat([p_mask[rows], completion_mask.long()], dim=1)  # (N, P+L)
-    c_pos = p_mask[rows].sum(1, keepdim=True) + torch.arange(completion_ids.shape[1], device=device)  # (N, L)
+    embed = model.get_input_embeddings()
+    if states is None:
+        used, rows = torch.unique(group.cpu(), return_inverse=True)  # distinct prompts in this batch
+        p_ids, p_mask = left_pad([prompts[i] for i in used.tolist()], pad_id, device)  # (U, P)
+        cache = DynamicCache(config=model.config)
+        p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)  # (U, P)
+        # one embedding lookup for prompts and completions: one gradient for the embedding (not two,
+        # each summed into a full-size copy of a head-tied matrix's gradient by the autograd engine)
+        U, P = p_ids.shape
+        embeds = embed(torch.cat([p_ids.flatten(), completion_ids.flatten()]))  # (U*P + N*L, H)
+        p_emb, c_emb = embeds.split([U * P, completion_ids.numel()])
+        p_out = backbone(inputs_embeds=p_emb.view(U, P, -1), attention_mask=p_mask, position_ids=p_pos,
+                         use_cache=True, **{_cache_kw(backbone): cache})
+        rows = rows.to(device)  # (N,)
+        cache.batch_select_indices(rows)  # (U, ...) -> (N, ...), differentiable gather
+        row_mask, first = p_mask[rows], p_out.last_hidden_state[rows, -1:]  # (N, P), (N, 1, H)
+    else:
+        at = torch.full((max(int(states.used.max()), int(group.max())) + 1,), -1, dtype=torch.long)
+        at[states.used] = torch.arange(len(states.used))
+        rows = at[group.cpu()]  # (N,) index into the run prompts
+        if (rows < 0).any():
+            raise ValueError("grouped_completion_logprobs: a row's prompt is not in `states`")
+        cache, row_mask, first = states.cache_for(rows.to(device), model.config)  # (N, ...), (N, P), (N, 1, H)
+        c_emb = embed(completion_ids)  # (N, L, H)
+    attn = torch.cat([row_mask, completion_mask.long()], dim=1)  # (N, P+L)
+    c_pos = row_mask.sum(1, keepdim=True) + torch.arange(completion_ids.shape[1], device=device)  # (N, L)
     c_out = backbone(inputs_embeds=c_emb.view(*completion_ids.shape, -1), attention_mask=attn, position_ids=c_pos,
-                     use_cache=True, **{cache_kw: cache})
-    hidden = torch.cat([p_out.last_hidden_state[rows, -1:], c_out.last_hidden_state[:, :-1]], dim=1)  # (N, L, H)
+                     use_cache=True, **{_cache_kw(backbone): cache})
+    hidden = torch.cat([first, c_out.last_hidden_state[:, :-1]], dim=1)  # (N, L, H)
     return _logprobs_from_hidden(hidden, model.get_output_embeddings(), completion_ids, T, chunk, want_entropy)

@@ -37,7 +37,7 @@ from thinkrl import buffers, grpo, rewards
 from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
 from thinkrl.data.templates import encode_prompts
-from thinkrl.logprobs import build_batch, completion_logprobs, grouped_completion_logprobs
+from thinkrl.logprobs import PromptStates, build_batch, completion_logprobs, grouped_completion_logprobs
 from thinkrl.metrics import PhaseTimer, mean, peak_rss_gib
 from thinkrl.onednn import fused_rms_norms, gqa_attention, onednn_linears, sparse_tied_embedding
 from thinkrl.rollout import SamplingParams, sample
@@ -125,20 +125,30 @@ def precision(model, bf16: bool, onednn: bool = True):
         yield
 
 
-def _logprob_fn(ro, g, pad_id: int):
-    """logprobs_of(net, rows, L, want_entropy) -> (logp, entropy) (m, L) for rows (m,) of the rollout,
-    completions trimmed to their first L tokens; each prompt run once per batch if share_prompt."""
-    if g.share_prompt:
-        def logprobs_of(net, rows, L, want_entropy=False):
+class _Logprobs:
+    """`self(net, rows, L, want_entropy, states)` -> (logp, entropy) (m, L) for rows (m,) of the
+    rollout, completions trimmed to their first L tokens; with share_prompt each prompt runs
+    once per call, or once for several calls through `prompts(net, rows)` (`PromptStates`)."""
+
+    def __init__(self, ro, g, pad_id: int):
+        self.ro, self.g, self.pad_id = ro, g, pad_id
+
+    def prompts(self, net, rows: torch.Tensor) -> PromptStates | None:
+        """The prompts of `rows` run once (None without share_prompt)."""
+        if not self.g.share_prompt:
+            return None
+        return PromptStates(net, self.ro.prompt_ids, torch.unique(self.ro.group[rows].cpu()), self.pad_id,
+                            self.ro.completion_ids.device)
+
+    def __call__(self, net, rows, L, want_entropy=False, states: PromptStates | None = None):
+        ro, g = self.ro, self.g
+        if g.share_prompt:
             return grouped_completion_logprobs(net, ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L],
-                                               ro.completion_mask[rows, :L], pad_id, g.temperature, g.logprob_chunk,
-                                               want_entropy)
-    else:
-        def logprobs_of(net, rows, L, want_entropy=False):
-            ids, attn, pos = build_batch(ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L],
-                                         ro.completion_mask[rows, :L], pad_id)
-            return completion_logprobs(net, ids, attn, pos, L, g.temperature, g.logprob_chunk, want_entropy)
-    return logprobs_of
+                                               ro.completion_mask[rows, :L], self.pad_id, g.temperature,
+                                               g.logprob_chunk, want_entropy, states)
+        ids, attn, pos = build_batch(ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L],
+                                     ro.completion_mask[rows, :L], self.pad_id)
+        return completion_logprobs(net, ids, attn, pos, L, g.temperature, g.logprob_chunk, want_entropy)
 
 
 def _micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -150,34 +160,43 @@ def _micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> list
     return list(rows[order].split(size))
 
 
-def _score(logprobs_of, net, N: int, micro: int, like: torch.Tensor) -> torch.Tensor:
+def _score(logprobs_of: _Logprobs, net, N: int, micro: int, like: torch.Tensor) -> torch.Tensor:
     """No-grad log-probs (N, L) of every sample under `net`, in micro-batches; `like` gives the shape."""
     out = torch.zeros_like(like)
+    parts = torch.arange(N).split(micro)
     with buffers.fixed_weights():  # the bf16 head copy made once for all micro-batches
-        for rows in torch.arange(N).split(micro):
-            out[rows] = logprobs_of(net, rows, like.shape[1])[0].float()
+        states = logprobs_of.prompts(net, torch.arange(N)) if len(parts) > 1 else None  # each prompt run once
+        for rows in parts:
+            out[rows] = logprobs_of(net, rows, like.shape[1], states=states)[0].float()
     return out
 
 
-def minibatch_gradients(model, logprobs_of, ro, mb, adv, old_logp, ref_logp, g, micro: int, skip_zero: bool,
-                        forward_context, stats: dict) -> tuple[float, int]:
+def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, ref_logp, g, micro: int,
+                        skip_zero: bool, forward_context, stats: dict) -> tuple[float, int]:
     """Accumulate into .grad the gradient of the GRPO loss of mini-batch `mb` (rows of the rollout).
 
     Rows run in length-sorted micro-batches of `micro`, each trimmed to its longest
     completion, with the mini-batch's sequence and token counts as loss denominators (so
-    the sum is exactly the mini-batch loss); with `skip_zero`, zero-advantage rows are left
-    out (exact when there is no KL term). old_logp None: π_old = π_θ (detached), exact
-    for a single update per batch. Returns (mini-batch loss, rows run); appends stats.
+    the sum is exactly the mini-batch loss); with several micro-batches and share_prompt,
+    the prompts run forward and backward once for all of them (`PromptStates`); with
+    `skip_zero`, zero-advantage rows are left out (exact when there is no KL term).
+    old_logp None: π_old = π_θ (detached), exact for a single update per batch.
+    Returns (mini-batch loss, rows run); appends stats.
     """
     rows = mb[adv[mb] != 0] if skip_zero else mb  # zero-advantage rows: exactly zero gradient
     n_tok = float(ro.completion_mask[mb].sum())
     loss_sum = 0.0
+    parts = _micro_batches(rows, ro.lengths, micro)  # (m,) rows of similar length each
     with buffers.fixed_weights():  # no update inside: the bf16 head copy made once for all micro-batches
-        for part in _micro_batches(rows, ro.lengths, micro):  # (m,) rows of similar length
+        states = None
+        if len(parts) > 1:
+            with forward_context():
+                states = logprobs_of.prompts(model, rows)  # each prompt once for all micro-batches
+        for part in parts:
             L = int(ro.lengths[part].max())  # trim the padding of this micro-batch
             mask = ro.completion_mask[part, :L]  # (m, L)
             with forward_context():
-                logp, ent = logprobs_of(model, part, L, want_entropy=True)  # (m, L) each
+                logp, ent = logprobs_of(model, part, L, want_entropy=True, states=states)  # (m, L) each
             old = logp.detach() if old_logp is None else old_logp[part, :L]
             loss, s = grpo.grpo_loss(
                 logp, old, adv[part], mask, None if ref_logp is None else ref_logp[part, :L], g.beta, g.epsilon_low,
@@ -189,6 +208,8 @@ def minibatch_gradients(model, logprobs_of, ro, mb, adv, old_logp, ref_logp, g, 
             stats["entropy"].append(((ent * mask).sum() / mask.sum().clamp(min=1)).item())
             if "kl" in s:
                 stats["kl"].append(s["kl"].item())
+        if states is not None:
+            states.backward()  # the prompts' share of every micro-batch's gradient, in one pass
     if len(rows) == 0:  # the plain computation would step with an all-zero gradient: so do we
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
@@ -216,7 +237,7 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
         state.counters["reward_none"] += int((~valid).sum())
 
     N, lengths = len(ro.texts), ro.lengths
-    logprobs_of = _logprob_fn(ro, g, state.tokenizer.pad_token_id)
+    logprobs_of = _Logprobs(ro, g, state.tokenizer.pad_token_id)
     single_update = g.mu == 1 and g.minibatches == 1
     old_source = ("recompute" if g.recompute_old_logprobs or (bf16 and not single_update)
                   else "detach" if single_update else "sampler")
