@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,6 +124,44 @@ def prompts(setting: Setting, tokenizer, n: int) -> list[str]:
         return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
                 for q in questions]
     return [r1_zero_prompt(q) for q in questions]
+
+
+def matmul_peak(device: str, rounds: int = 3) -> dict:
+    """Achieved GFLOP/s of large square products, the best of `rounds` rounds of 5: torch.mm
+    (MKL for fp32 on CPU) and, for fp32 on x86, oneDNN; bf16 goes to oneDNN in torch anyway."""
+    import torch
+
+    from thinkrl import onednn
+
+    out = {}
+    n = 2048 if device == "cpu" else 8192
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        fns = {"torch.mm": lambda: a @ b}
+        if device == "cpu" and dtype == torch.float32 and onednn.available():
+            fns["oneDNN"] = lambda: onednn._mm(a, b.t())
+        for label, fn in fns.items():
+            fn()
+            if device != "cpu":
+                torch.cuda.synchronize()
+            best = 0.0
+            for _ in range(rounds):
+                t, reps = time.perf_counter(), 5
+                for _ in range(reps):
+                    fn()
+                if device != "cpu":
+                    torch.cuda.synchronize()
+                best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
+            out[f"{name} {label}"] = best
+    return out
+
+
+def peak_for(peaks: dict, precision: str) -> float | None:
+    """The peak that a training phase in `precision` is compared with: fp32 oneDNN (else
+    torch.mm), bf16 torch.mm."""
+    name = "bf16 torch.mm" if precision == "bf16" else ("fp32 oneDNN" if "fp32 oneDNN" in peaks else "fp32 torch.mm")
+    return peaks.get(name)
 
 
 def peak_rss_gib() -> float:

@@ -21,8 +21,8 @@ if "--tool" in sys.argv[:-1] and sys.argv[sys.argv.index("--tool") + 1] == "thin
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (SETTINGS, Setting, diversity_reward, emit, model_dir, n_params, page_faults,  # noqa: E402
-                          peak_rss_gib, prompts)
+from bench_common import (SETTINGS, Setting, diversity_reward, emit, matmul_peak, model_dir, n_params,  # noqa: E402
+                          page_faults, peak_rss_gib, prompts)
 
 
 def _load(setting: Setting, device: str):
@@ -105,8 +105,9 @@ def run_thinkrl(s: Setting, device: str, profile: bool = False) -> None:
               "sample_s": m["time/sample"], "score_s": m["time/reward"] + m.get("time/score", 0.0),
               "train_s": m["time/train"], "gen_tokens": int(m["length/mean"] * B * s.group_size),
               "train_tokens": actual, "nominal_tokens": nominal, "reward": m["reward/total"], "page_faults": faults})
-    emit({"tool": "thinkrl", "setting": s.name, "summary": True, "peak_rss_gib": peak_rss_gib(),
-          "params": n_params(model), "versions": {"torch": torch.__version__}})
+    rss = peak_rss_gib()  # before the peak measurement's matrices
+    emit({"tool": "thinkrl", "setting": s.name, "summary": True, "peak_rss_gib": rss,
+          "params": n_params(model), "versions": {"torch": torch.__version__}, "matmul_peak_gflops": matmul_peak(device)})
 
 
 def run_trl(s: Setting, device: str) -> None:
@@ -163,7 +164,9 @@ def run_trl(s: Setting, device: str) -> None:
 
     trainer.add_callback(Steps())
     trainer.train()
-    emit({"tool": "trl", "setting": s.name, "summary": True, "peak_rss_gib": peak_rss_gib(), "params": n_params(model),
+    rss = peak_rss_gib()  # before the peak measurement's matrices
+    emit({"tool": "trl", "setting": s.name, "summary": True, "peak_rss_gib": rss, "params": n_params(model),
+          "matmul_peak_gflops": matmul_peak(device),
           "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}})
 
 

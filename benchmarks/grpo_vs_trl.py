@@ -26,11 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_common import SETTINGS  # noqa: E402
+from bench_common import SETTINGS, matmul_peak, peak_for  # noqa: E402
 
 CPU_DEFAULT = "smollm2-128,smollm2-128-whole,smollm2-64,smollm2-B4,smollm2-128-bf16,tiny,tiny-bf16"
 
@@ -53,39 +52,20 @@ def run_worker(tool: str, setting: str, device: str, timeout: int) -> dict:
         "gen_tok_s": med("gen_tokens") / med("sample_s"), "page_faults": med("page_faults"),
         "train_gflops": 6 * summary["params"] * med("train_tokens") / med("train_s") / 1e9,
         "peak_rss_gib": summary["peak_rss_gib"], "gpu_peak_gib": gpu.get("gpu_peak_gib"),
+        "worker_matmul_peak": summary.get("matmul_peak_gflops"),
         "params": summary["params"], "versions": summary["versions"],
     }
 
 
-def matmul_peak(device: str) -> dict:
-    """Achieved GFLOP/s of large square products: torch.mm (MKL for fp32 on CPU) and, for
-    fp32 on x86, oneDNN; bf16 goes to oneDNN in torch anyway."""
-    from thinkrl import onednn
-
-    out = {}
-    n = 2048 if device == "cpu" else 8192
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        fns = {"torch.mm": lambda: a @ b}
-        if device == "cpu" and dtype == torch.float32 and onednn.available():
-            fns["oneDNN"] = lambda: onednn._mm(a, b.t())
-        for label, fn in fns.items():
-            fn()
-            if device != "cpu":
-                torch.cuda.synchronize()
-            t, reps = time.perf_counter(), 5
-            for _ in range(reps):
-                fn()
-            if device != "cpu":
-                torch.cuda.synchronize()
-            out[f"{name} {label}"] = 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
-    return out
+def _pct(r: dict) -> str:
+    """Training GFLOP/s as a share of the matmul peak the same worker measured after its steps."""
+    peak = peak_for(r.get("worker_matmul_peak") or {}, SETTINGS[r["setting"]].precision)
+    return f"{100 * r['train_gflops'] / peak:.0f}%" if peak else "-"
 
 
 def table(results: list[dict]) -> str:
     head = f"{'setting':24s} {'tool':8s} {'step s':>7s} {'sample':>7s} {'rew+sc':>7s} {'train':>7s} " \
-           f"{'gen tok/s':>9s} {'trainGF/s':>9s} {'RSS GiB':>8s}"
+           f"{'gen tok/s':>9s} {'trainGF/s':>9s} {'% peak':>6s} {'RSS GiB':>8s}"
     lines = [head, "-" * len(head)]
     for r in results:
         if "error" in r:
@@ -93,7 +73,8 @@ def table(results: list[dict]) -> str:
             continue
         gpu = f" (GPU {r['gpu_peak_gib']:.1f})" if r.get("gpu_peak_gib") else ""
         lines.append(f"{r['setting']:24s} {r['tool']:8s} {r['step_s']:7.2f} {r['sample_s']:7.2f} {r['score_s']:7.2f} "
-                     f"{r['train_s']:7.2f} {r['gen_tok_s']:9.0f} {r['train_gflops']:9.0f} {r['peak_rss_gib']:8.2f}{gpu}")
+                     f"{r['train_s']:7.2f} {r['gen_tok_s']:9.0f} {r['train_gflops']:9.0f} {_pct(r):>6s} "
+                     f"{r['peak_rss_gib']:8.2f}{gpu}")
     return "\n".join(lines)
 
 
@@ -123,11 +104,11 @@ def markdown(results: list[dict], rat: dict, peak: dict, started: str, a) -> str
            f"--settings {a.settings}`; " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".", "",
            "Matrix-product peak measured in the same run (GFLOP/s, 2048² square): "
            + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()) + ".", "",
-           "| setting | tool | step s | sample s | reward+score s | train s | generated tok/s | train GFLOP/s | peak RSS GiB |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| setting | tool | step s | sample s | reward+score s | train s | generated tok/s | train GFLOP/s | % of peak | peak RSS GiB |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in ok:
         out.append(f"| {r['setting']} | {r['tool']} | {r['step_s']:.2f} | {r['sample_s']:.2f} | {r['score_s']:.2f} | "
-                   f"{r['train_s']:.2f} | {r['gen_tok_s']:.0f} | {r['train_gflops']:.0f} | {r['peak_rss_gib']:.2f} |")
+                   f"{r['train_s']:.2f} | {r['gen_tok_s']:.0f} | {r['train_gflops']:.0f} | {_pct(r)} | {r['peak_rss_gib']:.2f} |")
     for r in results:
         if "error" in r:
             out.append(f"| {r['setting']} | {r['tool']} | failed: {r['error'][-200:]!r} |||||||")
@@ -137,7 +118,8 @@ def markdown(results: list[dict], rat: dict, peak: dict, started: str, a) -> str
                    f"{v['peak_rss']:.2f} |" if "peak_rss" in v else f"| {k} ({v['modes']}) | {v['step_time']:.2f} | |")
     out += ["", "Per-step values are medians of the measured steps (SmolLM2: 3 after one warm-up step; "
             "tiny: 10 after 3). Train GFLOP/s = 6 × parameters × tokens the trainer actually ran "
-            "(thinkrl: each prompt once per group) / train seconds."]
+            "(thinkrl: each prompt once per group) / train seconds; % of peak: against the matrix-product peak "
+            "(fp32: oneDNN, bf16: torch.mm) each worker measured in its own process right after its steps."]
     return "\n".join(out) + "\n"
 
 
