@@ -1,6 +1,6 @@
 """One benchmark run in its own process (so peak RSS is per tool): thinkrl or TRL, one setting.
 
-    python benchmarks/bench_worker.py --tool thinkrl --setting smollm2-128 [--device cpu] [--profile]
+    python benchmarks/bench_worker.py --tool thinkrl --setting smollm2-128 [--device cpu] [--profile [step|train]]
 
 Prints `BENCH {json}` lines: one per step (warm-up steps flagged) and a final summary with
 the process's peak RSS. The driver is `grpo_vs_trl.py`.
@@ -52,19 +52,22 @@ def _thp_faults() -> int:
         return 0
 
 
-def _profiled(step):
-    """step() under torch.profiler: prints its costliest ops by input shape and the huge pages it faulted in."""
+def _profiled(fn, *args, **kwargs):
+    """fn(...) under torch.profiler: prints its costliest ops by input shape and by name, and
+    the huge pages it faulted in."""
     thp = _thp_faults()
     with torch.profiler.profile(record_shapes=True) as prof:
-        out = step()
+        out = fn(*args, **kwargs)
+    by_name = prof.key_averages()
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20,
                                                              max_name_column_width=40, max_shapes_column_width=70),
-          f"huge pages faulted in during the step: {_thp_faults() - thp}", sep="\n", file=sys.stderr)
+          by_name.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60),
+          f"huge pages faulted in: {_thp_faults() - thp}", sep="\n", file=sys.stderr)
     return out
 
 
-def run_thinkrl(s: Setting, device: str, profile: bool = False) -> None:
-    from thinkrl import rewards
+def run_thinkrl(s: Setting, device: str, profile: str | None = None) -> None:
+    from thinkrl import rewards, trainer
     from thinkrl.config import Config
     from thinkrl.data.loaders import Problem
     from thinkrl.trainer import TrainState, grpo_step, make_optimizer, set_deterministic
@@ -99,7 +102,11 @@ def run_thinkrl(s: Setting, device: str, profile: bool = False) -> None:
         actual, nominal = _counts(tok, texts[i * B:(i + 1) * B], s)
         faults = page_faults()
         step = lambda: grpo_step(state, cfg, build_prompt=lambda q: q)  # noqa: E731
-        m = _profiled(step) if profile and i == total - 1 else step()
+        last = i == total - 1
+        if profile == "train" and last:  # the update's forward+backward (clipping and the optimizer step excluded)
+            plain = trainer.minibatch_gradients
+            trainer.minibatch_gradients = lambda *a, **kw: _profiled(plain, *a, **kw)
+        m = _profiled(step) if profile == "step" and last else step()
         faults = page_faults() - faults
         emit({"tool": "thinkrl", "setting": s.name, "step": i, "warmup": i < s.warmup, "step_s": m["time/step"],
               "sample_s": m["time/sample"], "score_s": m["time/reward"] + m.get("time/score", 0.0),
@@ -177,9 +184,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, help="measured steps (default: the setting's)")
     ap.add_argument("--smoke", action="store_true", help="B=1, G=2, 8 new tokens, 1 step: a quick check of the code path")
-    ap.add_argument("--profile", action="store_true",
-                    help="thinkrl: profile the last step (stderr: costliest ops by shape, huge pages faulted in); "
-                         "its times include the profiler's overhead")
+    ap.add_argument("--profile", nargs="?", const="step", choices=["step", "train"],
+                    help="thinkrl: profile the last step, or its update's forward+backward (stderr: costliest ops "
+                         "by shape and by name, huge pages faulted in); its times include the profiler's overhead")
     a = ap.parse_args()
     s = SETTINGS[a.setting]
     if a.steps:

@@ -10,6 +10,8 @@ Each line: what is timed, the milliseconds per call of the alternatives (median 
 - token draw: `rollout._categorical` vs a one-level float64 inverse CDF, 8 x 49,152 (first
   in the process, see `token_draw`).
 - top-p: `rollout._nucleus` vs a full sort, T 0.6 / top-p 0.95 over SmolLM2's real logits.
+- linear products: one training linear's forward, input- and weight-gradient products at
+  1,024 tokens (SmolLM2's 576 -> 1,536), GFLOP/s.
 - head product: (256 x 576) x (49,152 x 576)ᵀ through oneDNN, weight packed once vs not.
 - decode step: `LeanDecoder.step` at 8 rows after a 90-token prompt, fp32 and bf16; and the
   quickstart's tiny model (4 layers, hidden 128) in fp32, where per-call overhead is all.
@@ -104,6 +106,20 @@ def head_product(model) -> None:
           f"(packing itself {ms(lambda: pack(w, 256), 5):.1f} ms)")
 
 
+def layer_products() -> None:
+    """The three float32 products of one training linear (SmolLM2's up projection, 1,024
+    tokens) as `onednn.linear` runs them: forward, input gradient, weight gradient (its
+    operands transposed, copied to contiguous by oneDNN's linear); GFLOP/s each."""
+    from thinkrl.onednn import _mm
+
+    M, I, O = 1024, 576, 1536
+    x, w, g = torch.randn(M, I), torch.randn(O, I), torch.randn(M, O)
+    flop = 2 * M * I * O / 1e6  # per product, in MFLOP (so MFLOP / ms = GFLOP/s)
+    fwd, dx, dw = ms(lambda: _mm(x, w)), ms(lambda: _mm(g, w.t())), ms(lambda: _mm(g.t(), x.t()))
+    print(f"linear 1024x576->1536    forward {flop / fwd:4.0f}   input grad {flop / dx:4.0f}   "
+          f"weight grad {flop / dw:4.0f} GFLOP/s (oneDNN, fp32)")
+
+
 def decode(model, name: str = "", dtypes=(torch.float32, torch.bfloat16)) -> None:
     from thinkrl.decoder import LeanDecoder
 
@@ -127,6 +143,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     token_draw()
     attention()
+    layer_products()
     model = AutoModelForCausalLM.from_pretrained(str(model_dir("smollm2")), dtype=torch.float32).eval()
     top_p(model)
     head_product(model)

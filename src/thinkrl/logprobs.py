@@ -197,9 +197,10 @@ class PromptStates:
     (the micro-batches of one update, or of one scoring pass).
 
     Holds, per distinct prompt, each layer's keys and values (U, Hkv, P, D) and the last
-    position's hidden state (U, 1, H). With autograd on, micro-batches get leaf copies
-    (`detach().requires_grad_()`): each micro-batch's backward stops at them and adds into
-    their `.grad`; `backward()` then runs the prompts' own backward once with those sums.
+    position's hidden state (U, 1, H). With autograd on, micro-batches see them as leaves
+    (`detach().requires_grad_()`, same storage): each micro-batch's backward stops there and
+    adds into their `.grad`; `backward()` then runs the prompts' own backward once with those
+    sums.
     The same gradient as re-running the prompts in every micro-batch (gradients add
     linearly), for one prompt forward and backward per update instead of one per micro-batch.
     """
@@ -208,10 +209,10 @@ class PromptStates:
         """Run prompts[i] for i in `used` (U,) through `model` (left-padded to the longest)."""
         backbone = _backbone(model)
         self.used = used.cpu()  # (U,) prompt indices
-        self.ids, self.mask = left_pad([prompts[i] for i in self.used.tolist()], pad_id, device)  # (U, P)
+        ids, self.mask = left_pad([prompts[i] for i in self.used.tolist()], pad_id, device)  # (U, P)
         cache = DynamicCache(config=model.config)
         pos = (self.mask.cumsum(1) - 1).clamp(min=0)  # (U, P)
-        out = backbone(input_ids=self.ids, attention_mask=self.mask, position_ids=pos, use_cache=True,
+        out = backbone(input_ids=ids, attention_mask=self.mask, position_ids=pos, use_cache=True,
                        **{_cache_kw(backbone): cache})
         states = [t for layer in cache.layers for t in (layer.keys, layer.values)]  # 2 × layers of (U, Hkv, P, D)
         states.append(out.last_hidden_state[:, -1:])  # (U, 1, H)
