@@ -9,8 +9,9 @@ temperature, lr, β = 0, μ = 1, precision), thinkrl and TRL each run in a fresh
 one after the other, the order flipping from setting to setting; each run does its
 warm-up steps and then the measured steps (SmolLM2: 1 and 3; the tiny model: 3 and 10).
 Printed: per-phase seconds (sample / reward+score / train), generation tokens/s, training
-GFLOP/s (6·params·tokens actually processed / train time), peak RSS; then the ratios; the
-last line is the SmolLM2 1×8×128 fp32 pair.
+GFLOP/s (6·params·tokens actually processed / train time) and its share of the matrix-
+product peak the worker measured after its steps, peak RSS; then the ratios; the last
+line is the SmolLM2 1×8×128 fp32 pair.
 """
 
 from __future__ import annotations
