@@ -160,51 +160,6 @@ def test_chunked_head_gradients_and_entropy_match_full_logits_autograd(tiny_mode
     torch.testing.assert_close(ent[mask.bool()], ref_ent[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
-def test_prompt_states_shared_by_micro_batches_is_exact(tiny_model, tiny_tokenizer):
-    """Prompts run once (`PromptStates`) for two micro-batches, their backward run once after
-    both: the same log-probs and gradients as one grouped call per micro-batch; a row whose
-    prompt was not run is refused; without autograd the states are plain tensors."""
-    from thinkrl.logprobs import PromptStates, grouped_completion_logprobs
-
-    ro = _rollout(tiny_model, tiny_tokenizer, temperature=1.0)
-    pad, mask = tiny_tokenizer.pad_token_id, ro.completion_mask.float()
-    parts = [torch.tensor([4, 0]), torch.tensor([2, 5, 1])]  # mixed groups, out of order
-    results = []
-    for shared in (False, True):
-        tiny_model.zero_grad(set_to_none=True)
-        states = PromptStates(tiny_model, ro.prompt_ids, torch.unique(ro.group), pad, "cpu") if shared else None
-        out = []
-        for rows in parts:
-            logp, _ = grouped_completion_logprobs(tiny_model, ro.prompt_ids, ro.group[rows], ro.completion_ids[rows],
-                                                  ro.completion_mask[rows], pad, 0.9, 2, states=states)
-            (logp * mask[rows]).sum().backward()
-            out.append(logp.detach())
-        if shared:
-            before = [p.grad.clone() for p in tiny_model.parameters()]
-            states.backward()
-            assert any(not torch.equal(a, p.grad) for a, p in zip(before, tiny_model.parameters()))
-            states.backward()  # a second call does nothing
-        results.append((out, [p.grad.clone() for p in tiny_model.parameters()]))
-    (la, ga), (lb, gb) = results
-    for a, b in zip(la, lb):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
-    for a, b in zip(ga, gb):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
-
-    one = PromptStates(tiny_model, ro.prompt_ids, ro.group[:1], pad, "cpu")
-    other = torch.nonzero(ro.group != ro.group[0])[0]
-    with pytest.raises(ValueError, match="not in `states`"):
-        grouped_completion_logprobs(tiny_model, ro.prompt_ids, ro.group[other], ro.completion_ids[other],
-                                    ro.completion_mask[other], pad, states=one)
-    with torch.no_grad():
-        frozen = PromptStates(tiny_model, ro.prompt_ids, torch.unique(ro.group), pad, "cpu")
-        assert not any(t.requires_grad for t in frozen.tensors)
-        logp, _ = grouped_completion_logprobs(tiny_model, ro.prompt_ids, ro.group[parts[1]],
-                                              ro.completion_ids[parts[1]], ro.completion_mask[parts[1]], pad, 0.9,
-                                              states=frozen)
-    torch.testing.assert_close(logp, la[1], atol=1e-5, rtol=1e-5)
-
-
 @pytest.mark.parametrize("block_bytes", [None, 1])  # default: one weight-gradient block; 1: one per chunk
 def test_chunked_head_under_bf16_autocast_matches_bf16_product_reference(block_bytes, monkeypatch):
     """Under bf16 autocast the head product runs in bf16 (W cast once) and the softmax in float32:
