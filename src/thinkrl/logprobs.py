@@ -205,8 +205,11 @@ class PromptStates:
     linearly), for one prompt forward and backward per update instead of one per micro-batch.
     """
 
-    def __init__(self, model, prompts: list[list[int]], used: torch.Tensor, pad_id: int, device):
-        """Run prompts[i] for i in `used` (U,) through `model` (left-padded to the longest)."""
+    def __init__(self, model, prompts: list[list[int]], used: torch.Tensor, pad_id: int, device,
+                 shared: bool = True):
+        """Run prompts[i] for i in `used` (U,) through `model` (left-padded to the longest).
+        shared=False: for a single call, whose gradients flow straight into the prompts' graph
+        (no leaves, nothing for `backward()` to do)."""
         backbone = _backbone(model)
         self.used = used.cpu()  # (U,) prompt indices
         ids, self.mask = left_pad([prompts[i] for i in self.used.tolist()], pad_id, device)  # (U, P)
@@ -216,7 +219,7 @@ class PromptStates:
                        **{_cache_kw(backbone): cache})
         states = [t for layer in cache.layers for t in (layer.keys, layer.values)]  # 2 × layers of (U, Hkv, P, D)
         states.append(out.last_hidden_state[:, -1:])  # (U, 1, H)
-        self._graph = states if states[-1].requires_grad else None
+        self._graph = states if shared and states[-1].requires_grad else None
         self.tensors = [t.detach().requires_grad_() for t in states] if self._graph else states
 
     def backward(self) -> None:
@@ -257,36 +260,21 @@ def grouped_completion_logprobs(
 
     prompts: the distinct prompts; group: (N,) prompt index of each row (any subset of
     prompts may be used); completion_ids, completion_mask: (N, L). `states`: the prompts
-    already run (`PromptStates` over indices including every row's), else they are run here,
-    in one graph with the completions.
+    already run (`PromptStates` over indices including every row's), else they are run here
+    (`shared=False`: in one graph with the completions).
     Returns (logp (N, L), entropy (N, L) or None).
     """
     device = completion_ids.device
     backbone, T = _backbone(model), _logprob_temperature(temperature)
-    embed = model.get_input_embeddings()
-    if states is None:
-        used, rows = torch.unique(group.cpu(), return_inverse=True)  # distinct prompts in this batch
-        p_ids, p_mask = left_pad([prompts[i] for i in used.tolist()], pad_id, device)  # (U, P)
-        cache = DynamicCache(config=model.config)
-        p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)  # (U, P)
-        # one embedding lookup for prompts and completions: one gradient for the embedding (not two,
-        # each summed into a full-size copy of a head-tied matrix's gradient by the autograd engine)
-        U, P = p_ids.shape
-        embeds = embed(torch.cat([p_ids.flatten(), completion_ids.flatten()]))  # (U*P + N*L, H)
-        p_emb, c_emb = embeds.split([U * P, completion_ids.numel()])
-        p_out = backbone(inputs_embeds=p_emb.view(U, P, -1), attention_mask=p_mask, position_ids=p_pos,
-                         use_cache=True, **{_cache_kw(backbone): cache})
-        rows = rows.to(device)  # (N,)
-        cache.batch_select_indices(rows)  # (U, ...) -> (N, ...), differentiable gather
-        row_mask, first = p_mask[rows], p_out.last_hidden_state[rows, -1:]  # (N, P), (N, 1, H)
-    else:
-        at = torch.full((max(int(states.used.max()), int(group.max())) + 1,), -1, dtype=torch.long)
-        at[states.used] = torch.arange(len(states.used))
-        rows = at[group.cpu()]  # (N,) index into the run prompts
-        if (rows < 0).any():
-            raise ValueError("grouped_completion_logprobs: a row's prompt is not in `states`")
-        cache, row_mask, first = states.cache_for(rows.to(device), model.config)  # (N, ...), (N, P), (N, 1, H)
-        c_emb = embed(completion_ids)  # (N, L, H)
+    if states is None:  # this call's prompts, in one graph with the completions
+        states = PromptStates(model, prompts, torch.unique(group.cpu()), pad_id, device, shared=False)
+    at = torch.full((max(int(states.used.max()), int(group.max())) + 1,), -1, dtype=torch.long)
+    at[states.used] = torch.arange(len(states.used))
+    rows = at[group.cpu()]  # (N,) index into the run prompts
+    if (rows < 0).any():
+        raise ValueError("grouped_completion_logprobs: a row's prompt is not in `states`")
+    cache, row_mask, first = states.cache_for(rows.to(device), model.config)  # (N, ...), (N, P), (N, 1, H)
+    c_emb = model.get_input_embeddings()(completion_ids)  # (N, L, H)
     attn = torch.cat([row_mask, completion_mask.long()], dim=1)  # (N, P+L)
     c_pos = row_mask.sum(1, keepdim=True) + torch.arange(completion_ids.shape[1], device=device)  # (N, L)
     c_out = backbone(inputs_embeds=c_emb.view(*completion_ids.shape, -1), attention_mask=attn, position_ids=c_pos,
