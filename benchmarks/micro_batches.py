@@ -7,11 +7,11 @@ update (`logprobs.PromptStates`) against once per micro-batch. Same process, alt
 One prompt, `micro` micro-batches of `rows` samples with `tokens` completion tokens each
 (the 1x8x128 benchmark setting at micro-batch 2), trainer kernels (oneDNN linears, fused
 RMSNorm, sparse tied-embedding gradient, grouped-query attention), log-prob chunk 256.
-Variants: each micro-batch runs the prompt again (`grouped_completion_logprobs` alone, the
-code before `PromptStates`), or the prompt runs forward and backward once for all of them
-(what `thinkrl.trainer` runs with several micro-batches). Printed: seconds per update for
-each (median, and every repeat), and the largest difference of the head-tied matrix's
-gradient from the first variant's, relative to its largest entry.
+Variants: each micro-batch runs the prompt again (`grouped_completion_logprobs` without
+`states`, what the trainer did before), or the prompt runs forward and backward once for
+all of them (what `thinkrl.trainer` runs with several micro-batches). Printed: seconds per
+update for each (median, and every repeat), and the largest difference of the head-tied
+matrix's gradient from the first variant's, relative to its largest entry.
 """
 
 from __future__ import annotations
