@@ -213,3 +213,28 @@ def test_zero_advantage_rows_contribute_no_gradient_without_kl(mode):
     (gr,) = torch.autograd.grad(part, lp)
     torch.testing.assert_close(gr, full_grad[rows])
     assert part.item() == pytest.approx(full.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", grpo.LOSS_AGGREGATIONS)
+@pytest.mark.parametrize("beta,kl,detach_old", [(0.0, "k3", True), (0.04, "k3", False), (0.1, "k2", False),
+                                                 (0.1, "k1", True)])
+def test_token_gradients_equal_autograd_through_the_whole_loss(aggregation, beta, kl, detach_old):
+    """The GRPO loss is a sum of per-token terms: each token's gradient, found from that
+    token's logp alone (the others at a fill value), equals autograd through the whole loss."""
+    g = torch.Generator().manual_seed(3)
+    N, T = 4, 6
+    logp = (-torch.rand(N, T, generator=g) * 3).requires_grad_()
+    old = logp.detach() + 0.3 * torch.randn(N, T, generator=g)  # ratios both inside and outside the clip range
+    ref = logp.detach() + 0.2 * torch.randn(N, T, generator=g)
+    adv, mask = torch.randn(N, generator=g), torch.rand(N, T, generator=g) > 0.3
+
+    def loss_of(lp):
+        return grpo.grpo_loss(lp, lp.detach() if detach_old else old, adv, mask, ref, beta, 0.2, 0.28, kl, aggregation,
+                         const_len=T, num_seqs=6, num_tokens=30.0)
+
+    want = torch.autograd.grad(loss_of(logp)[0], logp)[0].reshape(-1)  # (N·T,)
+    grad = grpo.token_gradients(loss_of, -torch.rand(N, T, generator=g))
+    flat = logp.detach().reshape(-1)
+    got = torch.cat([grad(flat[s:s + 5], s) for s in range(0, N * T, 5)])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-8)
+    assert (got[~mask.reshape(-1)] == 0).all()

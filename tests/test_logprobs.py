@@ -186,3 +186,67 @@ def test_chunked_head_under_bf16_autocast_matches_bf16_product_reference(block_b
     for a, b in zip(got, ref_grads):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)  # bf16 products, other summation order
+
+
+@pytest.mark.parametrize("want_entropy", [True, False])
+@pytest.mark.parametrize("block_bytes", [None, 1])  # one weight-gradient block, or one per chunk
+@pytest.mark.parametrize("bf16", [False, True])
+def test_grad_hint_builds_the_head_gradients_in_forward(want_entropy, block_bytes, bf16, monkeypatch):
+    """With the loss's per-token gradient as a hint, forward builds the head's gradients from
+    the softmax it holds: the same values and gradients as the recomputing backward, one
+    head product per chunk instead of two, and backward never recomputes."""
+    from thinkrl import grpo
+    from thinkrl.logprobs import _TokenLogprobs
+
+    if block_bytes:
+        monkeypatch.setattr(logprobs, "WGRAD_BLOCK_BYTES", block_bytes)
+    g = torch.Generator().manual_seed(0)
+    M, H, V, T = 13, 16, 40, 0.7
+    h = torch.randn(M, H, generator=g, requires_grad=True)
+    w = (torch.randn(V, H, generator=g) * 0.5).requires_grad_()
+    targets, a, b = torch.randint(0, V, (M,), generator=g), torch.randn(M, generator=g), torch.randn(M, generator=g)
+
+    def loss_of(logp):  # (M,) a sum of per-token terms, not linear in logp
+        return ((a * logp + b * logp.exp()).sum(),)
+
+    def run(hint):
+        products = []
+        real = logprobs._chunk_logits
+        monkeypatch.setattr(logprobs, "_chunk_logits", lambda *args: products.append(1) or real(*args))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logp, ent = _TokenLogprobs.apply(h, w, targets, T, 5, want_entropy, hint)  # chunks of 5, 5, 3
+        grads = torch.autograd.grad(loss_of(logp)[0], [h, w])
+        monkeypatch.setattr(logprobs, "_chunk_logits", real)
+        return logp, ent, grads, len(products)
+
+    logp, ent, grads, n_plain = run(None)
+    monkeypatch.setattr(_TokenLogprobs, "_recomputed", staticmethod(lambda *args: pytest.fail("recomputed")))
+    h_logp, h_ent, h_grads, n_hinted = run(grpo.token_gradients(loss_of, torch.zeros(M)))
+    assert (n_plain, n_hinted) == (6, 3)
+    torch.testing.assert_close(h_logp, logp, rtol=0, atol=0)
+    if want_entropy:
+        torch.testing.assert_close(h_ent, ent, rtol=0, atol=0)
+    for got, want in zip(h_grads, grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_wrong_grad_hint_costs_time_not_correctness():
+    """A hint that is not the incoming gradient (here: another loss's) is detected in backward,
+    which then recomputes: the gradients are those of the loss actually taken."""
+    from thinkrl import grpo
+    from thinkrl.logprobs import _TokenLogprobs
+
+    g = torch.Generator().manual_seed(1)
+    M, H, V = 9, 8, 30
+    h = torch.randn(M, H, generator=g, requires_grad=True)
+    w = torch.randn(V, H, generator=g).requires_grad_()
+    targets, up = torch.randint(0, V, (M,), generator=g), torch.randn(M, generator=g)
+    want = torch.autograd.grad((_TokenLogprobs.apply(h, w, targets, 1.0, 4, False)[0] * up).sum(), [h, w])
+    wrong = grpo.token_gradients(lambda logp: ((2 * up * logp).sum(),), torch.zeros(M))
+    logp, _ = _TokenLogprobs.apply(h, w, targets, 1.0, 4, False, wrong)
+    got = torch.autograd.grad((logp * up).sum(), [h, w])
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+    with torch.no_grad():  # no gradient will be taken: the hint is not even called
+        logprobs._logprobs_from_hidden(h[None], torch.nn.Linear(H, V, bias=False), targets[None], 1.0, 4, False,
+                                       lambda *_: pytest.fail("hint called"))

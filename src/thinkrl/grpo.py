@@ -203,3 +203,27 @@ def grpo_loss(
     stats["clip_frac"] = (was_clipped.float() * m).sum() / n_tok
     stats["ratio_mean"] = (torch.exp(logp.detach() - old_logp) * m).sum() / n_tok
     return loss, stats
+
+
+def token_gradients(loss_of, fill: torch.Tensor):
+    """d loss / d logp for a slice of tokens, given only those tokens' logp.
+
+    loss_of: logp (N, T) -> (loss scalar, ...), a sum of per-token terms (as `grpo_loss` is,
+    for every KL estimator and aggregation: the denominators are token counts), so that a
+    token's gradient depends on its own logp alone. fill (N, T): values for the tokens
+    outside the slice (any finite log-probs, e.g. π_old's). Returns
+    `grad(logp_part (c,), start) -> (c,)`, the gradient at tokens start..start+c of the
+    flattened (N·T) logp; autograd through `loss_of`, not a hand-written derivative.
+    """
+    flat = fill.detach().reshape(-1).float()  # (N·T,)
+
+    def grad(logp_part: torch.Tensor, start: int) -> torch.Tensor:
+        stop = start + len(logp_part)
+        with torch.enable_grad():
+            logp = flat.clone()  # (N·T,)
+            logp[start:stop] = logp_part
+            logp.requires_grad_()
+            loss = loss_of(logp.view(fill.shape))[0]
+            return torch.autograd.grad(loss, logp)[0][start:stop]  # (c,)
+
+    return grad

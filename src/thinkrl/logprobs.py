@@ -11,6 +11,10 @@ log-sum-exp, backward recomputes the chunk's logits (d logp / d logits = onehot 
 over T). At most (chunk, V) float32 logits exist at any moment, in forward or backward,
 plus in backward their gradient for a block of rows (≤ 128 MiB, `WGRAD_BLOCK_BYTES`) that
 feeds one weight-gradient product; the price is one extra head product in backward.
+Unless the caller passes a `grad_hint`, its loss's d loss / d logp for tokens whose logp it
+has just been given (the GRPO loss is a sum of per-token terms, so this is known token by
+token): then forward builds the head's gradients from the softmax it holds, with no
+recomputation, and backward returns them after checking the incoming gradient is the hinted one.
 
 `grouped_completion_logprobs` computes the same numbers with each distinct prompt run
 through the model once instead of G times: the prompts' forward builds a KV cache with
@@ -85,8 +89,51 @@ def _chunk_logits(x: torch.Tensor, w: torch.Tensor, temperature: float, out: tor
     return z if temperature == 1.0 else z.div_(temperature)
 
 
-WGRAD_BLOCK_BYTES = 128 << 20  # backward keeps d loss / d logits for this many bytes of rows, then
-# runs one weight-gradient product for them (fewer, larger products; fewer full-size partial sums)
+WGRAD_BLOCK_BYTES = 128 << 20  # d loss / d logits is kept for this many bytes of rows, then one
+# weight-gradient product runs for them (fewer, larger products; fewer full-size partial sums)
+
+
+class _HeadGradients:
+    """The LM head's gradients, built chunk by chunk from each chunk's softmax.
+
+    d loss / d logits = (onehot(target) − softmax) · g / T for a chunk (c, V), with g = d loss /
+    d logp (c,). Then d loss / d h = that · W (c, H) per chunk, and d loss / d W = its transpose
+    · h (V, H), one product per block of rows (`WGRAD_BLOCK_BYTES`), summed in float32.
+    x (M, H) and w (V, H) are in the compute dtype; chunks must come in order, `chunk` rows
+    each (the last may be shorter).
+    """
+
+    def __init__(self, x: torch.Tensor, w: torch.Tensor, chunk: int, want_h: bool, want_w: bool):
+        M, V = x.shape[0], w.shape[0]
+        self.x, self.w, self.want_w = x, w, want_w
+        self.rows = min(M, max(chunk, WGRAD_BLOCK_BYTES // (V * w.element_size()) // chunk * chunk))  # a block
+        self.gz = torch.empty(self.rows, V, dtype=w.dtype, device=x.device)  # (b, V) the block's d loss / d logits
+        self.gh = torch.empty(x.shape, dtype=w.dtype, device=x.device) if want_h else None  # (M, H)
+        self.gw = None  # (V, H) float32
+
+    def space(self, start: int, c: int) -> torch.Tensor | None:
+        """Where the softmax of rows start..start+c can be written to save `add` a copy: their
+        rows of the block (c, V) when it is float32, else None."""
+        return self.gz[start % self.rows:][:c] if self.gz.dtype == torch.float32 else None
+
+    def add(self, start: int, p: torch.Tensor, g: torch.Tensor, targets: torch.Tensor, temperature: float) -> None:
+        """Rows start.. of the chunk: p (c, V) their float32 softmax (overwritten; ideally in
+        `space`), g (c,) d loss / d logp."""
+        c, b = len(p), start % self.rows  # b: the chunk's first row in the block
+        gc = (g / temperature)[:, None]  # (c, 1)
+        p.mul_(-gc).scatter_add_(-1, targets[:, None], gc)  # (onehot − softmax)·g/T
+        gz = self.gz[b:b + c]
+        if p.data_ptr() != gz.data_ptr():
+            gz.copy_(p)  # (c, V) in the compute dtype
+        if self.gh is not None:
+            self.gh[start:start + c] = onednn.linear(gz, self.w.t())  # (c, H) = gz · W
+        if self.want_w and (b + c == self.rows or start + c == len(self.x)):  # the block is complete
+            g_blk, x_blk = self.gz[:b + c], self.x[start - b:start + c]  # (b, V), (b, H)
+            if self.w.dtype == torch.float32:
+                part = onednn.linear(g_blk.t(), x_blk.t())
+            else:
+                part = g_blk.t().mm(x_blk)
+            self.gw = part.float() if self.gw is None else self.gw.add_(part)  # (V, H) += gzᵀ · h
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -94,78 +141,96 @@ class _TokenLogprobs(torch.autograd.Function):
     no logits (only each row's log-sum-exp); backward recomputes each chunk's logits:
     d logp / d logits = (onehot(target) - softmax) / T. Under bf16 autocast the product runs
     in bf16 with W cast once per `buffers.fixed_weights` block (kept for backward), and all
-    softmax math in float32; each chunk's float32 work is done in place in buffers reused from chunk to chunk."""
+    softmax math in float32; each chunk's float32 work is done in place in buffers reused from chunk to chunk.
+
+    With `grad_hint` ((logp of rows s.., s) -> d loss / d logp of those rows: known as soon as
+    the rows' logp are, for a loss that is a sum of per-token terms), forward also builds the
+    gradients from the softmax it holds, as Liger's fused linear cross-entropy does, and
+    backward returns them when the gradient it receives is the hinted one (to float
+    tolerance): one head product per chunk fewer. Any other incoming gradient is handled by
+    the recomputation above, so a wrong hint costs time, never correctness."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, temperature, chunk, want_entropy):
+    def forward(ctx, h, weight, targets, temperature, chunk, want_entropy, grad_hint=None):
         cd = _compute_dtype(h, weight)
         M, V = h.shape[0], weight.shape[0]
         logp = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
         lse = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
         ent = torch.empty(M, dtype=torch.float32, device=h.device) if want_entropy else None
+        hinted = None
         with torch.autocast(h.device.type, enabled=False):
             w, x = buffers.cast(weight, cd), h.to(cd)  # (V, H) cast once per fixed-weights block, (M, H)
             out = None if cd == torch.float32 else torch.empty(min(chunk, M), V, device=h.device)  # (c, V)
-            e_buf = torch.empty(min(chunk, M), V, device=h.device) if want_entropy else None  # (c, V)
+            if grad_hint is not None:
+                hinted = _HeadGradients(x, w, chunk, *ctx.needs_input_grad[:2])
+                g_hint = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
+            e_buf = None  # (c, V) exp(z) for the entropy, unless written into the gradient block
+            if want_entropy and (hinted is None or hinted.space(0, 1) is None):
+                e_buf = torch.empty(min(chunk, M), V, device=h.device)
             for s in range(0, M, chunk):
                 z = _chunk_logits(x[s:s + chunk], w, temperature, out)  # (c, V) float32
                 top = z.amax(-1, keepdim=True)  # (c, 1)
                 z.sub_(top)  # shifted logits, max 0
                 z_t = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1)  # (c,)
+                e_out = hinted.space(s, len(z)) if hinted is not None else None
+                if e_out is None and want_entropy:
+                    e_out = e_buf[:len(z)]
+                e = z.exp_() if e_out is None else torch.exp(z, out=e_out)  # (c, V)
+                total = e.sum(-1)  # (c,)
+                log_sum = total.log()
                 if want_entropy:
-                    e = torch.exp(z, out=e_buf[:len(z)])  # (c, V)
-                    total = e.sum(-1)  # (c,)
-                    log_sum = total.log()
                     dot = torch.bmm(e[:, None, :], z[:, :, None]).view(-1)  # (c,) Σ e·z
                     ent[s:s + chunk] = log_sum - dot / total  # H = log Σe - E_p[z]
-                else:
-                    log_sum = z.exp_().sum(-1).log()  # (c,)
                 logp[s:s + chunk] = z_t - log_sum
                 lse[s:s + chunk] = top.squeeze(-1) + log_sum
-                del z
+                if hinted is not None:
+                    g_hint[s:s + chunk] = grad_hint(logp[s:s + chunk], s)  # (c,) d loss / d logp
+                    hinted.add(s, e.div_(total[:, None]), g_hint[s:s + chunk], targets[s:s + chunk], temperature)
+                del z, e
         ctx.save_for_backward(h, targets, lse, w)  # w: checked by autograd if a later cast overwrites it
         ctx.weight_dtype, ctx.temperature, ctx.chunk = weight.dtype, temperature, chunk
+        ctx.hinted = None if hinted is None else (g_hint, hinted.gh, hinted.gw)
         ctx.mark_non_differentiable(*([ent] if want_entropy else []))
         return logp, ent
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
         h, targets, lse, w = ctx.saved_tensors  # w: (V, H) in the compute dtype
+        hinted, ctx.hinted = ctx.hinted, None
+        if hinted is not None and torch.allclose(g_logp, hinted[0], rtol=1e-5, atol=0.0):
+            gh, gw = hinted[1:]
+        else:
+            gh, gw = _TokenLogprobs._recomputed(ctx, h, targets, lse, w, g_logp)
+        want_h, want_w = ctx.needs_input_grad[:2]
+        return (gh.to(h.dtype) if want_h else None), (gw.to(ctx.weight_dtype) if want_w else None), \
+            None, None, None, None, None
+
+    @staticmethod
+    def _recomputed(ctx, h, targets, lse, w, g_logp):
+        """(d loss / d h, d loss / d W) with each chunk's logits computed again."""
         T, chunk = ctx.temperature, ctx.chunk
         M, V = h.shape[0], w.shape[0]
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gh = torch.empty(h.shape, dtype=w.dtype, device=h.device) if want_h else None  # (M, H)
-        gw = None  # (V, H) float32, summed over blocks
         with torch.autocast(h.device.type, enabled=False):
             x = h.to(w.dtype)  # (M, H)
             out = None if w.dtype == torch.float32 else torch.empty(min(chunk, M), V, device=h.device)  # (c, V)
-            rows = min(M, max(chunk, WGRAD_BLOCK_BYTES // (V * w.element_size()) // chunk * chunk))
-            gz = torch.empty(rows, V, dtype=w.dtype, device=h.device)  # (b, V) d loss / d (h·Wᵀ), a block of rows
-            for b in range(0, M, rows):
-                stop = min(b + rows, M)
-                for s in range(b, stop, chunk):
-                    t = min(s + chunk, stop)
-                    gc = (g_logp[s:t] / T)[:, None]  # (c, 1)
-                    p = _chunk_logits(x[s:t], w, T, out).sub_(lse[s:t, None]).exp_()  # (c, V) softmax
-                    p.mul_(-gc).scatter_add_(-1, targets[s:t, None], gc)  # (onehot - softmax)·g/T
-                    gz[s - b:t - b] = p  # (c, V) in the compute dtype
-                    if want_h:
-                        gh[s:t] = onednn.linear(gz[s - b:t - b], w.t())  # (c, H) = gz · W
-                    del p
-                if want_w:  # one weight-gradient product per block, not per chunk
-                    g_blk = gz[:stop - b]
-                    part = onednn.linear(g_blk.t(), x[b:stop].t()) if w.dtype == torch.float32 else g_blk.t().mm(x[b:stop])
-                    gw = part.float() if gw is None else gw.add_(part)  # (V, H) += gzᵀ · h
-        return (None if gh is None else gh.to(h.dtype)), (None if gw is None else gw.to(ctx.weight_dtype)), \
-            None, None, None, None
+            grads = _HeadGradients(x, w, chunk, *ctx.needs_input_grad[:2])
+            for s in range(0, M, chunk):
+                p = _chunk_logits(x[s:s + chunk], w, T, out).sub_(lse[s:s + chunk, None]).exp_()  # (c, V) softmax
+                grads.add(s, p, g_logp[s:s + chunk], targets[s:s + chunk], T)
+                del p
+        return grads.gh, grads.gw
 
 
-def _logprobs_from_hidden(hidden, head, targets, temperature, chunk, want_entropy):
-    """hidden: (N, L, H) states predicting targets (N, L). Returns logp (N, L), entropy (N, L) or None."""
+def _logprobs_from_hidden(hidden, head, targets, temperature, chunk, want_entropy, grad_hint=None):
+    """hidden: (N, L, H) states predicting targets (N, L). Returns logp (N, L), entropy (N, L) or None.
+    grad_hint: see `_TokenLogprobs` (rows of the flattened (N·L) tokens); used only when a
+    gradient will be taken."""
     N, L, H = hidden.shape
     chunk = chunk if chunk > 0 else N * L
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)):
+        grad_hint = None
     logp, ent = _TokenLogprobs.apply(hidden.reshape(N * L, H), head.weight, targets.reshape(N * L),
-                                     temperature, chunk, want_entropy)
+                                     temperature, chunk, want_entropy, grad_hint)
     return logp.view(N, L), (ent.view(N, L) if want_entropy else None)
 
 
@@ -178,18 +243,20 @@ def completion_logprobs(
     temperature: float = 1.0,
     chunk: int = 0,
     want_entropy: bool = False,
+    grad_hint=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the last `completion_len` tokens of each row.
 
     input_ids, attention_mask, position_ids: (N, P+L) from `build_batch`; L = completion_len.
     Returns (logp (N, L) float32 with grad if enabled, entropy (N, L) detached or None).
-    Values at padded completion positions are meaningless: mask them.
+    Values at padded completion positions are meaningless: mask them. grad_hint: the
+    loss's d loss / d logp as the tokens' logp become known (see `_TokenLogprobs`).
     """
     backbone, T = _backbone(model), _logprob_temperature(temperature)
     out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     hidden = out.last_hidden_state[:, -completion_len - 1:-1]  # (N, L, H): state before each completion token
     targets = input_ids[:, -completion_len:]  # (N, L)
-    return _logprobs_from_hidden(hidden, model.get_output_embeddings(), targets, T, chunk, want_entropy)
+    return _logprobs_from_hidden(hidden, model.get_output_embeddings(), targets, T, chunk, want_entropy, grad_hint)
 
 
 class PromptStates:
@@ -255,13 +322,14 @@ def grouped_completion_logprobs(
     chunk: int = 0,
     want_entropy: bool = False,
     states: PromptStates | None = None,
+    grad_hint=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Like `completion_logprobs`, running each prompt once for all its samples.
 
     prompts: the distinct prompts; group: (N,) prompt index of each row (any subset of
     prompts may be used); completion_ids, completion_mask: (N, L). `states`: the prompts
     already run (`PromptStates` over indices including every row's), else they are run here
-    (`shared=False`: in one graph with the completions).
+    (`shared=False`: in one graph with the completions). grad_hint: as in `completion_logprobs`.
     Returns (logp (N, L), entropy (N, L) or None).
     """
     device = completion_ids.device
@@ -280,4 +348,5 @@ def grouped_completion_logprobs(
     c_out = backbone(inputs_embeds=c_emb.view(*completion_ids.shape, -1), attention_mask=attn, position_ids=c_pos,
                      use_cache=True, **{_cache_kw(backbone): cache})
     hidden = torch.cat([first, c_out.last_hidden_state[:, :-1]], dim=1)  # (N, L, H)
-    return _logprobs_from_hidden(hidden, model.get_output_embeddings(), completion_ids, T, chunk, want_entropy)
+    return _logprobs_from_hidden(hidden, model.get_output_embeddings(), completion_ids, T, chunk, want_entropy,
+                                 grad_hint)

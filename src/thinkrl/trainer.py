@@ -16,7 +16,8 @@ Speed without changing the math (tests compare against a plain full-logits refer
 the prompt runs once per group; micro-batches sorted by length and trimmed to their own
 longest completion, summed with the mini-batch's denominators; rows whose advantage is 0
 skipped when there is no KL term (their gradient is exactly 0); LM head + log-softmax in
-token chunks with no stored logits; float32 linears on oneDNN, fused RMSNorm; optional
+token chunks with no stored logits, its gradients built in the forward from the loss's
+per-token gradient (`grpo.token_gradients`); float32 linears on oneDNN, fused RMSNorm; optional
 bf16 autocast (`run.precision`) with float32 master weights and optimizer.
 
 A non-finite loss or gradient norm skips that optimizer step (weights and optimizer state
@@ -27,6 +28,7 @@ process supervision, and value models (GRPO has none).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 from dataclasses import dataclass, field
@@ -126,9 +128,10 @@ def precision(model, bf16: bool, onednn: bool = True):
 
 
 class _Logprobs:
-    """`self(net, rows, L, want_entropy, states)` -> (logp, entropy) (m, L) for rows (m,) of the
-    rollout, completions trimmed to their first L tokens; with share_prompt each prompt runs
-    once per call, or once for several calls through `prompts(net, rows)` (`PromptStates`)."""
+    """`self(net, rows, L, want_entropy, states, grad_hint)` -> (logp, entropy) (m, L) for rows
+    (m,) of the rollout, completions trimmed to their first L tokens; with share_prompt each
+    prompt runs once per call, or once for several calls through `prompts(net, rows)`
+    (`PromptStates`). grad_hint: see `logprobs.completion_logprobs`."""
 
     def __init__(self, ro, g, pad_id: int):
         self.ro, self.g, self.pad_id = ro, g, pad_id
@@ -140,15 +143,15 @@ class _Logprobs:
         return PromptStates(net, self.ro.prompt_ids, torch.unique(self.ro.group[rows].cpu()), self.pad_id,
                             self.ro.completion_ids.device)
 
-    def __call__(self, net, rows, L, want_entropy=False, states: PromptStates | None = None):
+    def __call__(self, net, rows, L, want_entropy=False, states: PromptStates | None = None, grad_hint=None):
         ro, g = self.ro, self.g
         if g.share_prompt:
             return grouped_completion_logprobs(net, ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L],
                                                ro.completion_mask[rows, :L], self.pad_id, g.temperature,
-                                               g.logprob_chunk, want_entropy, states)
+                                               g.logprob_chunk, want_entropy, states, grad_hint)
         ids, attn, pos = build_batch(ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L],
                                      ro.completion_mask[rows, :L], self.pad_id)
-        return completion_logprobs(net, ids, attn, pos, L, g.temperature, g.logprob_chunk, want_entropy)
+        return completion_logprobs(net, ids, attn, pos, L, g.temperature, g.logprob_chunk, want_entropy, grad_hint)
 
 
 def _micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -171,6 +174,13 @@ def _score(logprobs_of: _Logprobs, net, N: int, micro: int, like: torch.Tensor) 
     return out
 
 
+def _micro_batch_loss(logp, old, adv, mask, ref, g, num_seqs, num_tokens):
+    """The GRPO loss (and stats) of one micro-batch's logp (m, L); old None: π_old = π_θ, detached."""
+    return grpo.grpo_loss(logp, logp.detach() if old is None else old, adv, mask, ref, g.beta, g.epsilon_low,
+                          g.epsilon_high, g.kl_estimator, g.loss_aggregation, g.max_new_tokens, num_seqs=num_seqs,
+                          num_tokens=num_tokens)
+
+
 def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, ref_logp, g, micro: int,
                         skip_zero: bool, forward_context, stats: dict) -> tuple[float, int]:
     """Accumulate into .grad the gradient of the GRPO loss of mini-batch `mb` (rows of the rollout).
@@ -179,7 +189,9 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
     completion, with the mini-batch's sequence and token counts as loss denominators (so
     the sum is exactly the mini-batch loss); with several micro-batches and share_prompt,
     the prompts run forward and backward once for all of them (`PromptStates`); with
-    `skip_zero`, zero-advantage rows are left out (exact when there is no KL term).
+    `skip_zero`, zero-advantage rows are left out (exact when there is no KL term). The loss's
+    per-token gradient is handed to the LM head (`grpo.token_gradients`), which then needs no
+    second product in backward.
     old_logp None: π_old = π_θ (detached), exact for a single update per batch.
     Returns (mini-batch loss, rows run); appends stats.
     """
@@ -195,13 +207,14 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
         for part in parts:
             L = int(ro.lengths[part].max())  # trim the padding of this micro-batch
             mask = ro.completion_mask[part, :L]  # (m, L)
+            old = None if old_logp is None else old_logp[part, :L]
+            loss_of = functools.partial(_micro_batch_loss, old=old, adv=adv[part], mask=mask, g=g, num_seqs=len(mb),
+                                        ref=None if ref_logp is None else ref_logp[part, :L], num_tokens=n_tok)
+            fill = torch.zeros_like(mask, dtype=torch.float32) if old is None else old  # (m, L)
+            hint = grpo.token_gradients(loss_of, fill)  # lets the LM head run its backward in its forward
             with forward_context():
-                logp, ent = logprobs_of(model, part, L, want_entropy=True, states=states)  # (m, L) each
-            old = logp.detach() if old_logp is None else old_logp[part, :L]
-            loss, s = grpo.grpo_loss(
-                logp, old, adv[part], mask, None if ref_logp is None else ref_logp[part, :L], g.beta, g.epsilon_low,
-                g.epsilon_high, g.kl_estimator, g.loss_aggregation, g.max_new_tokens, num_seqs=len(mb),
-                num_tokens=n_tok)
+                logp, ent = logprobs_of(model, part, L, want_entropy=True, states=states, grad_hint=hint)  # (m, L) each
+            loss, s = loss_of(logp)
             loss.backward()
             loss_sum += loss.item()
             stats["clip_frac"].append(s["clip_frac"].item())

@@ -1,0 +1,89 @@
+"""One update's forward+backward, SmolLM2: the LM head's gradients recomputed in backward
+against built in forward from the GRPO loss's per-token gradient (`grad_hint`,
+`grpo.token_gradients`). Same process, alternating.
+
+    python benchmarks/head_gradients.py                 # fp32, ~2 minutes on 2 cores
+    python benchmarks/head_gradients.py --bf16 --rows 8 --prompt 86 --tokens 128 --repeats 5
+
+One prompt, `rows` samples of `tokens` completion tokens each, the whole batch in one
+forward+backward (the 1x8x128 benchmark setting), the trainer's kernels
+(`trainer.precision`), log-prob chunk 256, the paper's loss with π_old = π_θ detached and
+random advantages. Printed: seconds per update for each variant (median, and every
+repeat), and the largest difference of the head-tied matrix's gradient from the first
+variant's, relative to its largest entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import thinkrl  # noqa: F401  (its import-time allocator default, before torch)
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import model_dir  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=8)
+    ap.add_argument("--prompt", type=int, default=86)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (the trainer's run.precision=bf16)")
+    a = ap.parse_args()
+
+    from transformers import AutoModelForCausalLM
+
+    from thinkrl import grpo
+    from thinkrl.logprobs import grouped_completion_logprobs
+    from thinkrl.trainer import precision, set_deterministic
+
+    set_deterministic(True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir("smollm2")), dtype=torch.float32)
+    V = model.config.vocab_size
+    prompts = [torch.randint(0, V, (a.prompt,)).tolist()]
+    group = torch.zeros(a.rows, dtype=torch.long)  # (m,)
+    comp = torch.randint(0, V, (a.rows, a.tokens))  # (m, L)
+    mask = torch.ones(a.rows, a.tokens, dtype=torch.bool)  # (m, L)
+    adv = torch.randn(a.rows)  # (m,)
+
+    def loss_of(logp):
+        return grpo.grpo_loss(logp, logp.detach(), adv, mask)
+
+    def update(hinted: bool) -> tuple[float, torch.Tensor]:
+        t = time.perf_counter()
+        hint = grpo.token_gradients(loss_of, torch.zeros(a.rows, a.tokens)) if hinted else None
+        with precision(model, a.bf16):
+            logp, _ = grouped_completion_logprobs(model, prompts, group, comp, mask, 0, 1.0, 256, True, None, hint)
+        loss_of(logp)[0].backward()
+        dt = time.perf_counter() - t
+        grad = model.get_output_embeddings().weight.grad.clone()
+        model.zero_grad(set_to_none=True)
+        return dt, grad
+
+    variants = {"recomputed in backward": False, "built in forward": True}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    grads = {}
+    for i in range(a.repeats + 1):  # the first round warms up
+        names = list(variants) if i % 2 == 0 else list(reversed(variants))
+        for name in names:
+            dt, grads[name] = update(variants[name])
+            if i:
+                times[name].append(dt)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'bf16' if a.bf16 else 'fp32'}; "
+          f"{a.rows} rows x {a.tokens} tokens after a {a.prompt}-token prompt")
+    first = next(iter(variants))
+    for name, ts in times.items():
+        diff = (grads[name] - grads[first]).abs().max().item() / grads[first].abs().max().item()
+        print(f"{name:24s} {statistics.median(ts):6.2f} s per update   ({' '.join(f'{t:.2f}' for t in ts)})   "
+              f"head/embedding gradient: max |diff| / max |grad| {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
