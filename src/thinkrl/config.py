@@ -73,8 +73,9 @@ class GRPOConfig:
                                                "mini-batch π_old = π_θ (detached, exact); else the sampler's log-probs (fp32), "
                                                "or a scoring pass when sampling ran in bf16.")
     share_prompt: bool = opt(True, "Run each prompt once for its G samples in the training forward (exact; saves compute).")
-    logprob_chunk: int = opt(256, "LM head + log-softmax over this many tokens at a time, logits recomputed in backward "
-                                   "(peak logits memory: chunk × vocabulary floats). 0 = all tokens at once. Paper: not stated (exact either way).")
+    logprob_chunk: int = opt(256, "LM head + log-softmax over this many tokens at a time, no logits stored (the "
+                                   "training forward builds their gradient from the loss's per-token gradient; peak logits memory: "
+                                   "chunk × vocabulary floats, plus a ≤128 MiB gradient block). 0 = all tokens at once. Paper: not stated (exact either way).")
     micro_batch_size: int = opt(0, "Sequences per forward/backward inside a mini-batch, gradients accumulated (exact: the "
                                    "loss keeps the mini-batch's denominators). Micro-batches group rows of similar length. "
                                    "0 = the whole mini-batch at once. Smaller = less memory. Paper: not stated (engineering).")

@@ -116,12 +116,14 @@ class _HeadGradients:
         rows of the block (c, V) when it is float32, else None."""
         return self.gz[start % self.rows:][:c] if self.gz.dtype == torch.float32 else None
 
-    def add(self, start: int, p: torch.Tensor, g: torch.Tensor, targets: torch.Tensor, temperature: float) -> None:
-        """Rows start.. of the chunk: p (c, V) their float32 softmax (overwritten; ideally in
-        `space`), g (c,) d loss / d logp."""
+    def add(self, start: int, p: torch.Tensor, g: torch.Tensor, targets: torch.Tensor, temperature: float,
+            total: torch.Tensor | None = None) -> None:
+        """Rows start.. of the chunk: p (c, V) their float32 softmax, or with `total` (c,) its
+        unnormalised exp (softmax = p / total); overwritten, ideally in `space`. g (c,) d loss / d logp."""
         c, b = len(p), start % self.rows  # b: the chunk's first row in the block
         gc = (g / temperature)[:, None]  # (c, 1)
-        p.mul_(-gc).scatter_add_(-1, targets[:, None], gc)  # (onehot − softmax)·g/T
+        p.mul_(-gc if total is None else -gc / total[:, None])  # −softmax·g/T
+        p.scatter_add_(-1, targets[:, None], gc)  # (onehot − softmax)·g/T
         gz = self.gz[b:b + c]
         if p.data_ptr() != gz.data_ptr():
             gz.copy_(p)  # (c, V) in the compute dtype
@@ -185,7 +187,7 @@ class _TokenLogprobs(torch.autograd.Function):
                 lse[s:s + chunk] = top.squeeze(-1) + log_sum
                 if hinted is not None:
                     g_hint[s:s + chunk] = grad_hint(logp[s:s + chunk], s)  # (c,) d loss / d logp
-                    hinted.add(s, e.div_(total[:, None]), g_hint[s:s + chunk], targets[s:s + chunk], temperature)
+                    hinted.add(s, e, g_hint[s:s + chunk], targets[s:s + chunk], temperature, total)
                 del z, e
         ctx.save_for_backward(h, targets, lse, w)  # w: checked by autograd if a later cast overwrites it
         ctx.weight_dtype, ctx.temperature, ctx.chunk = weight.dtype, temperature, chunk
