@@ -4,13 +4,16 @@ against built in forward from the GRPO loss's per-token gradient (`grad_hint`,
 
     python benchmarks/head_gradients.py                 # fp32, ~2 minutes on 2 cores
     python benchmarks/head_gradients.py --bf16 --rows 8 --prompt 86 --tokens 128 --repeats 5
+    python benchmarks/head_gradients.py --head-only --repeats 12   # the head function alone, ~1 minute
 
 One prompt, `rows` samples of `tokens` completion tokens each, the whole batch in one
 forward+backward (the 1x8x128 benchmark setting), the trainer's kernels
 (`trainer.precision`), log-prob chunk 256, the paper's loss with π_old = π_θ detached and
-random advantages. Printed: seconds per update for each variant (median, and every
-repeat), and the largest difference of the head-tied matrix's gradient from the first
-variant's, relative to its largest entry.
+random advantages. `--head-only`: the LM head + log-softmax function alone on
+rows × tokens random hidden states (SmolLM2's head matrix, entropy on, as in training).
+Printed: seconds per update for each variant (median, and every repeat), and the largest
+difference of the head-tied matrix's gradient from the first variant's, relative to its
+largest entry.
 """
 
 from __future__ import annotations
@@ -35,12 +38,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (the trainer's run.precision=bf16)")
+    ap.add_argument("--head-only", action="store_true", help="time the LM head + log-softmax function alone")
     a = ap.parse_args()
 
     from transformers import AutoModelForCausalLM
 
     from thinkrl import grpo
-    from thinkrl.logprobs import grouped_completion_logprobs
+    from thinkrl.logprobs import _logprobs_from_hidden, grouped_completion_logprobs
     from thinkrl.trainer import precision, set_deterministic
 
     set_deterministic(True)
@@ -56,12 +60,18 @@ def main() -> None:
     def loss_of(logp):
         return grpo.grpo_loss(logp, logp.detach(), adv, mask)
 
+    hidden = torch.randn(a.rows, a.tokens, model.config.hidden_size, requires_grad=True)  # (m, L, H) for --head-only
+
     def update(hinted: bool) -> tuple[float, torch.Tensor]:
         t = time.perf_counter()
         hint = grpo.token_gradients(loss_of, torch.zeros(a.rows, a.tokens)) if hinted else None
         with precision(model, a.bf16):
-            logp, _ = grouped_completion_logprobs(model, prompts, group, comp, mask, 0, 1.0, 256, True, None, hint)
+            if a.head_only:
+                logp, _ = _logprobs_from_hidden(hidden, model.get_output_embeddings(), comp, 1.0, 256, True, hint)
+            else:
+                logp, _ = grouped_completion_logprobs(model, prompts, group, comp, mask, 0, 1.0, 256, True, None, hint)
         loss_of(logp)[0].backward()
+        hidden.grad = None
         dt = time.perf_counter() - t
         grad = model.get_output_embeddings().weight.grad.clone()
         model.zero_grad(set_to_none=True)
@@ -76,8 +86,9 @@ def main() -> None:
             dt, grads[name] = update(variants[name])
             if i:
                 times[name].append(dt)
+    what = "the head alone" if a.head_only else f"after a {a.prompt}-token prompt"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'bf16' if a.bf16 else 'fp32'}; "
-          f"{a.rows} rows x {a.tokens} tokens after a {a.prompt}-token prompt")
+          f"{a.rows} rows x {a.tokens} tokens, {what}")
     first = next(iter(variants))
     for name, ts in times.items():
         diff = (grads[name] - grads[first]).abs().max().item() / grads[first].abs().max().item()

@@ -11,7 +11,9 @@ Notation: N samples (B questions x G outputs, grouped as consecutive rows), T to
 
 What is here: group-relative advantages (paper / batch-std / Dr. GRPO), the clipped
 surrogate with separate ε_low / ε_high (DAPO clip-higher), the k1/k2/k3 KL
-estimators, three loss aggregations. What is not: process (step-level) advantages,
+estimators, three loss aggregations, and `token_gradients` (the loss being a sum of
+per-token terms, a token's gradient from its own logp: what lets the LM head build its
+gradients in its forward). What is not: process (step-level) advantages,
 value models, and anything that runs a model.
 """
 
