@@ -166,8 +166,8 @@ class _TokenLogprobs(torch.autograd.Function):
             if grad_hint is not None:
                 hinted = _HeadGradients(x, w, chunk, *ctx.needs_input_grad[:2])
                 g_hint = torch.empty(M, dtype=torch.float32, device=h.device)  # (M,)
-            e_buf = None  # (c, V) exp(z) for the entropy, unless written into the gradient block
-            if want_entropy and (hinted is None or hinted.space(0, 1) is None):
+            e_buf = None  # (c, V) exp(z) for the entropy, unless written into the (float32) gradient block
+            if want_entropy and (hinted is None or cd != torch.float32):
                 e_buf = torch.empty(min(chunk, M), V, device=h.device)
             for s in range(0, M, chunk):
                 z = _chunk_logits(x[s:s + chunk], w, temperature, out)  # (c, V) float32
