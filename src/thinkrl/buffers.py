@@ -2,9 +2,9 @@
 A parameter's copy in another dtype, made once per block of unchanged weights.
 
 Why: the bf16 LM-head product needs a bf16 copy of the (tied) head weight: 57 MB for
-SmolLM2, a block above glibc's 32 MB heap limit (`thinkrl.allocator`), so casting it afresh
-on every call touches new pages each time, and the micro-batches of one update, or a
-frozen reference model scored every step, would cast the same values again.
+SmolLM2. Casting it afresh on every call costs a 57 MB copy each time (and, before
+`thinkrl.allocator` served such blocks from the heap, new pages), and the micro-batches of
+one update, or a frozen reference model scored every step, would cast the same values again.
 
 `cast(weight, dtype)`: weight.detach().to(dtype). Inside `fixed_weights()` (a block whose
 caller promises the weights do not change: the micro-batches of one optimizer update, a
