@@ -107,6 +107,44 @@ def model_dir(kind: str) -> Path:
     return path
 
 
+def smollm2_fp32():
+    """SmolLM2 in float32 for the in-process A/B scripts: deterministic algorithms (as the
+    trainer sets them), torch's seed 0 for their random inputs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from thinkrl.trainer import set_deterministic
+
+    set_deterministic(True)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(str(model_dir("smollm2")), dtype=torch.float32)
+
+
+def compare_updates(variants: dict, update, repeats: int, header: str) -> None:
+    """Time `update(value) -> (seconds, head gradient)` for each variant name -> value, in an
+    order that flips every round (the first round warms up, unmeasured). Prints `header`,
+    then per variant the median and every repeat, and the largest difference of its head
+    gradient from the first variant's, relative to that one's largest entry."""
+    import statistics
+
+    import torch
+
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    grads = {}
+    for i in range(repeats + 1):
+        names = list(variants) if i % 2 == 0 else list(reversed(variants))
+        for name in names:
+            dt, grads[name] = update(variants[name])
+            if i:
+                times[name].append(dt)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {header}")
+    first = next(iter(variants))
+    for name, ts in times.items():
+        diff = (grads[name] - grads[first]).abs().max().item() / grads[first].abs().max().item()
+        print(f"{name:24s} {statistics.median(ts):6.2f} s per update   ({' '.join(f'{t:.2f}' for t in ts)})   "
+              f"head/embedding gradient: max |diff| / max |grad| {diff:.1e}")
+
+
 def prompts(setting: Setting, tokenizer, n: int) -> list[str]:
     """n formatted prompt strings: GSM8K train questions (the tiny model: the quickstart's
     synthetic task), with the chat template when the tokenizer has one, else R1-Zero's."""

@@ -19,7 +19,6 @@ largest entry.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import thinkrl  # noqa: F401  (its import-time allocator default, before torch)
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import model_dir  # noqa: E402
+from bench_common import compare_updates, smollm2_fp32  # noqa: E402
 
 
 def main() -> None:
@@ -41,26 +40,21 @@ def main() -> None:
     ap.add_argument("--head-only", action="store_true", help="time the LM head + log-softmax function alone")
     a = ap.parse_args()
 
-    from transformers import AutoModelForCausalLM
-
     from thinkrl import grpo
     from thinkrl.logprobs import _logprobs_from_hidden, grouped_completion_logprobs
-    from thinkrl.trainer import precision, set_deterministic
+    from thinkrl.trainer import precision
 
-    set_deterministic(True)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir("smollm2")), dtype=torch.float32)
+    model = smollm2_fp32()
     V = model.config.vocab_size
     prompts = [torch.randint(0, V, (a.prompt,)).tolist()]
     group = torch.zeros(a.rows, dtype=torch.long)  # (m,)
     comp = torch.randint(0, V, (a.rows, a.tokens))  # (m, L)
     mask = torch.ones(a.rows, a.tokens, dtype=torch.bool)  # (m, L)
     adv = torch.randn(a.rows)  # (m,)
+    hidden = torch.randn(a.rows, a.tokens, model.config.hidden_size, requires_grad=True)  # (m, L, H) for --head-only
 
     def loss_of(logp):
         return grpo.grpo_loss(logp, logp.detach(), adv, mask)
-
-    hidden = torch.randn(a.rows, a.tokens, model.config.hidden_size, requires_grad=True)  # (m, L, H) for --head-only
 
     def update(hinted: bool) -> tuple[float, torch.Tensor]:
         t = time.perf_counter()
@@ -77,23 +71,9 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
         return dt, grad
 
-    variants = {"recomputed in backward": False, "built in forward": True}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    grads = {}
-    for i in range(a.repeats + 1):  # the first round warms up
-        names = list(variants) if i % 2 == 0 else list(reversed(variants))
-        for name in names:
-            dt, grads[name] = update(variants[name])
-            if i:
-                times[name].append(dt)
     what = "the head alone" if a.head_only else f"after a {a.prompt}-token prompt"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'bf16' if a.bf16 else 'fp32'}; "
-          f"{a.rows} rows x {a.tokens} tokens, {what}")
-    first = next(iter(variants))
-    for name, ts in times.items():
-        diff = (grads[name] - grads[first]).abs().max().item() / grads[first].abs().max().item()
-        print(f"{name:24s} {statistics.median(ts):6.2f} s per update   ({' '.join(f'{t:.2f}' for t in ts)})   "
-              f"head/embedding gradient: max |diff| / max |grad| {diff:.1e}")
+    compare_updates({"recomputed in backward": False, "built in forward": True}, update, a.repeats,
+                    f"{'bf16' if a.bf16 else 'fp32'}; {a.rows} rows x {a.tokens} tokens, {what}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ update (`logprobs.PromptStates`) against once per micro-batch. Same process, alt
     python benchmarks/micro_batches.py --rows 2 --micro 4 --prompt 86 --tokens 128 --repeats 5
 
 One prompt, `micro` micro-batches of `rows` samples with `tokens` completion tokens each
-(the 1x8x128 benchmark setting at micro-batch 2), trainer kernels (oneDNN linears, fused
-RMSNorm, sparse tied-embedding gradient, grouped-query attention), log-prob chunk 256.
+(the 1x8x128 benchmark setting at micro-batch 2), the trainer's fp32 kernels
+(`trainer.precision`: oneDNN linears, fused RMSNorm, sparse tied-embedding gradient,
+grouped-query attention), log-prob chunk 256.
 Variants: each micro-batch runs the prompt again (`grouped_completion_logprobs` without
 `states`, what the trainer did before), or the prompt runs forward and backward once for
 all of them (what `thinkrl.trainer` runs with several micro-batches). Printed: seconds per
@@ -17,8 +18,6 @@ matrix's gradient from the first variant's, relative to its largest entry.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import thinkrl  # noqa: F401  (its import-time allocator default, before torch)
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import model_dir  # noqa: E402
+from bench_common import compare_updates, smollm2_fp32  # noqa: E402
 
 
 def main() -> None:
@@ -39,15 +38,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
 
-    from transformers import AutoModelForCausalLM
-
     from thinkrl.logprobs import PromptStates, grouped_completion_logprobs
-    from thinkrl.onednn import fused_rms_norms, gqa_attention, onednn_linears, sparse_tied_embedding
-    from thinkrl.trainer import set_deterministic
+    from thinkrl.trainer import precision
 
-    set_deterministic(True)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir("smollm2")), dtype=torch.float32)
+    model = smollm2_fp32()
     V = model.config.vocab_size
     prompts = [torch.randint(0, V, (a.prompt,)).tolist()]
     group = torch.zeros(a.rows, dtype=torch.long)  # (m,)
@@ -55,20 +49,13 @@ def main() -> None:
     mask = torch.ones(a.rows, a.tokens, dtype=torch.bool)  # (m, L)
 
     def update(share: bool) -> tuple[float, torch.Tensor]:
-        def kernels():
-            stack = contextlib.ExitStack()
-            for cm in (fused_rms_norms(model), gqa_attention(model), onednn_linears(model),
-                       sparse_tied_embedding(model)):
-                stack.enter_context(cm)
-            return stack
-
         t = time.perf_counter()
         states = None
         if share:
-            with kernels():
+            with precision(model, bf16=False):
                 states = PromptStates(model, prompts, torch.tensor([0]), 0, "cpu")
         for comp in comps:
-            with kernels():
+            with precision(model, bf16=False):
                 logp, _ = grouped_completion_logprobs(model, prompts, group, comp, mask, 0, 1.0, 256, True, states)
             logp.sum().backward()
         if states is not None:
@@ -78,22 +65,8 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
         return dt, grad
 
-    variants = {"prompt per micro-batch": False, "prompts once": True}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    grads = {}
-    for i in range(a.repeats + 1):  # the first round warms up
-        names = list(variants) if i % 2 == 0 else list(reversed(variants))
-        for name in names:
-            dt, grads[name] = update(variants[name])
-            if i:
-                times[name].append(dt)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {a.micro} micro-batches of {a.rows} rows x "
-          f"{a.tokens} tokens after a {a.prompt}-token prompt")
-    first = next(iter(variants))
-    for name, ts in times.items():
-        diff = (grads[name] - grads[first]).abs().max().item() / grads[first].abs().max().item()
-        print(f"{name:22s} {statistics.median(ts):6.2f} s per update   ({' '.join(f'{t:.2f}' for t in ts)})   "
-              f"head/embedding gradient: max |diff| / max |grad| {diff:.1e}")
+    compare_updates({"prompt per micro-batch": False, "prompts once": True}, update, a.repeats,
+                    f"fp32; {a.micro} micro-batches of {a.rows} rows x {a.tokens} tokens after a {a.prompt}-token prompt")
 
 
 if __name__ == "__main__":

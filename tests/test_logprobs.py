@@ -160,6 +160,15 @@ def test_chunked_head_gradients_and_entropy_match_full_logits_autograd(tiny_mode
     torch.testing.assert_close(ent[mask.bool()], ref_ent[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
+def _head_case(M=13, H=16, V=40, seed=0, scale=0.5):
+    """A random LM-head problem from one seeded generator: hidden states h (M, H) and weight
+    w (V, H), both requiring grad, targets (M,), and two (M,) vectors for upstream weights."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(M, H, generator=g, requires_grad=True)
+    w = (torch.randn(V, H, generator=g) * scale).requires_grad_()
+    return h, w, torch.randint(0, V, (M,), generator=g), torch.randn(M, generator=g), torch.randn(M, generator=g)
+
+
 @pytest.mark.parametrize("block_bytes", [None, 1])  # default: one weight-gradient block; 1: one per chunk
 def test_chunked_head_under_bf16_autocast_matches_bf16_product_reference(block_bytes, monkeypatch):
     """Under bf16 autocast the head product runs in bf16 (W cast once) and the softmax in float32:
@@ -170,11 +179,8 @@ def test_chunked_head_under_bf16_autocast_matches_bf16_product_reference(block_b
     if block_bytes:
         monkeypatch.setattr(logprobs, "WGRAD_BLOCK_BYTES", block_bytes)
 
-    g = torch.Generator().manual_seed(0)
-    M, H, V, T = 13, 16, 40, 0.7
-    h = torch.randn(M, H, generator=g, requires_grad=True)
-    w = (torch.randn(V, H, generator=g) * 0.5).requires_grad_()
-    targets, up = torch.randint(0, V, (M,), generator=g), torch.randn(M, generator=g)
+    T = 0.7
+    h, w, targets, up, _ = _head_case()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logp, ent = _TokenLogprobs.apply(h, w, targets, T, 5, True)  # chunks of 5, 5, 3
     got = torch.autograd.grad((logp * up).sum(), [h, w])
@@ -200,11 +206,9 @@ def test_grad_hint_builds_the_head_gradients_in_forward(want_entropy, block_byte
 
     if block_bytes:
         monkeypatch.setattr(logprobs, "WGRAD_BLOCK_BYTES", block_bytes)
-    g = torch.Generator().manual_seed(0)
-    M, H, V, T = 13, 16, 40, 0.7
-    h = torch.randn(M, H, generator=g, requires_grad=True)
-    w = (torch.randn(V, H, generator=g) * 0.5).requires_grad_()
-    targets, a, b = torch.randint(0, V, (M,), generator=g), torch.randn(M, generator=g), torch.randn(M, generator=g)
+    T = 0.7
+    h, w, targets, a, b = _head_case()
+    M = len(h)
 
     def loss_of(logp):  # (M,) a sum of per-token terms, not linear in logp
         return ((a * logp + b * logp.exp()).sum(),)
@@ -236,11 +240,8 @@ def test_a_wrong_grad_hint_costs_time_not_correctness():
     from thinkrl import grpo
     from thinkrl.logprobs import _TokenLogprobs
 
-    g = torch.Generator().manual_seed(1)
     M, H, V = 9, 8, 30
-    h = torch.randn(M, H, generator=g, requires_grad=True)
-    w = torch.randn(V, H, generator=g).requires_grad_()
-    targets, up = torch.randint(0, V, (M,), generator=g), torch.randn(M, generator=g)
+    h, w, targets, up, _ = _head_case(M, H, V, seed=1, scale=1.0)
     want = torch.autograd.grad((_TokenLogprobs.apply(h, w, targets, 1.0, 4, False)[0] * up).sum(), [h, w])
     wrong = grpo.token_gradients(lambda logp: ((2 * up * logp).sum(),), torch.zeros(M))
     logp, _ = _TokenLogprobs.apply(h, w, targets, 1.0, 4, False, wrong)
