@@ -6,13 +6,16 @@
 Each line: what is timed, the milliseconds per call of the alternatives (median of repeats).
 - attention: one SmolLM2 layer's training attention, forward+backward, 8 rows x 128 completion
   tokens over 219 keys, 9 query / 3 key-value heads: transformers' repeat_kv + SDPA vs the
-  grouped-query SDPA of `onednn.gqa_attention`, float32 and bf16.
+  grouped-query SDPA of `onednn.gqa_attention`, float32 and bf16, and the same attention as
+  explicit batched products in the input dtype (in bf16 its scores are rounded to bf16).
 - token draw: `rollout._categorical` vs a one-level float64 inverse CDF, 8 x 49,152 (first
   in the process, see `token_draw`).
 - top-p: `rollout._nucleus` vs a full sort, T 0.6 / top-p 0.95 over SmolLM2's real logits.
 - linear products: one training linear's forward, input- and weight-gradient products at
   1,024 tokens (SmolLM2's 576 -> 1,536), GFLOP/s.
 - head product: (256 x 576) x (49,152 x 576)ᵀ through oneDNN, weight packed once vs not.
+- head weight grad: the LM head's weight-gradient product for a 512-row block, three ways
+  (see `head_weight_grad`).
 - decode step: `LeanDecoder.step` at 8 rows after a 90-token prompt, fp32 and bf16; and the
   quickstart's tiny model (4 layers, hidden 128) in fp32, where per-call overhead is all.
 """
@@ -57,7 +60,13 @@ def attention() -> None:
             o = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=True)
             o.to(dt).backward(up)
 
-        print(f"attention fwd+bwd {str(dt)[6:]:9s} repeat_kv {ms(repeated):6.1f} ms   grouped, float32 {ms(grouped):6.1f} ms")
+        def products():  # scores and output as batched products in dt (bf16: scores rounded to bf16), softmax fp32
+            s = torch.matmul(q.view(8, 3, 3 * 128, 64), k.transpose(-1, -2)).view(8, 3, 3, 128, 219) * 64 ** -0.5
+            p = s.float().masked_fill(~mask[:, :, None], float("-inf")).softmax(-1).to(dt)  # (B, Hkv, 3, T, S)
+            torch.matmul(p.view(8, 3, 3 * 128, 219), v).view(8, 9, 128, 64).backward(up)
+
+        print(f"attention fwd+bwd {str(dt)[6:]:9s} repeat_kv {ms(repeated):6.1f} ms   grouped, float32 "
+              f"{ms(grouped):6.1f} ms   explicit products in {str(dt)[6:]} {ms(products):6.1f} ms")
 
 
 def token_draw() -> None:
@@ -137,6 +146,20 @@ def decode(model, name: str = "", dtypes=(torch.float32, torch.bfloat16)) -> Non
         print(f"decode step, 8 rows {name:4s} {str(dt)[6:]:9s} {(time.perf_counter() - t) / 40 * 1e3:7.2f} ms")
 
 
+def head_weight_grad() -> None:
+    """The LM head's weight-gradient product for one 512-row block (d loss / d logits (512 x
+    49,152), transposed, times h (512 x 576)): oneDNN's linear on the transposed views (what
+    `logprobs._HeadGradients` runs; oneDNN copies the 101 MB operand itself) vs contiguous
+    copies made by torch first, and torch.mm (MKL) on the views."""
+    from thinkrl.onednn import _mm
+
+    g, x = torch.randn(512, 49152), torch.randn(512, 576)
+    views = ms(lambda: _mm(g.t(), x.t()), 5)
+    copies = ms(lambda: _mm(g.t().contiguous(), x.t().contiguous()), 5)
+    print(f"head weight grad 512 rows oneDNN on views {views:6.1f} ms   on torch copies {copies:6.1f} ms   "
+          f"torch.mm {ms(lambda: g.t().mm(x), 5):6.1f} ms")
+
+
 def main() -> None:
     from transformers import AutoModelForCausalLM
 
@@ -144,6 +167,7 @@ def main() -> None:
     token_draw()
     attention()
     layer_products()
+    head_weight_grad()
     model = AutoModelForCausalLM.from_pretrained(str(model_dir("smollm2")), dtype=torch.float32).eval()
     top_p(model)
     head_product(model)
