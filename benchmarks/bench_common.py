@@ -45,6 +45,8 @@ SETTINGS = {
     "smollm2-128": Setting("smollm2-128", "smollm2", cpu_micro_batch=2),
     "smollm2-64": Setting("smollm2-64", "smollm2", max_new_tokens=64, cpu_micro_batch=2),
     "smollm2-B4": Setting("smollm2-B4", "smollm2", prompts_per_step=4, cpu_micro_batch=2),
+    # the same with micro-batches of 1: less memory for more time (not in grpo_vs_trl's default run)
+    "smollm2-B4-micro1": Setting("smollm2-B4-micro1", "smollm2", prompts_per_step=4, cpu_micro_batch=1),
     # fp32 with the whole batch in one backward: thinkrl's fastest fp32 point (more activation memory)
     "smollm2-128-whole": Setting("smollm2-128-whole", "smollm2"),
     # both tools' fastest mode: bf16, the whole batch in one backward (as TRL does)

@@ -116,3 +116,54 @@ def test_bf16_autocast_gradients_close_to_fp32():
         out.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     cos = F.cosine_similarity(out[0], out[1], dim=0)
     assert cos > 0.99 and all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_prompt_chunks_cut_at_prompt_boundaries():
+    group = torch.tensor([0] * 4 + [1] * 4 + [2] * 2)  # (10,) prompt of each row
+    rows = torch.tensor([9, 0, 5, 1, 8, 2, 4, 3, 6, 7])  # a shuffled mini-batch
+    as_sets = lambda chunks: [sorted(c.tolist()) for c in chunks]  # noqa: E731
+    assert as_sets(trainer._prompt_chunks(rows, group, 3)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # each alone
+    assert as_sets(trainer._prompt_chunks(rows, group, 8)) == [list(range(8)), [8, 9]]  # 0 and 1 fit; 2 does not
+    assert as_sets(trainer._prompt_chunks(rows, group, 10)) == [list(range(10))]  # one micro-batch: one chunk
+    assert as_sets(trainer._prompt_chunks(torch.tensor([7, 3]), group, 1)) == [[3], [7]]  # rows of one prompt: one chunk
+    assert trainer._prompt_chunks(torch.tensor([], dtype=torch.long), group, 3) == []
+
+
+def test_prompt_activations_held_one_prompt_at_a_time(monkeypatch):
+    """Micro-batches smaller than a group: each prompt runs once for its own micro-batches and
+    is back-propagated before the next prompt runs (memory independent of the number of
+    prompts), and the gradients still equal the plain reference."""
+    model, ro = tiny(), make_rollout()
+    adv = torch.linspace(-1.5, 1.5, len(ro.texts))  # (12,) no zero advantage
+    g = GRPOConfig(beta=0.0, temperature=0.8, logprob_chunk=3, micro_batch_size=2, max_new_tokens=7)
+    built, live, most = [], [0], [0]
+    plain = trainer._Logprobs.prompts
+
+    def prompts(self, net, rows):
+        states = plain(self, net, rows)
+        built.append(torch.unique(ro.group[rows]).tolist())
+        live[0] += 1
+        most[0] = max(most[0], live[0])
+        backward = states.backward
+
+        def counted():
+            live[0] -= 1
+            backward()
+
+        states.backward = counted
+        return states
+
+    monkeypatch.setattr(trainer._Logprobs, "prompts", prompts)
+    model.zero_grad(set_to_none=True)
+    loss, _ = trainer.minibatch_gradients(
+        model, trainer._Logprobs(ro, g, PAD), ro, torch.randperm(len(ro.texts)), adv, None, None, g, 2,
+        skip_zero=True, forward_context=lambda: trainer.precision(model, False, True),
+        stats={"clip_frac": [], "entropy": [], "kl": []})
+    assert built == [[0], [1], [2]] and most[0] == 1 and live[0] == 0
+    fast = grads(model)
+    model.zero_grad(set_to_none=True)
+    ref = reference_loss(model, ro, adv, None, None, 0.0, 0.2, 0.8, "seq_mean_group_mean")
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    for a, b in zip(fast, grads(model)):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)

@@ -77,7 +77,8 @@ class GRPOConfig:
                                    "training forward builds their gradient from the loss's per-token gradient; peak logits memory: "
                                    "chunk × vocabulary floats, plus a ≤128 MiB gradient block). 0 = all tokens at once. Paper: not stated (exact either way).")
     micro_batch_size: int = opt(0, "Sequences per forward/backward inside a mini-batch, gradients accumulated (exact: the "
-                                   "loss keeps the mini-batch's denominators). Micro-batches group rows of similar length. "
+                                   "loss keeps the mini-batch's denominators). Micro-batches hold whole prompts' rows (a prompt with "
+                                   "more rows spans several, and runs once for all of them) and group rows of similar length. "
                                    "0 = the whole mini-batch at once. Smaller = less memory. Paper: not stated (engineering).")
     skip_zero_advantage: bool = opt(True, "With no KL term (β = 0), don't run rows whose advantage is 0 (all-equal groups) "
                                           "through forward/backward: their gradient is exactly 0; they still count in the "

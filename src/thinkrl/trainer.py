@@ -163,6 +163,25 @@ def _micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> list
     return list(rows[order].split(size))
 
 
+def _prompt_chunks(rows: torch.Tensor, group: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Rows (m,) cut at prompt boundaries: consecutive prompts (by index) share a chunk while
+    their rows fit in `size` (one micro-batch); a prompt with more rows is a chunk of its own.
+    Rows that all fit in one micro-batch stay one chunk, in their order."""
+    if len(rows) <= size:
+        return [rows] if len(rows) else []
+    g = group[rows]  # (m,) each row's prompt
+    order = torch.argsort(g, stable=True)
+    per_prompt = rows[order].split(torch.unique_consecutive(g[order], return_counts=True)[1].tolist())
+    chunks, current, n = [], [], 0
+    for r in per_prompt:
+        if current and n + len(r) > size:
+            chunks.append(torch.cat(current))
+            current, n = [], 0
+        current.append(r)
+        n += len(r)
+    return chunks + ([torch.cat(current)] if current else [])
+
+
 def _score(logprobs_of: _Logprobs, net, N: int, micro: int, like: torch.Tensor) -> torch.Tensor:
     """No-grad log-probs (N, L) of every sample under `net`, in micro-batches; `like` gives the shape."""
     out = torch.zeros_like(like)
@@ -185,10 +204,12 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
                         skip_zero: bool, forward_context, stats: dict) -> tuple[float, int]:
     """Accumulate into .grad the gradient of the GRPO loss of mini-batch `mb` (rows of the rollout).
 
-    Rows run in length-sorted micro-batches of `micro`, each trimmed to its longest
-    completion, with the mini-batch's sequence and token counts as loss denominators (so
-    the sum is exactly the mini-batch loss); with several micro-batches and share_prompt,
-    the prompts run forward and backward once for all of them (`PromptStates`); with
+    Rows are cut into chunks of whole prompts (`_prompt_chunks`), each chunk into
+    length-sorted micro-batches of `micro`, each trimmed to its longest completion, with the
+    mini-batch's sequence and token counts as loss denominators (so the sum is exactly the
+    mini-batch loss). When a chunk has several micro-batches and share_prompt, its prompts
+    run forward and backward once for all of them (`PromptStates`), and only that chunk's
+    prompt activations are held: memory does not grow with the number of prompts. With
     `skip_zero`, zero-advantage rows are left out (exact when there is no KL term). The loss's
     per-token gradient is handed to the LM head (`grpo.token_gradients`), which then needs no
     second product in backward.
@@ -198,31 +219,34 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
     rows = mb[adv[mb] != 0] if skip_zero else mb  # zero-advantage rows: exactly zero gradient
     n_tok = float(ro.completion_mask[mb].sum())
     loss_sum = 0.0
-    parts = _micro_batches(rows, ro.lengths, micro)  # (m,) rows of similar length each
     with buffers.fixed_weights():  # no update inside: the bf16 head copy made once for all micro-batches
-        states = None
-        if len(parts) > 1:
-            with forward_context():
-                states = logprobs_of.prompts(model, rows)  # each prompt once for all micro-batches
-        for part in parts:
-            L = int(ro.lengths[part].max())  # trim the padding of this micro-batch
-            mask = ro.completion_mask[part, :L]  # (m, L)
-            old = None if old_logp is None else old_logp[part, :L]
-            loss_of = functools.partial(_micro_batch_loss, old=old, adv=adv[part], mask=mask, g=g, num_seqs=len(mb),
-                                        ref=None if ref_logp is None else ref_logp[part, :L], num_tokens=n_tok)
-            fill = torch.zeros_like(mask, dtype=torch.float32) if old is None else old  # (m, L)
-            hint = grpo.token_gradients(loss_of, fill)  # lets the LM head run its backward in its forward
-            with forward_context():
-                logp, ent = logprobs_of(model, part, L, want_entropy=True, states=states, grad_hint=hint)  # (m, L) each
-            loss, s = loss_of(logp)
-            loss.backward()
-            loss_sum += loss.item()
-            stats["clip_frac"].append(s["clip_frac"].item())
-            stats["entropy"].append(((ent * mask).sum() / mask.sum().clamp(min=1)).item())
-            if "kl" in s:
-                stats["kl"].append(s["kl"].item())
-        if states is not None:
-            states.backward()  # the prompts' share of every micro-batch's gradient, in one pass
+        for chunk in _prompt_chunks(rows, ro.group, micro):
+            parts = _micro_batches(chunk, ro.lengths, micro)  # (m,) rows of similar length each
+            states = None
+            if len(parts) > 1:
+                with forward_context():
+                    states = logprobs_of.prompts(model, chunk)  # the chunk's prompts once for its micro-batches
+            for part in parts:
+                L = int(ro.lengths[part].max())  # trim the padding of this micro-batch
+                mask = ro.completion_mask[part, :L]  # (m, L)
+                old = None if old_logp is None else old_logp[part, :L]
+                loss_of = functools.partial(_micro_batch_loss, old=old, adv=adv[part], mask=mask, g=g,
+                                            num_seqs=len(mb), ref=None if ref_logp is None else ref_logp[part, :L],
+                                            num_tokens=n_tok)
+                fill = torch.zeros_like(mask, dtype=torch.float32) if old is None else old  # (m, L)
+                hint = grpo.token_gradients(loss_of, fill)  # lets the LM head run its backward in its forward
+                with forward_context():
+                    logp, ent = logprobs_of(model, part, L, want_entropy=True, states=states,
+                                            grad_hint=hint)  # (m, L) each
+                loss, s = loss_of(logp)
+                loss.backward()
+                loss_sum += loss.item()
+                stats["clip_frac"].append(s["clip_frac"].item())
+                stats["entropy"].append(((ent * mask).sum() / mask.sum().clamp(min=1)).item())
+                if "kl" in s:
+                    stats["kl"].append(s["kl"].item())
+            if states is not None:
+                states.backward()  # the prompts' share of the chunk's micro-batches, in one pass; frees them
     if len(rows) == 0:  # the plain computation would step with an all-zero gradient: so do we
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
