@@ -125,7 +125,7 @@ def test_prompt_chunks_cut_at_prompt_boundaries():
     assert as_sets(trainer._prompt_chunks(rows, group, 3)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # each alone
     assert as_sets(trainer._prompt_chunks(rows, group, 8)) == [list(range(8)), [8, 9]]  # 0 and 1 fit; 2 does not
     assert as_sets(trainer._prompt_chunks(rows, group, 10)) == [list(range(10))]  # one micro-batch: one chunk
-    assert as_sets(trainer._prompt_chunks(torch.tensor([7, 3]), group, 1)) == [[3], [7]]  # rows of one prompt: one chunk
+    assert as_sets(trainer._prompt_chunks(torch.tensor([7, 3]), group, 1)) == [[3], [7]]  # two prompts: by prompt index
     assert trainer._prompt_chunks(torch.tensor([], dtype=torch.long), group, 3) == []
 
 

@@ -13,8 +13,9 @@ to float rounding (~1e-6) — or, when sampling ran in bf16, run the scoring pas
 `recompute_old_logprobs=true` always runs it.
 
 Speed without changing the math (tests compare against a plain full-logits reference):
-the prompt runs once per group; micro-batches sorted by length and trimmed to their own
-longest completion, summed with the mini-batch's denominators; rows whose advantage is 0
+the prompt runs once per group; micro-batches cut at prompt boundaries (one chunk of prompts
+held at a time), sorted by length and trimmed to their own longest completion, summed with
+the mini-batch's denominators; rows whose advantage is 0
 skipped when there is no KL term (their gradient is exactly 0); LM head + log-softmax in
 token chunks with no stored logits, its gradients built in the forward from the loss's
 per-token gradient (`grpo.token_gradients`); float32 linears on oneDNN, fused RMSNorm; optional
