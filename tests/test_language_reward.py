@@ -1,4 +1,4 @@
-"""The language-consistency reward (SPEC §3): target-language word share of the reasoning."""
+"""The language-consistency reward (DeepSeek-R1 §2.3.2): target-language word share of the reasoning."""
 
 from __future__ import annotations
 

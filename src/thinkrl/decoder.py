@@ -29,7 +29,7 @@ cache is static and float32 in both modes (one-query attention products run fast
 float32 than in bf16 on the CPU): (rows, kv_heads, max_len, head_dim) per layer, one
 column per step for every row; left-padding is masked. Rows can be repeated (one prompt
 prefilled once, G samples) and dropped (finished samples). Step times:
-`python benchmarks/kernels.py`.
+`python benchmarks/kernel_timings.py`.
 
 Left out: sliding-window attention, logit soft-capping, biased MLPs, MoE, non-RoPE
 position schemes. `LeanDecoder.supports(model)` says whether a model qualifies; the

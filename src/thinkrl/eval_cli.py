@@ -1,4 +1,4 @@
-"""`thinkrl eval`: evaluate a model on a benchmark the way DeepSeek-R1 reports it (SPEC §5).
+"""`thinkrl eval`: evaluate a model on a benchmark the way DeepSeek-R1 reports it (DeepSeek-R1 §3.1).
 
 Steps: load the problems (a bundled benchmark, the quickstart's held-out arithmetic set, or
 any JSONL) -> load the model -> build prompts (the model's chat template if the tokenizer

@@ -1,6 +1,6 @@
 """Held-out evaluation the way the paper does it: K samples per problem, pass@1 = mean correctness.
 
-Sampling at temperature 0.6 / top-p 0.95 by default (SPEC §5). Correctness is decided by the
+Sampling at temperature 0.6 / top-p 0.95 by default (DeepSeek-R1 §3.1). Correctness is decided by the
 very reward code training uses (`rewards.score` with the accuracy reward), so evaluation
 and training can never disagree about what "correct" means. A verification timeout counts
 as incorrect here and is reported in `unverified`. Each sample record also carries the

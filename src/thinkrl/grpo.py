@@ -1,4 +1,4 @@
-"""GRPO as small pure functions (DeepSeekMath Eq. 3, token level; SPEC §1).
+"""GRPO as small pure functions (DeepSeekMath Eq. 3, token level).
 
 The objective, per question q with G sampled outputs o_1..o_G:
 

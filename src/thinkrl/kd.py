@@ -1,4 +1,4 @@
-"""Logit-level knowledge distillation losses (SPEC §4): pure tensor functions, no models.
+"""Logit-level knowledge distillation losses (Hinton et al. 2015): pure tensor functions, no models.
 
 The teacher's next-token distribution p_t and the student's p_s at the same positions,
 both softened by a temperature T (p = softmax(logits / T)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -61,3 +62,31 @@ class JsonlLog:
             except json.JSONDecodeError:
                 continue
         self.path.write_text("".join(k + "\n" for k in keep))
+
+
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_class() -> dict:
+    """The CPU and the kernel path torch takes on it, for run records: a result is tied to both.
+
+    `capability` is what ATen dispatches to (`ATEN_CPU_CAPABILITY=avx2` makes an AVX-512
+    machine take the AVX2 kernels); `class` is "AVX-512" or "AVX2" by that, the CPU's flags
+    in `flags`, and the kernel environment variables that were set in `env`.
+    """
+    import torch
+
+    flags = set()
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    capability = torch.backends.cpu.get_cpu_capability()
+    return {"class": "AVX-512" if capability.startswith("AVX512") else capability, "capability": capability,
+            "model": model, "flags": sorted(f for f in flags if f.startswith(("avx", "amx"))),
+            "env": {k: v for k in KERNEL_ENV if (v := os.environ.get(k))}}

@@ -26,7 +26,7 @@ kernel: results agree to float32 rounding (tests compare against `F.linear`).
   each key/value head G times (`repeat_kv`), and back-propagates through that copy. This
   swap passes the grouped heads straight to the kernel, in float32 on the CPU (torch's CPU
   flash kernel is slower in bf16): 13.0 -> 11.5 ms per SmolLM2 layer forward+backward at
-  8x219 in float32, 17.4 -> 11.8 ms from bf16 inputs (`benchmarks/kernels.py`, with
+  8x219 in float32, 17.4 -> 11.8 ms from bf16 inputs (`benchmarks/kernel_timings.py`, with
   `thinkrl.allocator`'s defaults; 17.3 -> 12.3 ms without them, THINKRL_MALLOC=0, when
   each copy also pays for fresh pages).
 

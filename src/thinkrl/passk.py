@@ -4,13 +4,13 @@ Pure functions (no models, no I/O):
 
 - :func:`pass_at_k`: the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k),
   in its numerically stable product form; :func:`pass_at_k_curve` averages it over
-  problems for every k <= K. pass@1 is the mean correctness over the K samples (SPEC §5).
+  problems for every k <= K. pass@1 is the mean correctness over the K samples (DeepSeek-R1 §3.1, evaluation setup).
 - :func:`group_answers` / :func:`majority_vote` / :func:`cons_at_k`: majority vote over a
   problem's extracted answers, grouped by mathematical equivalence through a caller-given
   batched checker (evaluation passes ``rewards.verify.verify_many``, so "equal" means what
   the training reward means). Ties go to the group that appeared first.
 - :func:`percentile`, :func:`reflective_counts`, :func:`summarize`: response-length
-  statistics and the frequency of SPEC §2's reflective words per 1,000 generated tokens.
+  statistics and the frequency of the reflective words DeepSeek-R1 reports for R1-Zero per 1,000 generated tokens.
 
 Left out: generating or checking samples (``evaluate.py``), confidence intervals.
 """
@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from thinkrl.rewards.extract import normalize_number
 
-# SPEC §2: words whose frequency grows 5-7x during R1-Zero training.
+# DeepSeek-R1 (Nature 2025, R1-Zero self-evolution): words whose frequency grows 5-7x during R1-Zero training.
 REFLECTIVE_WORDS: tuple[str, ...] = (
     "wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check",
 )

@@ -1,4 +1,4 @@
-"""`thinkrl pipeline`: the DeepSeek-R1 pipeline (SPEC §3–4) as ordered stages from one YAML file.
+"""`thinkrl pipeline`: the DeepSeek-R1 pipeline (DeepSeek-R1 §2.3–2.4) as ordered stages from one YAML file.
 
 A pipeline file names a task (dataset, prompt template, generation cap, seed), the shared
 evaluation and an ordered list of stages `{name, kind, from, ...options}`; the kinds
@@ -17,7 +17,7 @@ Skipping and resuming, per stage in order:
   its last checkpoint; anything else: the directory is emptied and the stage rerun.
 Keys chain configs, not file contents: edit a stage's outputs by hand and it is not noticed.
 
-Every stage that writes a model is evaluated the same way (`run._eval`, the numbers
+Every stage that writes a model is evaluated the same way (`run.heldout_eval`, the numbers
 `thinkrl train` and `thinkrl eval` report): the held-out split of the task, K samples at
 temperature 0.6 / top-p 0.95, pass@1, cons@K, lengths. The report
 (`pipeline_report.py`): `report.json` (stage name -> summary), `report.md` (stage table,
@@ -94,7 +94,7 @@ def help_text() -> str:
 
 @dataclass
 class EvalConfig:
-    """The one evaluation every stage's model gets (SPEC §5)."""
+    """The one evaluation every stage's model gets (DeepSeek-R1 §3.1)."""
 
     problems: int = opt(100, "Held-out problems of the task (arithmetic: its held-out split; benchmarks: first N).")
     samples: int = opt(4, "K samples per problem; pass@1 = mean correctness, cons@K = majority vote. Paper: 16-64.")
@@ -264,7 +264,7 @@ SUMMARY_KEYS = ("pass@1", "cons@k", "mean_length", "p90_length", "format", "trun
 def evaluate_model(model_path: Path, p: PipelineConfig, stage_dir: Path) -> dict:
     """The pipeline's evaluation of one model; writes eval.json and eval.samples.jsonl; returns the summary."""
     from thinkrl.models import load_model
-    from thinkrl.run import _eval, _save_eval, load_problems, prompt_builder
+    from thinkrl.run import heldout_eval, save_eval, load_problems, prompt_builder
 
     cfg = task_config(p)
     cfg.data.eval_size, cfg.grpo.max_new_tokens = p.eval.problems, p.eval.max_new_tokens
@@ -272,8 +272,8 @@ def evaluate_model(model_path: Path, p: PipelineConfig, stage_dir: Path) -> dict
     _, problems = load_problems(cfg)
     model, tokenizer = load_model(str(model_path))
     build, prefix = prompt_builder(cfg, tokenizer)
-    result = _eval(model, tokenizer, problems, build, prefix, cfg, p.eval.seed)
-    _save_eval(stage_dir / "eval.json", result)
+    result = heldout_eval(model, tokenizer, problems, build, prefix, cfg, p.eval.seed)
+    save_eval(stage_dir / "eval.json", result)
     summary = {k: result.get(k) for k in SUMMARY_KEYS}
     summary["pass@1"] = result["accuracy"]
     summary["reflective_per_1k"] = result.get("reflective_per_1k_tokens", {}).get("total")

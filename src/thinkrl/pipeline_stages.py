@@ -3,12 +3,13 @@
 A kind is a `Kind` in the name registry :data:`KINDS`: `parse` turns the stage's YAML
 options into a resolved, validated config object (checked before any stage runs, and
 hashed to decide whether a finished stage can be skipped), `run` does the work in the
-stage's own directory and returns a `StageResult`. Kinds (SPEC §3–4):
+stage's own directory and returns a `StageResult`. Kinds (DeepSeek-R1 §2.3–2.4):
 
 - `base`: build a quickstart-style tiny base model (`tiny.build_base_model`); `model:`
   overrides `BaseModelConfig` (sizes, steps, corpus); `tokenizer: <stage>` reuses that
   stage's tokenizer, so a smaller student shares the teacher's vocabulary (needed by
-  logit KD). Writes `model/`.
+  logit KD); `shipped: true` copies the quickstart's shipped base model instead of
+  pre-training (the same model on every CPU). Writes `model/`.
 - `sft`: supervised fine-tuning (`sft.train_sft`) of `from` on `data`: `cold_start`
   (synthetic R1-format traces `<think> worked steps </think> <answer> x </answer>` built
   from the training problems' solutions), an earlier stage that wrote data (rejection
@@ -41,9 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from thinkrl.config import Config, ConfigError, _coerce, opt
+from thinkrl.config import BaseModelConfig, Config, ConfigError, _coerce, opt
 from thinkrl.data.loaders import DataError, write_jsonl
-from thinkrl.tiny import BaseModelConfig, completion_for
+from thinkrl.tiny import completion_for
 
 __all__ = ["Kind", "KINDS", "StageContext", "StageResult", "task_config", "task_problems", "cold_start_rows",
            "update_dataclass"]
@@ -154,12 +155,16 @@ def _bar(total: int, desc: str, on: bool):
 
 @dataclass
 class BaseOptions:
+    shipped: bool = opt(False, "Copy the quickstart's shipped base model (tiny.SHIPPED_BASE) instead of pre-training: "
+                               "the same model on every CPU, where a pre-training run may or may not learn the step.")
     tokenizer: str = opt("", "Stage (or model directory) whose tokenizer to reuse; empty: train one on the corpus.")
     model: BaseModelConfig = field(default_factory=BaseModelConfig)
 
 
 def _parse_base(options: dict, p, where: str) -> BaseOptions:
     opts = update_dataclass(BaseOptions(), options, where)
+    if opts.shipped and (opts.tokenizer or "model" in options):
+        raise ConfigError(f"{where}: shipped: true copies a finished model; drop `model` and `tokenizer`")
     if opts.model.steps < 1 or opts.model.corpus_size < 1:
         raise ConfigError(f"{where}.model: steps and corpus_size must be at least 1")
     return opts
@@ -168,8 +173,17 @@ def _parse_base(options: dict, p, where: str) -> BaseOptions:
 def _run_base(ctx: StageContext, opts: BaseOptions) -> StageResult:
     from transformers import AutoTokenizer
 
-    from thinkrl.tiny import build_base_model
+    from thinkrl.tiny import SHIPPED_BASE, build_base_model
 
+    if opts.shipped:
+        start, tmp = time.time(), ctx.dir / ".tmp-model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(SHIPPED_BASE, tmp)
+        os.replace(tmp, ctx.dir / "model")
+        built = json.loads((SHIPPED_BASE / "build.json").read_text())
+        return StageResult({"model": "model"}, {"shipped": True, "steps": built["base"]["steps"],
+                                                "final_loss": built["loss_last"]},
+                           time.time() - start, f"the shipped quickstart base ({built['parameters']:,} parameters)")
     tokenizer = None
     if opts.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(ctx.model_path(opts.tokenizer))

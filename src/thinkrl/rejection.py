@@ -1,4 +1,4 @@
-"""Rejection-sampling filters (DeepSeek-R1 stage 3, SPEC §3): which correct samples make SFT data.
+"""Rejection-sampling filters (DeepSeek-R1 stage 3, DeepSeek-R1 §2.3.3): which correct samples make SFT data.
 
 R1 kept only correct responses from the RL checkpoint and "filtered out chain-of-thought
 with mixed languages, long paragraphs, and code blocks". Each of those is a filter here,

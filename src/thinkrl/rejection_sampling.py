@@ -1,4 +1,4 @@
-"""Rejection sampling for SFT data, DeepSeek-R1 stage 3 (SPEC §3): sample, keep the correct, filter.
+"""Rejection sampling for SFT data, DeepSeek-R1 stage 3 (DeepSeek-R1 §2.3.3): sample, keep the correct, filter.
 
 R1 sampled several responses per prompt from its converged RL checkpoint, kept only the
 correct ones (rule-checked, or judged against the gold by a model), dropped chains of

@@ -143,7 +143,7 @@ def _categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torc
     locates the block, then that block's float64 cumulative sum the entry (no drift over 49k
     entries; block sums carry float32 rounding, ~1e-7 relative, as the probabilities do):
     one vectorised pass over probs instead of a float64 copy and cumsum of all of it
-    (0.13 -> 0.07 ms at 8 x 49,152 in `benchmarks/kernels.py`; 1.5 ms for the one-level pass
+    (0.13 -> 0.07 ms at 8 x 49,152 in `benchmarks/kernel_timings.py`; 1.5 ms for the one-level pass
     before `thinkrl.allocator`'s defaults, when its 3 MB float64 copy was fresh pages each step)."""
     n, V = probs.shape
     u = torch.rand(n, 1, generator=generator, device=probs.device, dtype=torch.float64)  # (n, 1)
@@ -175,7 +175,7 @@ def _nucleus(logp: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tens
     past the smallest prefix whose mass reaches top_p (the first token always kept), and their
     token ids (n, k). Tries the top 256, then 4,096 tokens, and sorts the whole vocabulary only
     when some row's nucleus is larger: the same set as a full sort (SmolLM2 at T 0.6 /
-    top-p 0.95: 2.5 instead of 12 ms per step, `benchmarks/kernels.py`)."""
+    top-p 0.95: 2.5 instead of 12 ms per step, `benchmarks/kernel_timings.py`)."""
     V = logp.shape[-1]
     for k in [k for k in (256, 4096) if k < V] + [V]:  # the last pass (k = V) always returns
         top_logp, ids = logp.sort(dim=-1, descending=True) if k == V else logp.topk(k, dim=-1)  # (n, k)

@@ -1,11 +1,12 @@
 """`thinkrl train`, top to bottom: model, data, evaluate, GRPO, evaluate, report.
 
-With the default config this is the quickstart, R1-Zero in miniature: build the tiny
-base model (`tiny.py`), measure it on held-out problems, train it with GRPO on accuracy +
-format rewards only, measure again, and write the run directory:
+With the default config this is the quickstart, R1-Zero in miniature: load the tiny base
+model shipped with the package (`tiny.SHIPPED_BASE`), measure it on held-out problems,
+train it with GRPO on accuracy + format rewards only, measure again, and write the run
+directory:
 
     config.yaml  metrics.jsonl  summary.json  report.md  plots/  final_model/
-    base_model/ (quickstart only)  checkpoints/step-N/  eval_before.json  eval_after.json
+    checkpoints/step-N/  eval_before.json  eval_after.json
 
 `--resume RUN_DIR` continues from the run's last complete checkpoint. A new run into a
 directory that already holds one (metrics or a checkpoint) is refused, not mixed into it.
@@ -28,13 +29,13 @@ from thinkrl.config import Config
 from thinkrl.data import loaders, synthetic
 from thinkrl.data.templates import THINK_OPEN, build_prompt
 from thinkrl.evaluate import evaluate
-from thinkrl.metrics import JsonlLog, peak_rss_gib
+from thinkrl.metrics import JsonlLog, cpu_class, peak_rss_gib
 from thinkrl.models import frozen_copy, load_model
 from thinkrl.passk import summarize
 from thinkrl.report import write_report
 from thinkrl.rewards.verify import verify_many
 from thinkrl.rollout import SamplingParams
-from thinkrl.tiny import build_base_model
+from thinkrl.tiny import SHIPPED_BASE
 from thinkrl.trainer import PromptStream, TrainState, grpo_step, make_optimizer, set_deterministic
 
 
@@ -69,7 +70,7 @@ def prompt_builder(cfg: Config, tokenizer):
     return build, (THINK_OPEN if cfg.data.force_think else "")
 
 
-def _eval(model, tokenizer, problems, build, prefix, cfg: Config, seed: int) -> dict:
+def heldout_eval(model, tokenizer, problems, build, prefix, cfg: Config, seed: int) -> dict:
     params = SamplingParams(max_new_tokens=cfg.grpo.max_new_tokens, temperature=cfg.run.eval_temperature,
                             top_p=cfg.run.eval_top_p, stop_strings=tuple(cfg.grpo.stop_strings))
     result = evaluate(model, tokenizer, problems, build, cfg.run.eval_samples, params, seed, prefix)
@@ -79,7 +80,7 @@ def _eval(model, tokenizer, problems, build, prefix, cfg: Config, seed: int) -> 
     return result
 
 
-def _save_eval(path: Path, result: dict) -> None:
+def save_eval(path: Path, result: dict) -> None:
     path.write_text(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
     with open(path.with_suffix(".samples.jsonl"), "w") as f:
         for r in result["samples"]:
@@ -115,20 +116,15 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
     torch.manual_seed(cfg.run.seed)
 
     train_problems, eval_problems = load_problems(cfg)  # before anything slow: a bad dataset fails fast
-    model_path = cfg.model.path
-    if not model_path:  # the quickstart: our own base model
-        model_path = str(run_dir / "base_model")
-        if not (Path(model_path) / "config.json").exists():
-            log(f"building the tiny base model in {model_path} (synthetic corpus, {cfg.base.steps} steps)")
-            bar = tqdm(total=cfg.base.steps, desc="pre-train base", disable=not cfg.run.progress)
-            build_base_model(Path(model_path), cfg.base, lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
-            bar.close()
+    model_path = cfg.model.path or str(SHIPPED_BASE)  # empty: the quickstart's shipped base model
+    if not ckpt:
+        log(f"model: {model_path}")
     model, tokenizer = load_model(str(ckpt) if ckpt else model_path, "" if ckpt else cfg.model.gguf_file, cfg.model.dtype)
     build, prefix = prompt_builder(cfg, tokenizer)
 
     if ckpt is None or not (run_dir / "eval_before.json").exists():
-        before = _eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed)
-        _save_eval(run_dir / "eval_before.json", before)
+        before = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed)
+        save_eval(run_dir / "eval_before.json", before)
     before = json.loads((run_dir / "eval_before.json").read_text())
     log(f"base model: held-out accuracy {before['accuracy']:.3f}, mean length {before['mean_length']:.1f} tokens")
 
@@ -147,7 +143,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
     while state.step < g.steps:
         m = grpo_step(state, cfg, build, prefix)
         if cfg.run.eval_every and state.step % cfg.run.eval_every == 0 and state.step < g.steps:
-            mid = _eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed + state.step)
+            mid = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed + state.step)
             m["eval/accuracy"], m["eval/mean_length"] = mid["accuracy"], mid["mean_length"]
         log_file.write(m)
         bar.update(1)
@@ -156,18 +152,34 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
             save(state, run_dir, cfg)
     bar.close()
 
-    after = _eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed)
-    _save_eval(run_dir / "eval_after.json", after)
+    after = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed)
+    save_eval(run_dir / "eval_after.json", after)
     model.save_pretrained(run_dir / "final_model")
     tokenizer.save_pretrained(run_dir / "final_model")
-    summary = write_summary(run_dir, before, after, state, time.time() - start)
+    summary = write_summary(run_dir, before, after, state, time.time() - start, cfg.rewards.weights)
     write_report(run_dir, summary=summary, samples_before=_read_samples(run_dir / "eval_before.samples.jsonl"),
                  samples_after=after["samples"][:4])
-    log(f"held-out accuracy {summary['base_accuracy']:.3f} -> {summary['final_accuracy']:.3f}; "
-        f"mean length {summary['base_mean_length']:.1f} -> {summary['final_mean_length']:.1f} tokens; "
-        f"{summary['wall_seconds']:.0f} s")
-    log(f"run directory: {run_dir.resolve()}")
+    log(outcome_text(summary, run_dir.resolve()))
     return run_dir
+
+
+def outcome_text(s: dict, run_dir: Path) -> str:
+    """What happened, in words a newcomer understands, and where to look."""
+    n, k = s["eval_problems"], s["eval_samples_per_problem"]
+    gain = 100 * (s["final_accuracy"] - s["base_accuracy"])
+    longer = s["final_mean_length"] - s["base_mean_length"]
+    return "\n".join([
+        f"Done in {s['wall_seconds']:.0f} s ({s['steps']} GRPO steps, peak memory {s['peak_rss_gib']:.2f} GiB).",
+        f"On {n} held-out problems never seen in training ({k} samples each, temperature 0.6):",
+        f"  correct answers  {100 * s['base_accuracy']:5.1f}% before RL -> {100 * s['final_accuracy']:5.1f}% after "
+        f"({gain:+.1f} points)",
+        f"  response length  {s['base_mean_length']:5.1f} tokens -> {s['final_mean_length']:5.1f} tokens "
+        f"({'longer' if longer > 0 else 'shorter' if longer < 0 else 'unchanged'}: "
+        f"{'the model now reasons more before it answers' if longer > 0 else 'no more reasoning than before'})",
+        f"The only training signal was the rule rewards {', '.join(s['rewards'])} (no worked solutions shown).",
+        f"Report with plots and sample answers: {run_dir / 'report.md'}",
+        f"Trained model (Hugging Face format):  {run_dir / 'final_model'}",
+    ])
 
 
 def _read_samples(path: Path, n: int = 4) -> list[dict]:
@@ -196,7 +208,7 @@ def restore(state: TrainState, ckpt: Path) -> None:
         checkpoint.load_ref_weights(ckpt, state.ref_model)
 
 
-def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, wall: float) -> dict:
+def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, wall: float, cfg_rewards: dict) -> dict:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     k = max(1, len(metrics) // 10)
     first = [m["length/mean"] for m in metrics[:k]]
@@ -213,6 +225,7 @@ def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, w
         "steps": state.step, "wall_seconds": wall, "peak_rss_gib": peak_rss_gib(),
         "skipped_updates": state.counters["skipped_updates"], "reward_none": state.counters["reward_none"],
         "mean_step_seconds": sum(m["time/step"] for m in metrics) / max(len(metrics), 1),
+        "rewards": sorted(cfg_rewards), "cpu": cpu_class(),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,4 +1,4 @@
-"""`thinkrl sample`: rejection-sample SFT data from a model (DeepSeek-R1 stage 3, SPEC §3).
+"""`thinkrl sample`: rejection-sample SFT data from a model (DeepSeek-R1 stage 3, DeepSeek-R1 §2.3.3).
 
 Loads the problems (a bundled benchmark, the synthetic arithmetic task's training split,
 or any JSONL), then the model, and calls ``rejection_sampling.run_rejection_sampling``.

@@ -1,6 +1,6 @@
 """Supervised fine-tuning (SFT) on prompt/response pairs, loss on the response tokens only.
 
-Where DeepSeek-R1 uses it (SPEC §3–4): the cold start (thousands of long-CoT examples, 2–3
+Where DeepSeek-R1 uses it (DeepSeek-R1 §2.3–2.4): the cold start (thousands of long-CoT examples, 2–3
 epochs, cosine lr 5e-5 → 5e-6, batch 128, context 32,768), the rejection-sampling SFT of
 stage 3 (2 epochs), and distillation into small students (lr 1e-4 … 2e-5, cosine to 0.1×).
 

@@ -26,7 +26,7 @@ SFT, distillation). Rows: {"prompt", "response"} or {"messages": [{"role", "cont
 """
 
 DISTILL_HELP = """\
-Distil a teacher into a student on a set of problems (SPEC §4): the teacher samples K
+Distil a teacher into a student on a set of problems (DeepSeek-R1 §2.4): the teacher samples K
 completions per problem, then either trace_sft (SFT on the correct, filtered traces: the
 paper's method) or logit_kd (match the teacher's full next-token distribution on its
 samples; teacher and student must share a tokenizer). Writes DIR/teacher_samples.jsonl,

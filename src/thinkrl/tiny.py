@@ -9,6 +9,12 @@ styles: mostly a direct answer with an empty-calorie thought, sometimes the work
 partial sums, sometimes an answer with no reasoning tags at all. The base model thus *can*
 reason step by step but usually does not, and its direct answers are often wrong: RL with
 accuracy + format rewards, not the corpus, has to move it toward reasoning.
+
+The model `thinkrl train` starts from is built once by `thinkrl build-base` and shipped in
+the package (`SHIPPED_BASE`, with its `build.json`): whether a ~1M-parameter model picks up
+the copy-the-operand step within the budget depends on the floats, so a pre-training run on
+another CPU (AVX2 vs AVX-512 kernels) can land on the wrong side; a shipped base makes the
+quickstart's RL the same on every machine.
 Left out: anything resembling real pre-training data; this is a lesson-sized model.
 """
 
@@ -16,13 +22,13 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from thinkrl.config import BaseModelConfig
 from thinkrl.data.synthetic import ArithmeticTask, sample_problems
 from thinkrl.data.templates import r1_zero_prompt
 from thinkrl.logprobs import grouped_completion_logprobs
@@ -30,24 +36,7 @@ from thinkrl.logprobs import grouped_completion_logprobs
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 DIRECT_THOUGHT = "I know this one ."
-
-
-@dataclass
-class BaseModelConfig:
-    """How the quickstart's base model is built. Defaults: ~6 minutes on 2 CPU cores."""
-
-    corpus_size: int = 12000       # problems in the pre-training corpus (train split only)
-    reason_share: float = 0.5      # share answered with the worked chain (the filled-in blanks)
-    untagged_share: float = 0.1    # share answered without <think>/<answer> tags
-    vocab_size: int = 1024
-    hidden_size: int = 128
-    layers: int = 4
-    heads: int = 4
-    intermediate_size: int = 384
-    steps: int = 2500
-    batch_size: int = 32
-    lr: float = 3e-3
-    seed: int = 0
+SHIPPED_BASE = Path(__file__).parent / "assets" / "quickstart_base"  # `thinkrl build-base` wrote it
 
 
 def completion_for(problem, style: str) -> str:

@@ -1,4 +1,4 @@
-"""Iterative GRPO (DeepSeekMath Algorithm 1; SPEC §1): a thin loop over pure pieces.
+"""Iterative GRPO (DeepSeekMath Algorithm 1): a thin loop over pure pieces.
 
 Each step: take B questions, sample G outputs each from π_old (= π_θ at this moment),
 score them with the rule-based rewards, turn rewards into group-relative advantages, then

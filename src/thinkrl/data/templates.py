@@ -3,7 +3,7 @@
 What it does: turns a question into the exact prompt string fed to the policy.
   - "r1_zero": the DeepSeek-R1-Zero template, verbatim from the paper (v1, Table 1).
   - "chat":    the tokenizer's own chat template (instruct / distilled models),
-               optionally with a system message and the math suffix of SPEC §5.
+               optionally with a system message and the math suffix of DeepSeek-R1 §3.1.
   - "plain":   the bare question (plus an optional suffix), for base-model evaluation.
 
 force_think: the prompt ends with an opened "<think>" tag, so the completion starts
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-# Verbatim from DeepSeek-R1 v1 Table 1 (SPEC §2); `prompt` is replaced by {question}.
+# Verbatim from DeepSeek-R1 v1 Table 1; `prompt` is replaced by {question}.
 R1_ZERO_TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the "
     "Assistant solves it. The assistant first thinks about the reasoning process in "
@@ -28,7 +28,7 @@ R1_ZERO_TEMPLATE = (
     "here </answer>. User: {question}. Assistant:"
 )
 
-# SPEC §5: the evaluation suffix for math questions.
+# DeepSeek-R1 §3.1 (evaluation setup): the suffix for math questions.
 MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 
 THINK_OPEN = "<think>"

@@ -1,4 +1,4 @@
-"""The language-consistency reward of DeepSeek-R1 (SPEC §3): target-language share of the CoT.
+"""The language-consistency reward of DeepSeek-R1 (DeepSeek-R1 §2.3.2): target-language share of the CoT.
 
 ``language`` = (words of the target language in the reasoning) / (all words in it), in
 [0, 1]. The reasoning is the text inside ``<think>...</think>`` (all such blocks; an

@@ -1,7 +1,7 @@
 """Micro-benchmarks behind the per-kernel figures quoted in RESULTS.md and the docstrings.
 
-    python benchmarks/kernels.py            # ~10 s; SmolLM2 shapes, 2 CPU threads
-    THINKRL_MALLOC=0 python benchmarks/kernels.py   # the same without thinkrl's glibc settings
+    python benchmarks/kernel_timings.py            # ~10 s; SmolLM2 shapes, 2 CPU threads
+    THINKRL_MALLOC=0 python benchmarks/kernel_timings.py   # the same without thinkrl's glibc settings
 
 Each line: what is timed, the milliseconds per call of the alternatives (median of repeats).
 - attention: one SmolLM2 layer's training attention, forward+backward, 8 rows x 128 completion
