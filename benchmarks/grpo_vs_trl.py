@@ -3,6 +3,7 @@
     pip install -e '.[bench]'            # TRL 1.16 (never imported by thinkrl itself)
     python benchmarks/grpo_vs_trl.py      # all CPU settings, ~20 minutes on 2 cores
     python benchmarks/grpo_vs_trl.py --settings tiny,smollm2-64 --json out.json
+    python benchmarks/grpo_vs_trl.py --save   # also one file per setting: results/<machine>/<setting>.json
 
 For each setting (see bench_common.SETTINGS: same weights, prompts, B, G, max new tokens,
 temperature, lr, β = 0, μ = 1, precision), thinkrl and TRL each run in a fresh process,
@@ -11,7 +12,10 @@ warm-up steps and then the measured steps (SmolLM2: 1 and 3; the tiny model: 3 a
 Printed: per-phase seconds (sample / reward+score / train), generation tokens/s, training
 GFLOP/s (6·params·tokens actually processed / train time) and its share of the matrix-
 product peak the worker measured after its steps, peak RSS; then the ratios; the last
-line is the SmolLM2 1×8×128 fp32 pair.
+line is the SmolLM2 1×8×128 fp32 pair. With --save, each setting's pair (both tools, their
+ratios, and in "meta" the commit, date and the command that reproduces it) goes to
+benchmarks/results/<machine>/<setting>.json, <machine> as machine_name() spells it; the
+committed files there are the latest accepted run (RESULTS.md).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -33,6 +38,35 @@ sys.path.insert(0, str(HERE))
 from bench_common import SETTINGS, matmul_peak, peak_for  # noqa: E402
 
 CPU_DEFAULT = "smollm2-128,smollm2-128-whole,smollm2-64,smollm2-B4,smollm2-128-bf16,tiny,tiny-bf16"
+RESULTS = HERE / "results"
+
+
+def machine_name(device: str) -> str:
+    """The folder under benchmarks/results/ for this machine: cpu-<torch's ISA>-<CPU family>-<N>core
+    (e.g. cpu-avx512-epyc-2core), or gpu-<model> on CUDA (e.g. gpu-h100)."""
+    import torch
+
+    if device.startswith("cuda"):
+        words = torch.cuda.get_device_name(device).lower().replace("nvidia", "").split()
+        return "gpu-" + next((w for w in words if any(c.isdigit() for c in w)), "-".join(words) or "unknown")
+    try:
+        model = next(line.split(":", 1)[1] for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = ""
+    words = [w for w in re.sub(r"\(\w+\)", " ", model).lower().split() if w not in ("amd", "intel", "cpu")]
+    family = re.sub(r"[^a-z0-9]+", "", words[0]) if words else platform.machine().lower()
+    return f"cpu-{torch.backends.cpu.get_cpu_capability().lower()}-{family}-{os.cpu_count()}core"
+
+
+def git_commit() -> dict:
+    """HEAD's short hash, and whether tracked files outside benchmarks/results differ from it."""
+    git = lambda *args: subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True, text=True)  # noqa: E731
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results").returncode == 1
+    except OSError:  # no git
+        return {"commit": None}
+    return {"commit": head.stdout.strip() or None, "dirty": dirty}
 
 
 def run_worker(tool: str, setting: str, device: str, timeout: int) -> dict:
@@ -130,6 +164,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per run")
     ap.add_argument("--json", type=Path, help="write all results here")
+    ap.add_argument("--save", action="store_true", help="write each setting's results to "
+                    "benchmarks/results/<machine>/<setting>.json (settings that failed are not written)")
     ap.add_argument("--markdown", type=Path, help="write the result tables here (benchmarks/RESULTS_TABLES.md)")
     a = ap.parse_args()
     names = [s for s in a.settings.split(",") if s]
@@ -137,7 +173,11 @@ def main() -> None:
         if s not in SETTINGS:
             ap.error(f"unknown setting {s!r}")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    peak = matmul_peak(a.device)
+    machine = machine_name(a.device)
+    meta = {"started": started, "date": started[:10], **git_commit(), "device": a.device,
+            "machine": platform.processor() or platform.machine(), "machine_name": machine,
+            "cpus": os.cpu_count(), "python": platform.python_version(), "command": " ".join(sys.argv)}
+    peak = meta["matmul_peak_gflops"] = matmul_peak(a.device)
     print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()), flush=True)
     results = []
     for i, setting in enumerate(names):
@@ -154,10 +194,20 @@ def main() -> None:
         extra = f" ({v['modes']})" if "modes" in v else f" peak_rss={v['peak_rss']:.2f}"
         print(f"{k:24s} thinkrl/TRL step_time={v['step_time']:.2f}{extra}")
     if a.json:
-        meta = {"started": started, "device": a.device, "machine": platform.processor() or platform.machine(),
-                "cpus": os.cpu_count(), "python": platform.python_version(), "matmul_peak_gflops": peak,
-                "command": " ".join(sys.argv)}
         a.json.write_text(json.dumps({"meta": meta, "results": results, "ratios": rat}, indent=1))
+    for setting in names if a.save else []:
+        mine = [r for r in results if r["setting"] == setting]
+        if any("error" in r for r in mine):
+            print(f"{setting}: failed, not saved")
+            continue
+        path = RESULTS / machine / f"{setting}.json"
+        device = f" --device {a.device}" if a.device != "cpu" else ""
+        cmd = f"python benchmarks/grpo_vs_trl.py --settings {setting}{device} --json {path.relative_to(HERE.parent)}"
+        out = {"meta": {**meta, "setting": setting, "source_command": meta["command"], "command": cmd}, "results": mine,
+               "ratios": {setting: rat[setting]} if setting in rat else {}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {path}")
     if a.markdown:
         a.markdown.write_text(markdown(results, rat, peak, started, a))
     main_pair = rat.get("smollm2-128") or next(iter(rat.values()), None)

@@ -1,4 +1,4 @@
-"""Micro-benchmarks behind the per-kernel figures quoted in RESULTS.md and the docstrings.
+"""Micro-benchmarks behind the per-kernel figures quoted in docs/performance.md and the docstrings.
 
     python benchmarks/kernel_timings.py            # ~10 s; SmolLM2 shapes, 2 CPU threads
     THINKRL_MALLOC=0 python benchmarks/kernel_timings.py   # the same without thinkrl's glibc settings
