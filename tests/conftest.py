@@ -10,7 +10,7 @@ from thinkrl import tiny
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    cfg = tiny.BaseModelConfig(corpus_size=300, vocab_size=300)
+    cfg = tiny.BaseModelConfig(corpus_size=300, vocab_size=300, reason_share=0.5)  # the corpus these tests were tuned on
     return tiny.build_tokenizer(tiny.build_corpus(cfg), cfg.vocab_size)
 
 

@@ -82,3 +82,19 @@ def test_overrides_may_follow_options(monkeypatch, tmp_path):
     assert (cfg.grpo.steps, cfg.grpo.lr, cfg.run.seed, cfg.run.output_dir) == (3, 2e-5, 7, str(tmp_path / "r"))
     with pytest.raises(SystemExit):
         cli.main(["train", "--output-dir", str(tmp_path / "r"), "--nosuch"])
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["build-base", "--help"], ["eval", "--help"],
+                                  ["sandbox", "run", "--help"]])
+def test_help_imports_no_torch(argv):
+    """`--help` answers in well under a second: nothing it runs imports torch or transformers."""
+    code = ("import sys\nfrom thinkrl import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\nassert not heavy, heavy\n")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage: thinkrl" in out.stdout
+
+
+def test_python_dash_m_thinkrl():
+    out = subprocess.run([sys.executable, "-m", "thinkrl", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "build-base" in out.stdout and "distill" in out.stdout

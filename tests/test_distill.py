@@ -42,7 +42,7 @@ def test_tokenizer_mismatch_raises_naming_both(tiny_tokenizer):
     check_same_tokenizer(tiny_tokenizer, copy.deepcopy(tiny_tokenizer))
     with pytest.raises(ConfigError, match="teacher T/a and student S/b do not share a tokenizer: eos_token differs"):
         check_same_tokenizer(tiny_tokenizer, _other_tokenizer(tiny_tokenizer), "T/a", "S/b")
-    small = tiny.build_tokenizer(tiny.build_corpus(tiny.BaseModelConfig(corpus_size=50)), 280)
+    small = tiny.build_tokenizer(tiny.build_corpus(tiny.BaseModelConfig(corpus_size=50, reason_share=0.5)), 280)
     with pytest.raises(ConfigError, match="vocabularies differ"):
         check_same_tokenizer(tiny_tokenizer, small)
 

@@ -21,7 +21,11 @@ Options (section.name=value on the command line, or nested in the YAML):
 
 
 def _train(args) -> int:
+    from transformers.utils import logging as hf_logging
+
     from thinkrl.run import train_run  # heavy imports only when training
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars between the job's own lines
 
     cfg = config_mod.load_config(args.config, args.overrides)
     if args.output_dir:
@@ -167,14 +171,22 @@ def _pipeline(args) -> int:
 def _add_pipeline(sub) -> None:
     from thinkrl.pipeline import help_text  # `thinkrl pipeline`: the R1 stages from one YAML
 
-    pl = sub.add_parser("pipeline", help="run the R1 pipeline's stages from one YAML (skips finished stages)",
-                        description=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    pl = sub.add_parser("pipeline", description=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     pl.add_argument("--config", required=True, help="pipeline YAML (e.g. recipes/r1_pipeline_tiny.yaml)")
     pl.add_argument("--output-dir", help="overrides the YAML's output_dir")
     pl.set_defaults(func=_pipeline)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose option tables live in modules that import torch: their parsers are built
+# only when the command is chosen, so `thinkrl --help` (and every light command) imports no torch.
+DEFERRED = {
+    "sft": ("supervised fine-tuning on prompt/response or chat rows (loss on responses)", _add_sft),
+    "distill": ("distil a teacher into a student: trace SFT or logit KD", _add_distill),
+    "pipeline": ("run the R1 pipeline's stages from one YAML (skips finished stages)", _add_pipeline),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thinkrl", description="Teach language models to reason with RL, the DeepSeek-R1 way.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="GRPO training (no arguments: the quickstart)", description=TRAIN_HELP,
@@ -189,14 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check_rewards(sub)
     _add_sandbox(sub)
     _add_sample(sub)
-    _add_sft(sub)
-    _add_distill(sub)
-    _add_pipeline(sub)
+    words = sys.argv[1:] if argv is None else argv
+    chosen = next((w for w in words if not w.startswith("-")), None)
+    for name, (help_line, add) in DEFERRED.items():
+        if name == chosen:
+            add(sub)
+        else:
+            sub.add_parser(name, help=help_line)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
     # argparse ends a `nargs="*"` positional at the first option, so `train --output-dir D a=1`
     # leaves `a=1` over: key=value words anywhere on the line are overrides

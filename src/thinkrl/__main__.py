@@ -1,0 +1,7 @@
+"""`python -m thinkrl`: the same command line as the `thinkrl` script."""
+
+import sys
+
+from thinkrl.cli import main
+
+sys.exit(main())
