@@ -66,6 +66,13 @@ def test_build_base_writes_model_and_record_atomically(tmp_path, capsys):
     assert "held-out pass@1" in capsys.readouterr().out
 
 
-def test_build_base_rejects_unknown_options_before_building(tmp_path, capsys):
-    assert cli.main(["build-base", "--output-dir", str(tmp_path / "b"), "base.stpes=3"]) == 2
-    assert "unknown option 'base.stpes'" in capsys.readouterr().err and not (tmp_path / "b").exists()
+@pytest.mark.parametrize("option, message", [
+    ("base.stpes=3", "unknown option 'base.stpes'"),
+    ("base.steps=0", "base.steps=0; must be at least 1"),
+    ("base.reason_share=0.95", "reason_share and untagged_share"),
+    ("base.heads=3", "multiple of base.heads=3"),
+    ("base.lr=0", "base.lr=0.0; must be positive"),
+])
+def test_build_base_rejects_bad_options_before_building(tmp_path, capsys, option, message):
+    assert cli.main(["build-base", "--output-dir", str(tmp_path / "b"), option]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "b").exists()

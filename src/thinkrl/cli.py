@@ -54,6 +54,7 @@ def _build_base(args) -> int:
     from thinkrl.build_base import build  # heavy imports only when building
 
     cfg = config_mod.load_config(None, args.overrides, root=config_mod.BuildBaseConfig)
+    config_mod.validate_base(cfg.base)
     command = " ".join(["thinkrl build-base --output-dir", args.output_dir, *args.overrides])
     build(cfg.base, args.output_dir, command, progress=not args.no_progress)
     return 0

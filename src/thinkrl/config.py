@@ -250,6 +250,21 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def validate_base(b: BaseModelConfig, where: str = "base") -> BaseModelConfig:
+    """Check a base model's options before pre-training starts; raises ConfigError naming the option."""
+    for name in ("corpus_size", "vocab_size", "hidden_size", "layers", "heads", "intermediate_size", "steps",
+                 "batch_size"):
+        if getattr(b, name) < 1:
+            raise ConfigError(f"{where}.{name}={getattr(b, name)}; must be at least 1")
+    if b.hidden_size % b.heads:
+        raise ConfigError(f"{where}.hidden_size={b.hidden_size} must be a multiple of {where}.heads={b.heads}")
+    if not (0 <= b.reason_share and 0 <= b.untagged_share and b.reason_share + b.untagged_share <= 1):
+        raise ConfigError(f"{where}.reason_share and untagged_share must be in [0, 1] with a sum of at most 1")
+    if not b.lr > 0:
+        raise ConfigError(f"{where}.lr={b.lr}; must be positive")
+    return b
+
+
 def describe_options(root: type = Config) -> str:
     """Every option with its default and help, for `thinkrl train --help` (or another root's command)."""
     lines = []

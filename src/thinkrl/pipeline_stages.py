@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from thinkrl.config import BaseModelConfig, Config, ConfigError, _coerce, opt
+from thinkrl.config import BaseModelConfig, Config, ConfigError, _coerce, opt, validate_base
 from thinkrl.data.loaders import DataError, write_jsonl
 from thinkrl.tiny import completion_for
 
@@ -165,8 +165,7 @@ def _parse_base(options: dict, p, where: str) -> BaseOptions:
     opts = update_dataclass(BaseOptions(), options, where)
     if opts.shipped and (opts.tokenizer or "model" in options):
         raise ConfigError(f"{where}: shipped: true copies a finished model; drop `model` and `tokenizer`")
-    if opts.model.steps < 1 or opts.model.corpus_size < 1:
-        raise ConfigError(f"{where}.model: steps and corpus_size must be at least 1")
+    validate_base(opts.model, f"{where}.model")
     return opts
 
 

@@ -14,7 +14,6 @@ directory that already holds one (metrics or a checkpoint) is refused, not mixed
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from functools import partial
