@@ -36,7 +36,7 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     generator.set_state(state["sampler"])
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     for f in path.rglob("*"):
         if f.is_file():
             with open(f, "rb") as fh:
@@ -56,7 +56,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, ref
         save_model(ref_model, str(tmp / "ref_model.safetensors"))  # handles tied embeddings
     torch.save(state, tmp / "state.pt")
     (tmp / "config.json.run").write_text(json.dumps(config or {}, indent=2))
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     (tmp / COMPLETE).write_text(str(step))
     if final.exists():
         shutil.rmtree(final)

@@ -157,7 +157,7 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _coerce(value, typ, key: str):
+def coerce(value, typ, key: str):
     """Turn a YAML value or a command-line string into the field's type."""
     typ = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list}.get(typ, typ)
     if isinstance(value, str) and typ is float:
@@ -188,7 +188,7 @@ def _set(cfg, key: str, value) -> None:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if name not in fields:
         raise ConfigError(f"unknown option {key!r}; {section}.* options: {', '.join(sorted(fields))}")
-    setattr(obj, name, _coerce(value, fields[name].type, key))
+    setattr(obj, name, coerce(value, fields[name].type, key))
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), root: type = Config):

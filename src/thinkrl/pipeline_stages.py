@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from thinkrl.config import BaseModelConfig, Config, ConfigError, _coerce, opt, validate_base
+from thinkrl.config import BaseModelConfig, Config, ConfigError, coerce, opt, validate_base
 from thinkrl.data.loaders import DataError, write_jsonl
 from thinkrl.tiny import completion_for
 
@@ -75,7 +75,7 @@ def update_dataclass(obj, mapping: Any, where: str):
         elif isinstance(current, tuple) and isinstance(value, list):
             setattr(obj, key, tuple(value))
         elif f.type in ("int", "float", "str", "bool", "dict", "list"):
-            setattr(obj, key, _coerce(value, f.type, f"{where}.{key}"))
+            setattr(obj, key, coerce(value, f.type, f"{where}.{key}"))
         else:
             setattr(obj, key, value)
     return obj

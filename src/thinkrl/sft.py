@@ -49,7 +49,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from thinkrl.checkpoint import _fsync_dir
+from thinkrl.checkpoint import fsync_dir
 from thinkrl.config import ConfigError, opt
 from thinkrl.data.loaders import DataError
 from thinkrl.metrics import JsonlLog, peak_rss_gib
@@ -201,7 +201,7 @@ def save_model_atomic(model, tokenizer, dest: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if dest.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(dest, old)
