@@ -102,7 +102,8 @@ class RunConfig:
     eval_top_p: float = opt(0.95, "Evaluation top-p. Paper: 0.95.")
     threads: int = opt(0, "torch CPU threads (0 = leave torch's default).")
     precision: str = opt("fp32", "fp32, or bf16: sample with bf16 weight copies and train under bf16 autocast, keeping "
-                                 "fp32 master weights, log-softmax and optimizer state. Paper: BF16/FP8 mixed precision.")
+                                 "fp32 master weights, log-softmax and optimizer state; refused on a CPU without bf16 matrix "
+                                 "instructions (AVX512_BF16 or AMX), where it would run ~100x slower. Paper: BF16/FP8 mixed precision.")
     onednn: bool = opt(True, "In fp32 on x86 CPUs, run the model's linears through oneDNN kernels (same math; faster "
                              "than MKL on AMD processors). Paper: not applicable.")
     deterministic: bool = opt(True, "torch deterministic algorithms (warn-only): with 2+ threads, the prompt-sharing "
@@ -219,6 +220,7 @@ def validate(cfg: Config) -> Config:
     """Check choices before anything expensive runs; raises ConfigError naming the option."""
     from thinkrl import grpo, rewards
     from thinkrl.data.templates import PROMPT_BUILDERS
+    from thinkrl.metrics import cpu_has_fast_bf16
 
     g = cfg.grpo
     choices = {
@@ -241,6 +243,9 @@ def validate(cfg: Config) -> Config:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}={value}; must be at least 1")
+    if cfg.run.precision == "bf16" and not cpu_has_fast_bf16():
+        raise ConfigError("run.precision=bf16: this CPU has no bf16 matrix instructions (AVX512_BF16 or AMX), so bf16 "
+                          "products would run ~100x slower than fp32 here; use run.precision=fp32 (the default)")
     if g.micro_batch_size < 0:
         raise ConfigError(f"grpo.micro_batch_size={g.micro_batch_size}; must be 0 (whole mini-batch) or positive")
     if g.group_size < 2:
