@@ -196,7 +196,7 @@ def _bad_jsonl(tmp_path, name, text):
 
 @pytest.mark.parametrize("case, message", [
     ("missing_field", "missing required field"),
-    ("unknown_benchmark", "unknown benchmark 'nosuch'"),
+    ("unknown_benchmark", "unknown --benchmark 'nosuch'"),
     ("empty_file", "empty file"),
     ("no_weights", "holds no model weights"),
     ("zero_samples", "--samples 0"),

@@ -5,6 +5,8 @@
 2. Layers point one way: the lower layers (pure math, the tensor engine, data, rewards, the
    sandbox) never import the jobs (`run`, `trainer`, `sft`, `distill`, rejection sampling,
    build-base), the pipeline or any command-line module.
+3. Only command-line modules import command-line modules: a job or the pipeline never
+   reaches into a CLI module for a helper or a constant.
 """
 
 import ast
@@ -21,6 +23,8 @@ LOWER = ("thinkrl.grpo", "thinkrl.kd", "thinkrl.passk", "thinkrl.logprobs", "thi
 UPPER = ("thinkrl.run", "thinkrl.trainer", "thinkrl.sft", "thinkrl.distill", "thinkrl.rejection_sampling",
          "thinkrl.build_base", "thinkrl.pipeline", "thinkrl.pipeline_stages", "thinkrl.pipeline_report", "thinkrl.cli",
          "thinkrl.eval_cli", "thinkrl.sample_cli", "thinkrl.sft_cli", "thinkrl.sandbox.cli", "thinkrl.check_rewards")
+CLI = ("thinkrl.cli", "thinkrl.eval_cli", "thinkrl.sample_cli", "thinkrl.sft_cli", "thinkrl.sandbox.cli",
+       "thinkrl.check_rewards", "thinkrl.__main__")
 
 
 def module_name(path: Path, src: Path) -> str:
@@ -67,6 +71,8 @@ def violations(package_dir: Path = PKG) -> list[str]:
             target = f"{module}.{name}" if name else module
             if me.startswith(LOWER) and any(target == u or target.startswith(u + ".") or module == u for u in UPPER):
                 found.append(f"{where}: lower layer {me} imports {target}")
+            elif me not in CLI and any(target == c or module == c for c in CLI):
+                found.append(f"{where}: {me} imports the command-line module {target}")
     return found
 
 
@@ -87,3 +93,11 @@ def test_a_planted_violation_is_caught(tmp_path, text, rule):
     planted.write_text(text)
     found = violations(tmp_path / "thinkrl")
     assert len(found) == 1 and rule in found[0], found
+
+
+def test_a_job_importing_a_cli_module_is_caught(tmp_path):
+    planted = tmp_path / "thinkrl" / "planted_job.py"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("from thinkrl.eval_cli import CODE_SUFFIX\n")  # what rejection_sampling.py once did
+    assert violations(tmp_path / "thinkrl") == [
+        "thinkrl/planted_job.py:1: thinkrl.planted_job imports the command-line module thinkrl.eval_cli.CODE_SUFFIX"]

@@ -13,7 +13,7 @@ from thinkrl import cli
 from thinkrl.build_base import reasoning_share
 from thinkrl.config import Config
 from thinkrl.models import load_model
-from thinkrl.run import heldout_eval, load_problems, prompt_builder
+from thinkrl.run import heldout_eval, train_heldout_problems, prompt_builder
 from thinkrl.tiny import SHIPPED_BASE
 
 
@@ -22,7 +22,7 @@ def test_shipped_base_reasons_on_held_out_problems():
     cfg.run.seed = 0
     model, tokenizer = load_model(str(SHIPPED_BASE))
     build, prefix = prompt_builder(cfg, tokenizer)
-    _, held_out = load_problems(cfg)
+    _, held_out = train_heldout_problems(cfg)
     result = heldout_eval(model, tokenizer, held_out[:50], build, prefix, cfg, seed=0)  # T 0.6, top-p 0.95, 4 samples
     share = reasoning_share(result["samples"])
     print(f"pass@1 {result['accuracy']:.3f}, reasons in {share:.2f} of samples")

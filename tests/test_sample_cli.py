@@ -183,7 +183,7 @@ def test_cli_end_to_end_on_the_tiny_model(model_dir, tmp_path, capsys):
     ("unknown_data", "unknown --data 'nosuch'"),
     ("bad_row", "bad.jsonl:2: missing required field"),
     ("missing_eval_set", "contamination set"),
-    ("bad_split", "--split dev"),
+    ("bad_split", "split 'dev' of gsm8k"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(case, message, model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"

@@ -8,7 +8,7 @@ import torch
 
 from thinkrl.config import load_config
 from thinkrl.models import load_model
-from thinkrl.run import load_problems, prompt_builder
+from thinkrl.run import train_heldout_problems, prompt_builder
 from thinkrl.trainer import PromptStream, TrainState, grpo_step, make_optimizer
 
 pytestmark = [
@@ -21,7 +21,7 @@ pytestmark = [
 def test_two_grpo_steps_on_smollm2():
     cfg = load_config("recipes/smollm2_arith.yaml", ["grpo.max_new_tokens=24", "grpo.group_size=4", "grpo.lr=1e-5"])
     model, tok = load_model(cfg.model.path, cfg.model.gguf_file, cfg.model.dtype)
-    train, _ = load_problems(cfg)
+    train, _ = train_heldout_problems(cfg)
     build, prefix = prompt_builder(cfg, tok)
     opt, sched = make_optimizer(model, cfg.grpo.lr, 0.0, 0)
     state = TrainState(model, tok, opt, sched, PromptStream(train, 0), torch.Generator().manual_seed(0))

@@ -57,7 +57,7 @@ def build(cfg: BaseModelConfig, out_dir: Path, command: str = "", progress: bool
 
     from thinkrl.metrics import cpu_class
     from thinkrl.models import load_model
-    from thinkrl.run import heldout_eval, load_problems, prompt_builder
+    from thinkrl.run import heldout_eval, train_heldout_problems, prompt_builder
     from thinkrl.tiny import build_base_model
 
     out_dir = Path(out_dir)
@@ -78,7 +78,7 @@ def build(cfg: BaseModelConfig, out_dir: Path, command: str = "", progress: bool
     qs = Config()  # the quickstart's own held-out problems, prompts and evaluation settings
     model, tokenizer = load_model(str(tmp))
     build_prompt, prefix = prompt_builder(qs, tokenizer)
-    _, held_out = load_problems(qs)
+    _, held_out = train_heldout_problems(qs)
     result = heldout_eval(model, tokenizer, held_out, build_prompt, prefix, qs, qs.run.seed)
     record = {
         "command": command,

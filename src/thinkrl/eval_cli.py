@@ -25,7 +25,7 @@ import json
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from rich.console import Console
@@ -34,8 +34,9 @@ from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
 from thinkrl.config import ConfigError
-from thinkrl.data import loaders, synthetic
-from thinkrl.data.templates import MATH_SUFFIX, build_prompt
+from thinkrl.data import loaders
+from thinkrl.data import problems as problems_mod
+from thinkrl.data.templates import CODE_SUFFIX, DEFAULT_SUFFIX, build_prompt
 from thinkrl.evaluate import evaluate
 from thinkrl.models import load_model, resolve_model_path
 from thinkrl.passk import summarize
@@ -44,12 +45,7 @@ from thinkrl.rewards.verify import verify_many
 from thinkrl.rollout import SamplingParams
 from thinkrl.sandbox import refusal as sandbox_refusal
 
-ARITHMETIC_SIZE = 200  # held-out arithmetic problems when --limit is not given
 STOP_STRINGS = ("</answer>",)  # as the training default
-# Suffix when neither --suffix nor --no-suffix is given: the R1-Zero template already asks
-# for <answer> tags; chat and plain prompts get the paper's boxed-answer instruction.
-DEFAULT_SUFFIX: dict[str, str | None] = {"r1_zero": None, "chat": MATH_SUFFIX, "plain": MATH_SUFFIX}
-CODE_SUFFIX = "Complete the Python function above. Give the whole function in a ```python code block."
 BENCHMARK_SUFFIX: dict[str, str] = {"humaneval": CODE_SUFFIX}  # default suffix by benchmark, any template
 CODE_BENCHMARKS = frozenset(loaders.CODE_BENCHMARKS)
 DEVICES: dict[str, Callable[[], str]] = {
@@ -74,33 +70,19 @@ def validate_args(args) -> None:
         raise ConfigError("--device cuda: no CUDA device is available")
 
 
-def _arithmetic(args) -> tuple[list[loaders.Problem], str]:
-    n = args.limit or ARITHMETIC_SIZE
-    return synthetic.sample_problems(n, "test", args.seed), f"synthetic arithmetic, held-out split, seed {args.seed}"
-
-
-def _bundled(name: str, args) -> tuple[list[loaders.Problem], str]:
-    data_dir = Path(args.data_dir) if args.data_dir else loaders.default_data_dir()
-    return loaders.load_benchmark(name, "test", data_dir), str(data_dir / name / "test.jsonl")
-
-
-def _jsonl(args) -> tuple[list[loaders.Problem], str]:
-    path = Path(args.benchmark)
-    if not path.is_file():
-        raise FileNotFoundError(f"--benchmark {args.benchmark}: no such JSONL file")
-    return loaders.load_jsonl_problems(path, args.question_field, args.answer_field), str(path.resolve())
-
-
-def _humaneval(args) -> tuple[list[loaders.Problem], str]:
-    data_dir = Path(args.data_dir) if args.data_dir else loaders.default_data_dir()
-    return loaders.load_humaneval("test", data_dir), str(data_dir / "humaneval" / "HumanEval.jsonl.gz")
-
-
-BENCHMARK_LOADERS: dict[str, Callable[[Any], tuple[list[loaders.Problem], str]]] = {
-    "arithmetic": _arithmetic,
-    **{name: partial(_bundled, name) for name in loaders.BENCHMARKS},
-    "humaneval": _humaneval,
-}
+def load_problems(args) -> tuple[list[loaders.Problem], str]:
+    """(problems, where they came from) for --benchmark, cut to --limit: always a test split
+    (the arithmetic set: its held-out problems)."""
+    name = args.benchmark
+    problems = problems_mod.load_problems(name, "test", limit=args.limit, seed=args.seed, data_dir=args.data_dir,
+                                          question_field=args.question_field, answer_field=args.answer_field,
+                                          what="--benchmark")
+    if name in problems_mod.SYNTHETIC:
+        return problems, f"synthetic {name}, held-out split, seed {args.seed}"
+    if name in problems_mod.BUNDLED:
+        data_dir = Path(args.data_dir) if args.data_dir else loaders.default_data_dir()
+        return problems, str(data_dir / name / ("HumanEval.jsonl.gz" if name == "humaneval" else "test.jsonl"))
+    return problems, str(Path(name).resolve())
 
 
 def _same_program(pairs: list[tuple[str, str]]) -> list[bool]:
@@ -109,20 +91,6 @@ def _same_program(pairs: list[tuple[str, str]]) -> list[bool]:
 
 
 EQUIVALENCE: dict[bool, Callable] = {False: verify_many, True: _same_program}  # keyed by "is code"
-
-
-def load_problems(args) -> tuple[list[loaders.Problem], str]:
-    """(problems, where they came from) for --benchmark, cut to --limit."""
-    loader = BENCHMARK_LOADERS.get(args.benchmark)
-    if loader is None:
-        name = args.benchmark
-        looks_like_path = name.endswith((".jsonl", ".gz", ".json")) or "/" in name or Path(name).is_file()
-        if not looks_like_path:
-            raise ConfigError(f"unknown benchmark {args.benchmark!r}; choose one of "
-                              f"{', '.join(BENCHMARK_LOADERS)} or give a .jsonl path")
-        loader = _jsonl
-    problems, source = loader(args)
-    return problems[: args.limit] if args.limit else problems, source
 
 
 def choose_prompt(args, tokenizer) -> tuple[str, str | None]:

@@ -264,12 +264,12 @@ SUMMARY_KEYS = ("pass@1", "cons@k", "mean_length", "p90_length", "format", "trun
 def evaluate_model(model_path: Path, p: PipelineConfig, stage_dir: Path) -> dict:
     """The pipeline's evaluation of one model; writes eval.json and eval.samples.jsonl; returns the summary."""
     from thinkrl.models import load_model
-    from thinkrl.run import heldout_eval, save_eval, load_problems, prompt_builder
+    from thinkrl.run import heldout_eval, save_eval, train_heldout_problems, prompt_builder
 
     cfg = task_config(p)
     cfg.data.eval_size, cfg.grpo.max_new_tokens = p.eval.problems, p.eval.max_new_tokens
     cfg.run.eval_samples, cfg.run.eval_temperature, cfg.run.eval_top_p = p.eval.samples, p.eval.temperature, p.eval.top_p
-    _, problems = load_problems(cfg)
+    _, problems = train_heldout_problems(cfg)
     model, tokenizer = load_model(str(model_path))
     build, prefix = prompt_builder(cfg, tokenizer)
     result = heldout_eval(model, tokenizer, problems, build, prefix, cfg, p.eval.seed)

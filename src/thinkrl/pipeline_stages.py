@@ -94,9 +94,9 @@ def task_config(p, train_size: int = 1) -> Config:
 
 def task_problems(p, n: int) -> list:
     """The first n training problems of the pipeline's dataset (never the held-out ones)."""
-    from thinkrl.run import load_problems
+    from thinkrl.run import train_heldout_problems
 
-    train, _ = load_problems(task_config(p, train_size=n))
+    train, _ = train_heldout_problems(task_config(p, train_size=n))
     if len(train) < n:
         raise DataError(f"dataset {p.dataset!r} has {len(train)} training problems; a stage asked for {n}")
     return train[:n]

@@ -46,7 +46,7 @@ from thinkrl import rewards
 from thinkrl.config import ConfigError
 from thinkrl.contamination import DEFAULT_N, build_index
 from thinkrl.data import loaders
-from thinkrl.data.templates import PROMPT_BUILDERS, build_prompt, encode_prompts
+from thinkrl.data.templates import CODE_SUFFIX, DEFAULT_SUFFIX, PROMPT_BUILDERS, build_prompt, encode_prompts
 from thinkrl.dedup import select_per_prompt
 from thinkrl.rejection import DEFAULT_FILTERS, FilterConfig, all_drops, option
 from thinkrl.rejection import validate as validate_filters
@@ -137,8 +137,6 @@ def problem_kind(p: loaders.Problem) -> str:
 
 def _prompt_setup(cfg: SampleConfig, tokenizer) -> tuple[str, dict[str, str | None]]:
     """(template, suffix by problem kind)."""
-    from thinkrl.eval_cli import CODE_SUFFIX, DEFAULT_SUFFIX  # the suffixes `thinkrl eval` uses
-
     has_chat = getattr(tokenizer, "chat_template", None) is not None
     template = cfg.template if cfg.template != "auto" else ("chat" if has_chat else "r1_zero")
     if template == "chat" and not has_chat:

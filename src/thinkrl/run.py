@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from thinkrl import checkpoint, config as config_mod
 from thinkrl.config import Config
-from thinkrl.data import loaders, synthetic
+from thinkrl.data import loaders, problems
 from thinkrl.data.templates import THINK_OPEN, build_prompt
 from thinkrl.evaluate import evaluate
 from thinkrl.metrics import JsonlLog, cpu_class, peak_rss_gib
@@ -38,28 +38,20 @@ from thinkrl.tiny import SHIPPED_BASE
 from thinkrl.trainer import PromptStream, TrainState, grpo_step, make_optimizer, set_deterministic
 
 
-def load_problems(cfg: Config) -> tuple[list[loaders.Problem], list[loaders.Problem]]:
-    """(train problems, held-out problems) for `data.dataset`."""
+def train_heldout_problems(cfg: Config) -> tuple[list[loaders.Problem], list[loaders.Problem]]:
+    """(train problems, held-out problems) for `data.dataset`: the synthetic tasks' and GSM8K's
+    own splits; a test-only set or a JSONL file holds out its first `eval_size` rows."""
     d = cfg.data
-    family = {"arithmetic": "chain", "addition": "addition"}.get(d.dataset)
-    if family:
-        return (synthetic.sample_problems(d.train_size, "train", cfg.run.seed, family=family),
-                synthetic.sample_problems(d.eval_size, "test", cfg.run.seed, family=family))
-    data_dir = d.data_dir or None
-    if d.dataset == "gsm8k":
-        train, test = loaders.load_gsm8k("train", data_dir), loaders.load_gsm8k("test", data_dir)
-    elif d.dataset in loaders.BENCHMARKS:  # test-only benchmarks: hold out their first eval_size rows
-        rows = loaders.load_benchmark(d.dataset, data_dir=data_dir)
-        test, train = rows[: d.eval_size], rows[d.eval_size:]
-    elif Path(d.dataset).suffix in (".jsonl", ".gz"):
-        rows = loaders.load_jsonl_problems(d.dataset, d.question_field, d.answer_field)
-        test, train = rows[: d.eval_size], rows[d.eval_size:]
-    else:
-        raise config_mod.ConfigError(
-            f"data.dataset {d.dataset!r}: use arithmetic, addition, {', '.join(loaders.BENCHMARKS)} or a .jsonl path")
+    load = partial(problems.load_problems, d.dataset, seed=cfg.run.seed, data_dir=d.data_dir or None,
+                   question_field=d.question_field, answer_field=d.answer_field, what="data.dataset")
+    if d.dataset in problems.SYNTHETIC or d.dataset == "gsm8k":
+        train = load("train", limit=d.train_size or None)
+        return train, load("test", limit=d.eval_size)
+    rows = load("test")
+    test, train = rows[: d.eval_size], rows[d.eval_size:]
     if not train:
         raise config_mod.ConfigError(f"data.dataset {d.dataset!r} leaves no training problems after eval_size={d.eval_size}")
-    return (train[: d.train_size] if d.train_size else train), test[: d.eval_size]
+    return (train[: d.train_size] if d.train_size else train), test
 
 
 def prompt_builder(cfg: Config, tokenizer):
@@ -114,7 +106,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
     set_deterministic(cfg.run.deterministic)
     torch.manual_seed(cfg.run.seed)
 
-    train_problems, eval_problems = load_problems(cfg)  # before anything slow: a bad dataset fails fast
+    train_problems, eval_problems = train_heldout_problems(cfg)  # before anything slow: a bad dataset fails fast
     model_path = cfg.model.path or str(SHIPPED_BASE)  # empty: the quickstart's shipped base model
     if not ckpt:
         log(f"model: {model_path}")

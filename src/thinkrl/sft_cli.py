@@ -86,7 +86,7 @@ def add_sft_parser(sub, handler) -> None:
 
 def add_distill_parser(sub, handler) -> None:
     from thinkrl.distill import DistillConfig
-    from thinkrl.sample_cli import DATA_LOADERS
+    from thinkrl.data.problems import SOURCES
 
     defaults = DistillConfig()
     p = sub.add_parser("distill", description=DISTILL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,7 +94,7 @@ def add_distill_parser(sub, handler) -> None:
     p.add_argument("--teacher-gguf-file", metavar="F", help="GGUF file inside the teacher directory / package")
     p.add_argument("--student", required=True, help="student model directory or weights package")
     p.add_argument("--student-gguf-file", metavar="F", help="GGUF file inside the student directory / package")
-    p.add_argument("--data", required=True, help=f"problems: {', '.join(DATA_LOADERS)} or a .jsonl path")
+    p.add_argument("--data", required=True, help=f"problems: {', '.join(SOURCES)} or a .jsonl path")
     p.add_argument("--split", help="split of a bundled set (default: train for gsm8k, test for the others)")
     p.add_argument("--limit", type=int, metavar="N", help="first N problems (synthetic: N problems, default 200)")
     p.add_argument("--data-dir", metavar="DIR",

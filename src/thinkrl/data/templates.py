@@ -33,6 +33,12 @@ MATH_SUFFIX = "Please reason step by step, and put your final answer within \\bo
 
 THINK_OPEN = "<think>"
 
+# Suffix when a command is given none: the R1-Zero template already asks for <answer> tags;
+# chat and plain prompts get the paper's boxed-answer instruction; code problems (HumanEval)
+# ask for the whole function in a fenced block, whatever the template.
+DEFAULT_SUFFIX: dict[str, str | None] = {"r1_zero": None, "chat": MATH_SUFFIX, "plain": MATH_SUFFIX}
+CODE_SUFFIX = "Complete the Python function above. Give the whole function in a ```python code block."
+
 
 def _with_suffix(question: str, suffix: str | None) -> str:
     """Append `suffix` on a new line (the DeepSeek-R1 evaluation convention)."""
