@@ -24,7 +24,7 @@ UPPER = ("thinkrl.run", "thinkrl.trainer", "thinkrl.sft", "thinkrl.distill", "th
          "thinkrl.build_base", "thinkrl.pipeline", "thinkrl.pipeline_stages", "thinkrl.pipeline_report", "thinkrl.cli",
          "thinkrl.eval_cli", "thinkrl.sample_cli", "thinkrl.sft_cli", "thinkrl.sandbox.cli", "thinkrl.check_rewards")
 CLI = ("thinkrl.cli", "thinkrl.eval_cli", "thinkrl.sample_cli", "thinkrl.sft_cli", "thinkrl.sandbox.cli",
-       "thinkrl.check_rewards", "thinkrl.__main__")
+       "thinkrl.check_rewards", "thinkrl.__main__", "thinkrl.cli_options")
 
 
 def module_name(path: Path, src: Path) -> str:

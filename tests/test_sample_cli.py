@@ -12,7 +12,7 @@ from thinkrl import cli, rollout
 from thinkrl.data.loaders import Problem
 from thinkrl.rejection import FilterConfig
 from thinkrl.rejection_sampling import SampleConfig, output_paths, run_rejection_sampling
-from thinkrl.sample_cli import OPTION_KINDS
+from thinkrl.cli_options import OPTION_KINDS
 
 ROW_KEYS = {"prompt", "prompt_text", "response", "answer", "source", "id", "sample", "num_tokens"}
 

@@ -18,10 +18,9 @@ What it leaves out: the sampling and filtering themselves (``rejection_sampling`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
-from typing import Any, Callable
 
+from thinkrl.cli_options import add_dataclass_options, config_from_args
 from thinkrl.config import ConfigError
 from thinkrl.data import loaders
 from thinkrl.data import problems as problems_mod
@@ -43,54 +42,6 @@ contamination, and write SFT-ready JSONL rows {"prompt", "prompt_text", "respons
 Writes OUTPUT (kept rows), OUTPUT's stem + .stats.json / .stats.md (counts; generated =
 kept + dropped), and with --save-rejected + .rejected.jsonl (every dropped sample, why).
 """
-
-
-def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        return None if text.strip().lower() in ("none", "") else kind(text)
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _comma_list(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
-# a dataclass field's annotation -> how argparse reads it
-OPTION_KINDS: dict[str, dict[str, Any]] = {
-    "int": {"type": int, "metavar": "N"}, "float": {"type": float, "metavar": "X"},
-    "str": {"type": str, "metavar": "TEXT"}, "int | None": {"type": _optional(int), "metavar": "N|none"},
-    "float | None": {"type": _optional(float), "metavar": "X|none"},
-    "str | None": {"type": _optional(str), "metavar": "TEXT"}, "bool": {"action": argparse.BooleanOptionalAction},
-    "tuple[str, ...]": {"type": _comma_list, "metavar": "A,B,..."},
-}
-
-
-def _show(value: Any) -> str:
-    shown = {tuple: lambda v: ",".join(v) or "none", str: repr, type(None): lambda v: "none"}
-    return shown.get(type(value), str)(value)
-
-
-def add_dataclass_options(parser, cls, title: str) -> None:
-    """One --option per field of ``cls`` that has help metadata (dest = the field name)."""
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
-            continue
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        paper = f.metadata.get("paper")
-        where = f"paper: {paper}" if paper else "not in the paper"
-        help_text = f"{f.metadata['help']} ({where}; default {_show(default)})".replace("%", "%%")
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default, help=help_text,
-                           **OPTION_KINDS[str(f.type)])
-
-
-def config_from_args(args) -> SampleConfig:
-    """SampleConfig (with its FilterConfig) from parsed options."""
-    values = vars(args)
-    filt = FilterConfig(**{f.name: values[f.name] for f in dataclasses.fields(FilterConfig)})
-    return SampleConfig(**{f.name: values[f.name] for f in dataclasses.fields(SampleConfig) if f.name != "filter"},
-                        filter=filt)
 
 
 def load_problems(args) -> list[loaders.Problem]:
@@ -132,7 +83,7 @@ def main(args) -> int:
     from thinkrl.models import load_model
     from thinkrl.rejection_sampling import run_rejection_sampling, validate
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(SampleConfig, args, filter=config_from_args(FilterConfig, args))
     validate(cfg)
     problems = load_problems(args)  # before the model: bad data fails fast
     if not problems:

@@ -12,9 +12,10 @@ User errors raise ConfigError / DataError / FileNotFoundError, which the CLI tur
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
+
+from thinkrl.cli_options import add_dataclass_options, config_from_args
 
 SFT_HELP = """\
 Supervised fine-tuning, loss on the response tokens only (R1 cold start, rejection-sampling
@@ -38,32 +39,6 @@ DIR/final_model, DIR/metrics.jsonl, DIR/summary.json (trace_sft also DIR/traces.
       --data gsm8k --limit 200 --output-dir runs/kd
 """
 
-KINDS = {"int": int, "float": float, "str": str}
-
-
-def add_config_options(parser, config, title: str, skip: tuple[str, ...] = ()) -> None:
-    """One --option per field of the dataclass instance `config` (default = its value there)."""
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(config):
-        if f.name in skip or dataclasses.is_dataclass(getattr(config, f.name)):
-            continue
-        default = getattr(config, f.name)
-        help_text = f"{f.metadata['help']} (default {default!r})".replace("%", "%%")
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                               help=help_text)
-        else:
-            group.add_argument(flag, dest=f.name, type=KINDS[f.type], default=default, metavar=f.type.upper(),
-                               help=help_text)
-
-
-def config_from_args(cls, args, **nested):
-    """An instance of `cls` from the parsed options (fields holding dataclasses passed in `nested`)."""
-    values = vars(args)
-    return cls(**{f.name: nested[f.name] if f.name in nested else values[f.name] for f in dataclasses.fields(cls)})
-
-
 def _common(p) -> None:
     p.add_argument("--output-dir", metavar="DIR", help="output directory (default runs/<command>-<timestamp>)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the models")
@@ -80,7 +55,7 @@ def add_sft_parser(sub, handler) -> None:
     p.add_argument("--data", required=True, metavar="FILE.jsonl", help="training rows (paper cold start: thousands "
                                                                          "of long-CoT examples)")
     _common(p)
-    add_config_options(p, SFTConfig(), "training (paper values in each help)")
+    add_dataclass_options(p, SFTConfig(), "training (paper values in each help)")
     p.set_defaults(func=handler)
 
 
@@ -102,8 +77,8 @@ def add_distill_parser(sub, handler) -> None:
     p.add_argument("--question-field", default="question", metavar="F", help="question field of a .jsonl file")
     p.add_argument("--answer-field", default="answer", metavar="F", help="gold answer field of a .jsonl file")
     _common(p)
-    add_config_options(p, defaults, "teacher sampling and distillation")
-    add_config_options(p, defaults.sft, "student training (defaults: the paper's distillation settings)")
+    add_dataclass_options(p, defaults, "teacher sampling and distillation")
+    add_dataclass_options(p, defaults.sft, "student training (defaults: the paper's distillation settings)")
     p.set_defaults(func=handler)
 
 
