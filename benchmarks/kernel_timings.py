@@ -71,9 +71,9 @@ def attention() -> None:
 
 def token_draw() -> None:
     """Run first in the process. The one-level draw's cost depends on its 3 MB float64 copy:
-    with `thinkrl.allocator`'s settings it reuses freed heap memory (~0.13 ms); without them
+    with `thinkrl.engine.allocator`'s settings it reuses freed heap memory (~0.13 ms); without them
     (THINKRL_MALLOC=0) glibc maps fresh pages for it each call (~1.5 ms)."""
-    from thinkrl.rollout import _categorical
+    from thinkrl.engine.sampler import _categorical
 
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(8, 49152, generator=g) * 3, -1)  # (8, V)
@@ -88,7 +88,7 @@ def token_draw() -> None:
 
 
 def top_p(model) -> None:
-    from thinkrl.rollout import _nucleus
+    from thinkrl.engine.sampler import _nucleus
 
     with torch.no_grad():
         ids = torch.randint(0, 5000, (8, 40), generator=torch.Generator().manual_seed(0))
@@ -105,7 +105,7 @@ def top_p(model) -> None:
 
 
 def head_product(model) -> None:
-    from thinkrl.onednn import _mm, pack, packed_linear
+    from thinkrl.engine.cpu_kernels import _mm, pack, packed_linear
 
     w = model.get_output_embeddings().weight.detach()  # (V, H)
     x = torch.randn(256, w.shape[1])
@@ -119,7 +119,7 @@ def layer_products() -> None:
     """The three float32 products of one training linear (SmolLM2's up projection, 1,024
     tokens) as `onednn.linear` runs them: forward, input gradient, weight gradient (its
     operands transposed, copied to contiguous by oneDNN's linear); GFLOP/s each."""
-    from thinkrl.onednn import _mm
+    from thinkrl.engine.cpu_kernels import _mm
 
     M, I, O = 1024, 576, 1536
     x, w, g = torch.randn(M, I), torch.randn(O, I), torch.randn(M, O)
@@ -130,7 +130,7 @@ def layer_products() -> None:
 
 
 def decode(model, name: str = "", dtypes=(torch.float32, torch.bfloat16)) -> None:
-    from thinkrl.decoder import LeanDecoder
+    from thinkrl.engine.decoder import LeanDecoder
 
     for dt in dtypes:
         dec = LeanDecoder(model, dt, max_len=230)
@@ -151,7 +151,7 @@ def head_weight_grad() -> None:
     49,152), transposed, times h (512 x 576)): oneDNN's linear on the transposed views (what
     `logprobs._HeadGradients` runs; oneDNN copies the 101 MB operand itself) vs contiguous
     copies made by torch first, and torch.mm (MKL) on the views."""
-    from thinkrl.onednn import _mm
+    from thinkrl.engine.cpu_kernels import _mm
 
     g, x = torch.randn(512, 49152), torch.randn(512, 576)
     views = ms(lambda: _mm(g.t(), x.t()), 5)

@@ -10,7 +10,7 @@ One prompt, `micro` micro-batches of `rows` samples with `tokens` completion tok
 grouped-query attention), log-prob chunk 256.
 Variants: each micro-batch runs the prompt again (`grouped_completion_logprobs` without
 `states`, what the trainer did before), or the prompt runs forward and backward once for
-all of them (what `thinkrl.trainer` runs with several micro-batches). Printed: seconds per
+all of them (what `thinkrl.trainers.grpo` runs with several micro-batches). Printed: seconds per
 update for each (median, and every repeat), and the largest difference of the head-tied
 matrix's gradient from the first variant's, relative to its largest entry.
 """
@@ -38,8 +38,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
 
-    from thinkrl.logprobs import PromptStates, grouped_completion_logprobs
-    from thinkrl.trainer import precision
+    from thinkrl.engine.logprobs import PromptStates, grouped_completion_logprobs
+    from thinkrl.trainers.grpo import precision
 
     model = smollm2_fp32()
     V = model.config.vocab_size

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinkrl import tiny
+from thinkrl.models import tiny
 
 
 @pytest.fixture(scope="session")

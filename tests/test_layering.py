@@ -1,12 +1,12 @@
-"""The package's two import rules, read from the source (ast), so they stay true.
+"""The package's import rules, read from the source (ast), so they stay true.
 
 1. No module imports another module's private (`_name`) name. A package's private
    submodules (`sandbox/_launcher.py`) may be imported inside that package only.
-2. Layers point one way: the lower layers (pure math, the tensor engine, data, rewards, the
-   sandbox) never import the jobs (`run`, `trainer`, `sft`, `distill`, rejection sampling,
-   build-base), the pipeline or any command-line module.
-3. Only command-line modules import command-line modules: a job or the pipeline never
-   reaches into a CLI module for a helper or a constant.
+2. Layers point one way: nothing under `algos/`, `engine/`, `data/`, `rewards/`, `sandbox/`
+   or `models/` imports `trainers/`, `evaluation/`, `pipeline/` or `cli/`; `algos/` imports
+   no other part of thinkrl at all (pure tensor math).
+3. Only `cli/` (and `__main__`) imports `cli/`: a job or the pipeline never reaches into a
+   command-line module for a helper or a constant.
 """
 
 import ast
@@ -17,14 +17,14 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "thinkrl"
 
-LOWER = ("thinkrl.grpo", "thinkrl.kd", "thinkrl.passk", "thinkrl.logprobs", "thinkrl.rollout", "thinkrl.decoder",
-         "thinkrl.onednn", "thinkrl.allocator", "thinkrl.buffers", "thinkrl.data", "thinkrl.rewards",
-         "thinkrl.sandbox")
-UPPER = ("thinkrl.run", "thinkrl.trainer", "thinkrl.sft", "thinkrl.distill", "thinkrl.rejection_sampling",
-         "thinkrl.build_base", "thinkrl.pipeline", "thinkrl.pipeline_stages", "thinkrl.pipeline_report", "thinkrl.cli",
-         "thinkrl.eval_cli", "thinkrl.sample_cli", "thinkrl.sft_cli", "thinkrl.sandbox.cli", "thinkrl.check_rewards")
-CLI = ("thinkrl.cli", "thinkrl.eval_cli", "thinkrl.sample_cli", "thinkrl.sft_cli", "thinkrl.sandbox.cli",
-       "thinkrl.check_rewards", "thinkrl.__main__", "thinkrl.cli_options")
+LOWER = ("algos", "engine", "data", "rewards", "sandbox", "models")
+UPPER = ("trainers", "evaluation", "pipeline", "cli")
+
+
+def part(dotted: str) -> str:
+    """thinkrl.engine.sampler -> engine; thinkrl.config -> config; thinkrl -> ''."""
+    pieces = dotted.split(".")
+    return pieces[1] if len(pieces) > 1 else ""
 
 
 def module_name(path: Path, src: Path) -> str:
@@ -69,9 +69,12 @@ def violations(package_dir: Path = PKG) -> list[str]:
                 if not is_own_submodule:
                     found.append(f"{where}: imports private name {name} from {module}")
             target = f"{module}.{name}" if name else module
-            if me.startswith(LOWER) and any(target == u or target.startswith(u + ".") or module == u for u in UPPER):
-                found.append(f"{where}: lower layer {me} imports {target}")
-            elif me not in CLI and any(target == c or module == c for c in CLI):
+            mine, theirs = part(me), part(target)
+            if mine in LOWER and theirs in UPPER:
+                found.append(f"{where}: {me} ({mine}/) imports {target} ({theirs}/)")
+            elif mine == "algos" and theirs not in ("algos", ""):
+                found.append(f"{where}: {me} (algos/, pure math) imports {target}")
+            elif theirs == "cli" and mine != "cli" and me != "thinkrl.__main__":
                 found.append(f"{where}: {me} imports the command-line module {target}")
     return found
 
@@ -84,8 +87,8 @@ def test_import_rules_hold():
     ("from thinkrl.config import _hidden\n", "private name _hidden"),
     ("from thinkrl.sandbox import _launcher\n", "private name _launcher from thinkrl.sandbox"),
     ("import thinkrl.rewards._verify_pool\n", "private module thinkrl.rewards._verify_pool"),
-    ("from thinkrl.run import train_run\n", "lower layer thinkrl.data.planted imports thinkrl.run.train_run"),
-    ("from thinkrl import cli\n", "lower layer thinkrl.data.planted imports thinkrl.cli"),
+    ("from thinkrl.trainers.grpo_job import train_run\n", "thinkrl.data.planted (data/) imports thinkrl.trainers.grpo_job"),
+    ("from thinkrl.cli import main\n", "thinkrl.data.planted (data/) imports thinkrl.cli.main (cli/)"),
 ])
 def test_a_planted_violation_is_caught(tmp_path, text, rule):
     planted = tmp_path / "thinkrl" / "data" / "planted.py"
@@ -96,8 +99,17 @@ def test_a_planted_violation_is_caught(tmp_path, text, rule):
 
 
 def test_a_job_importing_a_cli_module_is_caught(tmp_path):
-    planted = tmp_path / "thinkrl" / "planted_job.py"
+    planted = tmp_path / "thinkrl" / "trainers" / "planted_job.py"
     planted.parent.mkdir(parents=True)
-    planted.write_text("from thinkrl.eval_cli import CODE_SUFFIX\n")  # what rejection_sampling.py once did
+    planted.write_text("from thinkrl.cli.eval import CODE_SUFFIX\n")  # what rejection sampling once did
     assert violations(tmp_path / "thinkrl") == [
-        "thinkrl/planted_job.py:1: thinkrl.planted_job imports the command-line module thinkrl.eval_cli.CODE_SUFFIX"]
+        "thinkrl/trainers/planted_job.py:1: thinkrl.trainers.planted_job imports the command-line module "
+        "thinkrl.cli.eval.CODE_SUFFIX"]
+
+
+def test_pure_math_imports_nothing_of_thinkrl(tmp_path):
+    planted = tmp_path / "thinkrl" / "algos" / "planted.py"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("from thinkrl.engine import logprobs\n")
+    assert violations(tmp_path / "thinkrl") == [
+        "thinkrl/algos/planted.py:1: thinkrl.algos.planted (algos/, pure math) imports thinkrl.engine.logprobs"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from thinkrl.cli import main
+from thinkrl.cli.main import main
 
 sys.exit(main())

@@ -218,9 +218,10 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 def validate(cfg: Config) -> Config:
     """Check choices before anything expensive runs; raises ConfigError naming the option."""
-    from thinkrl import grpo, rewards
+    from thinkrl import rewards
+    from thinkrl.algos import grpo
     from thinkrl.data.templates import PROMPT_BUILDERS
-    from thinkrl.metrics import cpu_has_fast_bf16
+    from thinkrl.engine.cpu import cpu_has_fast_bf16
 
     g = cfg.grpo
     choices = {

@@ -7,7 +7,7 @@
 
 R1-Zero's reward is ``score(..., weights={"accuracy": 1.0, "format": 1.0})``.
 
-What it leaves out: advantages and group normalisation (``thinkrl.grpo``), answer
+What it leaves out: advantages and group normalisation (``thinkrl.algos.grpo``), answer
 extraction and checking details (``extract``, ``verify``).
 """
 

@@ -1,0 +1,1 @@
+"""The `thinkrl` command line: one file per command."""

@@ -1,0 +1,1 @@
+"""How tensors are computed (sampling, log-probs, CPU kernels, memory); knows nothing of RL."""

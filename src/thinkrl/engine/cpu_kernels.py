@@ -1,0 +1,213 @@
+"""
+float32 matrix products through oneDNN on x86 CPUs.
+
+Why: torch's CPU `F.linear` / `mm` on float32 calls MKL's sgemm, which on AMD processors
+runs a far slower code path than oneDNN (measured on this project's 2-core EPYC: MKL
+~215 GFLOP/s, oneDNN ~480 GFLOP/s for (1024x576)·(576x1536); single-row decode products
+2-4x faster). torch already routes bfloat16 products to oneDNN. Same float32 math, other
+kernel: results agree to float32 rounding (tests compare against `F.linear`).
+
+- `pack(w)` / `packed_linear(x, packed, bias)`: weights reordered once into oneDNN's
+  blocked layout, for the sampler (many products with the same weights).
+- `linear(x, w, bias)`: an autograd function whose forward and both backward products
+  (dx = g·W, dW = gᵀ·x) run through oneDNN.
+- `onednn_linears(model)`: context manager routing every float32 `nn.Linear` of a model
+  on the CPU through `linear` (its `forward` swapped, and restored on exit).
+- `fused_rms_norms(model)`: likewise swaps each RMSNorm module (transformers' *RMSNorm:
+  `weight` and `variance_epsilon`) for `F.rms_norm`, one fused kernel that saves the input
+  and 1/rms for backward instead of three full-size intermediates (same math: x·rsqrt(mean(x²)+ε)·w
+  in float32).
+- `sparse_tied_embedding(model)`: when the input embedding is tied to the LM head (one
+  Parameter), its lookup produces a sparse gradient (only the rows used) that is added into
+  the head's dense gradient, instead of a fresh dense (vocabulary × hidden) tensor per
+  backward (113 MB and ~0.2 s for SmolLM2). Same sum.
+- `gqa_attention(model)`: transformers' SDPA attention hands grouped-query heads to the
+  kernel (`enable_gqa`) only when there is no mask; with a padding mask it first copies
+  each key/value head G times (`repeat_kv`), and back-propagates through that copy. This
+  swap passes the grouped heads straight to the kernel, in float32 on the CPU (torch's CPU
+  flash kernel is slower in bf16): 13.0 -> 11.5 ms per SmolLM2 layer forward+backward at
+  8x219 in float32, 17.4 -> 11.8 ms from bf16 inputs (`benchmarks/kernel_timings.py`, with
+  `thinkrl.engine.allocator`'s defaults; 17.3 -> 12.3 ms without them, THINKRL_MALLOC=0, when
+  each copy also pays for fresh pages).
+
+Left out: attention and the embedding stay with torch's kernels;
+on CUDA, non-float32, or a torch build without oneDNN these are no-ops (F.linear).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.cache
+def available() -> bool:
+    """oneDNN's linear kernels exist in this torch build and run here."""
+    try:
+        w = torch.randn(4, 3)
+        got = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 3), w, None, "none", [], "")
+        return bool(torch.allclose(got, F.linear(torch.ones(2, 3), w), atol=1e-5))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _usable(*tensors: torch.Tensor) -> bool:
+    return available() and all(t.device.type == "cpu" for t in tensors)
+
+
+def _mm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., I) · w (O, I)ᵀ [+ bias (O,)] -> (..., O), through oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+
+PACK_MIN_ELEMENTS = 1 << 18  # smaller matrices: oneDNN's ~20 µs per call costs more than it saves
+
+
+def pack(w: torch.Tensor, batch_hint: int = 8):
+    """w (O, I) -> an opaque oneDNN-packed weight for `packed_linear`; w itself where oneDNN
+    is unusable or the matrix is small."""
+    if not _usable(w) or w.numel() < PACK_MIN_ELEMENTS:
+        return w
+    return torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch_hint)
+
+
+def packed_linear(x: torch.Tensor, packed, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., I) -> (..., O) with a weight from `pack`. No autograd (sampling only)."""
+    return _mm(x, packed, bias) if packed.is_mkldnn else F.linear(x, packed, bias)
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, bias):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = bias is not None
+        return _mm(x, w, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])  # (M, O)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = _mm(g2, w.t()).view(*g.shape[:-1], w.shape[1])  # (..., I) = g · W
+        if ctx.needs_input_grad[1]:
+            gw = _mm(g2.t(), x.reshape(-1, x.shape[-1]).t())  # (O, I) = gᵀ · x
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g2.sum(0)  # (O,)
+        return gx, gw, gb
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear with oneDNN float32 kernels in forward and backward (F.linear where not applicable)."""
+    if x.dtype != torch.float32 or w.dtype != torch.float32 or not _usable(x, w) or torch.is_autocast_enabled("cpu"):
+        return F.linear(x, w, bias)
+    return _Linear.apply(x, w, bias)
+
+
+@contextlib.contextmanager
+def onednn_linears(model: torch.nn.Module, enabled: bool = True):
+    """Route the model's float32 CPU `nn.Linear`s through `linear` inside the block."""
+    with _swapped_forwards(model, lambda m: type(m) is torch.nn.Linear, _module_forward, enabled and available()):
+        yield
+
+
+@contextlib.contextmanager
+def _swapped_forwards(model: torch.nn.Module, select, forward, enabled: bool):
+    """Inside the block, every selected module (not already swapped) runs forward(mod, x)."""
+    swapped = [m for m in model.modules() if enabled and select(m) and "forward" not in m.__dict__]
+    for mod in swapped:
+        mod.forward = functools.partial(forward, mod)
+    try:
+        yield
+    finally:
+        for mod in swapped:
+            del mod.forward
+
+
+def _module_forward(mod: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return linear(x, mod.weight, mod.bias)
+
+
+def _is_rms_norm(mod: torch.nn.Module) -> bool:
+    return (type(mod).__name__.endswith("RMSNorm") and hasattr(mod, "variance_epsilon")
+            and isinstance(getattr(mod, "weight", None), torch.nn.Parameter) and mod.weight.dim() == 1)
+
+
+def _rms_norm_forward(mod, x: torch.Tensor) -> torch.Tensor:
+    """transformers' Llama/Qwen2 RMSNorm: normalise in float32, cast back, times the weight."""
+    if x.dtype == torch.float32 and mod.weight.dtype == torch.float32:  # one kernel, weight included
+        return F.rms_norm(x, (x.shape[-1],), mod.weight, mod.variance_epsilon)
+    return mod.weight * F.rms_norm(x.float(), (x.shape[-1],), None, mod.variance_epsilon).to(x.dtype)
+
+
+@contextlib.contextmanager
+def fused_rms_norms(model: torch.nn.Module, enabled: bool = True):
+    """Swap each RMSNorm module's forward for `F.rms_norm` inside the block (restored on exit)."""
+    with _swapped_forwards(model, _is_rms_norm, _rms_norm_forward, enabled):
+        yield
+
+
+@contextlib.contextmanager
+def sparse_tied_embedding(model: torch.nn.Module, enabled: bool = True):
+    """Give a head-tied input embedding sparse gradients inside the block (see module doc).
+    Untied embeddings are left alone: their .grad would become sparse, which optimizers reject."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and emb is not None and emb.weight is head.weight
+    use = enabled and tied and type(emb) is torch.nn.Embedding and "forward" not in emb.__dict__
+    if use:
+        emb.forward = functools.partial(_sparse_embedding_forward, emb)
+    try:
+        yield
+    finally:
+        if use:
+            del emb.forward
+
+
+def _sparse_embedding_forward(mod: torch.nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    return F.embedding(ids, mod.weight, mod.padding_idx, mod.max_norm, mod.norm_type, mod.scale_grad_by_freq, sparse=True)
+
+
+_GQA_SDPA = "thinkrl_sdpa_gqa"
+
+
+def _gqa_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kw):
+    """transformers' `sdpa` attention function, except that a masked grouped-query attention
+    runs on the key/value heads as they are (query (B, Hq, T, D), key/value (B, Hkv, S, D))."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if attention_mask is None or groups == 1 or query.shape[2] == 1 or kw.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kw)
+    dev = query.device.type
+    dt = torch.float32 if dev == "cpu" else query.dtype  # CUDA keeps bf16 for its flash kernels
+    with torch.autocast(dev, enabled=False):
+        out = F.scaled_dot_product_attention(query.to(dt), key.to(dt), value.to(dt), attn_mask=attention_mask,
+                                             dropout_p=dropout, scale=scaling, enable_gqa=True)  # (B, Hq, T, D)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None  # (B, T, Hq, D)
+
+
+@functools.cache
+def _register_gqa_sdpa() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(_GQA_SDPA, _gqa_sdpa_forward)
+    AttentionMaskInterface.register(_GQA_SDPA, sdpa_mask)
+
+
+@contextlib.contextmanager
+def gqa_attention(model: torch.nn.Module, enabled: bool = True):
+    """Inside the block, a model on transformers' `sdpa` attention uses `_gqa_sdpa_forward`."""
+    config = getattr(model, "config", None)
+    use = enabled and getattr(config, "_attn_implementation", None) == "sdpa"
+    if use:
+        _register_gqa_sdpa()
+        config._attn_implementation = _GQA_SDPA
+    try:
+        yield
+    finally:
+        if use:
+            config._attn_implementation = "sdpa"

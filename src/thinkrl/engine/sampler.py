@@ -1,0 +1,321 @@
+"""
+Batched rollouts for GRPO: G sampled completions for each of B prompts, with a KV cache.
+
+Engine: `thinkrl.engine.decoder.LeanDecoder` (a lean forward with a static cache and oneDNN
+weights; Llama / Qwen2) where the architecture is supported, else the transformers forward
+with a `DynamicCache` (`_HFEngine`). Both give the same logits up to float rounding.
+
+Algorithm
+1. Left-pad the B prompts into one (B, T) batch with an attention mask and explicit
+   position ids (cumsum(mask) - 1), and prefill them ONCE into the engine's KV cache.
+2. Repeat the cache, the last-position logits and the next positions G times along the
+   batch: sample n = b*G + g starts from prompt b.
+3. Decode one token per step for every live row: logits / temperature -> float32
+   log-softmax -> optional top-p (nucleus) truncation -> one categorical draw per row by
+   inverse CDF (`_categorical`) with the caller's generator, so a seeded generator makes
+   the rollout deterministic.
+   temperature == 0 is greedy (argmax); its log-probs are then taken at temperature 1.
+4. A row finishes on an EOS id (the tokenizer's, plus `model.generation_config.eos_token_id`)
+   or once its decoded completion contains a stop string; the finishing token is kept
+   (mask 1). Finished rows are dropped from the decode batch (their cache rows too),
+   so they stop costing compute. `min_new_tokens` masks EOS out (and ignores stop
+   strings) until that many tokens exist, as transformers' option of that name.
+   Stop strings are checked incrementally: only the last `max(len(stop)) + 2` completion
+   tokens of each live row are decoded (enough while every token decodes to >= 1 char).
+
+Log-probs: `logprobs[n, t]` is log_softmax(logits.float() / T) at the sampled token, over the
+full distribution (before top-p truncation), from the very logits the token was sampled from.
+They are therefore pi_old's log-probs up to kernel float differences (cached vs. uncached
+attention, batch shape), which is why a GRPO trainer may skip a separate scoring pass.
+
+Left out: no beam search, repetition penalties, top-k/min-p or logits processors; no
+speculative decoding or continuous batching (new prompts never join a running batch);
+the cache is never compacted in time (left-pad columns stay after rows are dropped);
+the fallback handles only attention models whose cache is a `DynamicCache`.
+The model is put in eval mode for the call and its mode restored afterwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from thinkrl.engine.decoder import LeanDecoder
+from thinkrl.engine.logprobs import left_pad
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # paper R1-Zero training: 1.0; evaluation 0.6. 0 = greedy
+    top_p: float = 1.0  # evaluation 0.95
+    stop_strings: tuple[str, ...] = ()  # e.g. ("</answer>",): stop once the decoded completion contains one
+    min_new_tokens: int = 0  # EOS and stop strings are ignored before this many tokens (as HF's min_new_tokens)
+
+
+@dataclass
+class Rollout:
+    """All tensors live on the model's device. Sample n belongs to prompt n // G."""
+
+    prompt_ids: list[list[int]]  # the B distinct prompts, unpadded
+    group: torch.Tensor  # (N,) long: index of each sample's prompt, N = B*G
+    completion_ids: torch.Tensor  # (N, L) long, right-padded with the pad id
+    completion_mask: torch.Tensor  # (N, L) bool: generated tokens incl. the final EOS / stop token
+    logprobs: torch.Tensor  # (N, L) float32: log-prob of each sampled token, 0 at pads
+    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS or stop string
+    texts: list[str]  # decoded completions (see `sample` for what is included)
+    lengths: torch.Tensor  # (N,) long: number of completion tokens
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_cfg = getattr(model, "generation_config", None)
+    gen_eos = getattr(gen_cfg, "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos is not None:
+        ids.update(int(i) for i in gen_eos)
+    return sorted(ids)
+
+
+class _HFEngine:
+    """The transformers forward with a DynamicCache, behind the LeanDecoder's interface
+    (prefill / repeat_rows / keep_rows / step), for architectures the LeanDecoder lacks."""
+
+    def __init__(self, model):
+        params = inspect.signature(model.forward).parameters
+        self.model = model
+        self.cache_name = "cache" if "cache" in params else "past_key_values"  # transformers 5.x: `cache`
+        self.extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.cache = DynamicCache(config=model.config)
+        self.attn = None  # (n, T) mask of the cache columns
+
+    def prefill(self, input_ids, attention_mask):
+        self.attn = attention_mask
+        pos = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T), pads get 0
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                         use_cache=True, **{self.cache_name: self.cache}, **self.extra)
+        return out.logits[:, -1, :].float()  # (B, V)
+
+    def repeat_rows(self, times):
+        self.cache.batch_repeat_interleave(times)
+        self.attn = self.attn.repeat_interleave(times, dim=0)
+
+    def keep_rows(self, rows):
+        self.cache.batch_select_indices(rows)
+        self.attn = self.attn[rows]
+
+    def step(self, tokens, positions):
+        self.attn = torch.cat([self.attn, self.attn.new_ones(self.attn.shape[0], 1)], dim=-1)  # (n, T + 1)
+        out = self.model(input_ids=tokens.unsqueeze(-1), attention_mask=self.attn, position_ids=positions.unsqueeze(-1),
+                         use_cache=True, **{self.cache_name: self.cache})
+        return out.logits[:, -1, :].float()  # (n, V)
+
+
+def _engine(model, dtype: torch.dtype | None, max_len: int, kind: str = "auto"):
+    """The LeanDecoder where the architecture is supported (kind auto / lean), else the transformers forward."""
+    assert kind in ("auto", "lean", "hf"), kind
+    if kind == "lean" and not LeanDecoder.supports(model):
+        raise ValueError(f"the lean decoder does not support {type(model).__name__}")
+    if kind != "hf" and LeanDecoder.supports(model):
+        return LeanDecoder(model, dtype=dtype, max_len=max_len)
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        raise ValueError(f"sampling in {dtype} needs the lean decoder, which does not support {type(model).__name__}")
+    return _HFEngine(model)
+
+
+CDF_BLOCK = 256  # _categorical's block width
+CDF_ONE_LEVEL_MAX = 4096  # vocabularies up to this size: one float64 cumulative sum (fewer ops)
+
+
+def _categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row from unnormalised probabilities (n, V), by inverting the CDF with one
+    uniform per row: exact categorical sampling (zero-probability entries are never drawn), and
+    far cheaper on the CPU than torch.multinomial, which draws an exponential variate for every
+    vocabulary entry. Up to CDF_ONE_LEVEL_MAX entries: one float64 cumulative sum (fewest ops).
+    Larger vocabularies: a two-level CDF, the float64 cumulative sum of 256-entry block sums
+    locates the block, then that block's float64 cumulative sum the entry (no drift over 49k
+    entries; block sums carry float32 rounding, ~1e-7 relative, as the probabilities do):
+    one vectorised pass over probs instead of a float64 copy and cumsum of all of it
+    (0.13 -> 0.07 ms at 8 x 49,152 in `benchmarks/kernel_timings.py`; 1.5 ms for the one-level pass
+    before `thinkrl.engine.allocator`'s defaults, when its 3 MB float64 copy was fresh pages each step)."""
+    n, V = probs.shape
+    u = torch.rand(n, 1, generator=generator, device=probs.device, dtype=torch.float64)  # (n, 1)
+    if V <= CDF_ONE_LEVEL_MAX:
+        cdf = probs.double().cumsum(dim=-1)  # (n, V)
+        return _invert(cdf, u * cdf[:, -1:])  # (n,)
+    nb = -(-V // CDF_BLOCK)
+    padded = F.pad(probs, (0, nb * CDF_BLOCK - V)).view(n, nb, CDF_BLOCK)  # (n, nb, b) zeros past V
+    block_mass = padded.sum(-1).double()  # (n, nb)
+    block_cdf = block_mass.cumsum(dim=-1)  # (n, nb)
+    target = u * block_cdf[:, -1:]  # (n, 1) in [0, total)
+    blk = _invert(block_cdf, target)  # (n,) the block holding the target
+    rows = torch.arange(n, device=probs.device)
+    inner = padded[rows, blk]  # (n, b)
+    rest = target - (block_cdf[rows, blk] - block_mass[rows, blk])[:, None]  # (n, 1) mass into the block
+    return blk * CDF_BLOCK + _invert(inner.double().cumsum(dim=-1), rest)  # (n,)
+
+
+def _invert(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """First index whose cdf (n, m) exceeds target (n, 1). The target is capped just below the
+    cdf's total, so rounding can never step past the last entry with mass (onto trailing
+    zeros, or past the end): the first index whose cdf exceeds the cap is where it reaches its total."""
+    cap = torch.nextafter(cdf[:, -1:], cdf.new_zeros(()))  # (n, 1) the float just below the total
+    return torch.searchsorted(cdf, torch.minimum(target, cap), right=True).squeeze(-1)  # (n,)
+
+
+def _nucleus(logp: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-p set of each row of logp (n, V): probabilities (n, k) in descending order, zero
+    past the smallest prefix whose mass reaches top_p (the first token always kept), and their
+    token ids (n, k). Tries the top 256, then 4,096 tokens, and sorts the whole vocabulary only
+    when some row's nucleus is larger: the same set as a full sort (SmolLM2 at T 0.6 /
+    top-p 0.95: 2.5 instead of 12 ms per step, `benchmarks/kernel_timings.py`)."""
+    V = logp.shape[-1]
+    for k in [k for k in (256, 4096) if k < V] + [V]:  # the last pass (k = V) always returns
+        top_logp, ids = logp.sort(dim=-1, descending=True) if k == V else logp.topk(k, dim=-1)  # (n, k)
+        p = top_logp.exp()  # (n, k)
+        mass_before = p.cumsum(dim=-1) - p  # (n, k) prob of strictly better tokens
+        if k == V or bool((mass_before[:, -1] + p[:, -1] >= top_p).all()):  # every row's nucleus is inside
+            return p.masked_fill(~(mass_before < top_p), 0.0), ids
+
+
+def _next_token(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row. logits: (n, V) float32. Returns tokens (n,) and their log-probs (n,)."""
+    if params.temperature == 0:
+        logp = F.log_softmax(logits, dim=-1)  # (n, V) at temperature 1
+        tok = logits.argmax(dim=-1)  # (n,)
+    else:
+        scaled = logits if params.temperature == 1.0 else logits / params.temperature  # (n, V)
+        logp = F.log_softmax(scaled, dim=-1)  # (n, V)
+        if params.top_p < 1.0:
+            probs, ids = _nucleus(logp, params.top_p)  # (n, k) each; renormalised by _categorical
+            choice = _categorical(probs, generator)  # (n,) rank in descending order
+            tok = ids.gather(-1, choice[:, None]).squeeze(-1)  # (n,)
+        else:
+            tok = _categorical(logp.exp(), generator)  # (n,)
+    tok_logp = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # (n,)
+    return tok, tok_logp
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    group_size: int,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    engine_dtype: torch.dtype | None = None,
+    engine: str = "auto",
+) -> Rollout:
+    """Sample `group_size` completions for each prompt; see the module docstring.
+
+    engine_dtype: precision of the decoder's layer matrices (None = the model's own; e.g.
+    torch.bfloat16 for fast CPU sampling; the log-probs are then the bf16 policy's).
+    engine: "auto" (lean where supported), "lean" or "hf" (the transformers forward).
+
+    `texts[n]` decodes the completion with skip_special_tokens=False, minus pads and minus
+    a final EOS token (a stop string, by contrast, stays in the text). If the tokenizer has
+    no pad token, the EOS id pads. The generator must live on the model's device.
+    """
+    B, G = len(prompt_ids), group_size
+    N = B * G
+    assert B > 0 and G > 0 and all(len(p) > 0 for p in prompt_ids), "need non-empty prompts"
+    assert params.max_new_tokens > 0 and params.temperature >= 0 and 0 < params.top_p <= 1
+    eos_ids = _eos_ids(model, tokenizer)
+    assert eos_ids, "tokenizer has no eos token"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    device = next(model.parameters()).device
+    eos_t = torch.tensor(eos_ids, device=device)  # (E,)
+    stops = tuple(s for s in params.stop_strings if s)
+    tail = max((len(s) for s in stops), default=0) + 2  # tokens decoded per stop check
+
+    # ---- 1. left-pad and prefill the B distinct prompts once
+    input_ids, attn = left_pad(prompt_ids, pad_id, device)  # (B, T), (B, T)
+
+    M = params.max_new_tokens
+    # the results: ordinary tensors (the trainer's backward saves some of them), filled in below
+    tokens = torch.full((N, M), pad_id, dtype=torch.long, device=device)  # (N, M)
+    logprobs = torch.zeros((N, M), dtype=torch.float32, device=device)  # (N, M)
+    lengths = torch.full((N,), M, dtype=torch.long, device=device)  # (N,) set when a row finishes
+    truncated = torch.zeros(N, dtype=torch.bool, device=device)  # (N,)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():  # the decoder's own tensors: no version counters or view tracking
+            engine = _engine(model, engine_dtype, input_ids.shape[1] + M, engine)
+            logits = engine.prefill(input_ids, attn)  # (B, V) float32
+
+            # ---- 2. share the prefix: repeat cache and state G times (row n <- prompt n // G)
+            engine.repeat_rows(G)
+            logits = logits.repeat_interleave(G, dim=0)  # (N, V)
+            next_pos = attn.sum(dim=-1).repeat_interleave(G)  # (N,) position of the next token = prompt length
+            live = torch.arange(N, device=device)  # (n,) global row of each live decode row
+
+            is_eos = ((lambda t: t == eos_ids[0]) if len(eos_ids) == 1  # noqa: E731
+                      else (lambda t: torch.isin(t, eos_t)))
+            at = slice(None)  # rows of `tokens` being decoded: all of them until one finishes, then `live`
+
+            # ---- 3. decode, dropping finished rows
+            for step in range(M):
+                if step < params.min_new_tokens:
+                    logits = logits.index_fill(-1, eos_t, float("-inf"))  # (n, V) EOS not yet allowed
+                tok, tok_logp = _next_token(logits, params, generator)  # (n,), (n,)
+                tokens[at, step] = tok
+                logprobs[at, step] = tok_logp
+                done = is_eos(tok)  # (n,)
+                if stops and step + 1 >= params.min_new_tokens:  # every live row has step + 1 tokens: decode a tail
+                    tails = tokenizer.batch_decode(
+                        tokens[live, max(0, step + 1 - tail) : step + 1].tolist(), skip_special_tokens=False
+                    )
+                    hit = [any(s in text for s in stops) for text in tails]
+                    done = done | torch.tensor(hit, dtype=torch.bool, device=device)  # (n,)
+                if step == M - 1:
+                    truncated[live[~done]] = True
+                    break
+                if done.any():
+                    lengths[live[done]] = step + 1
+                    keep = (~done).nonzero().squeeze(-1)  # (n',)
+                    if keep.numel() == 0:
+                        break
+                    engine.keep_rows(keep)
+                    live, tok, next_pos = live[keep], tok[keep], next_pos[keep]
+                    at = live
+                logits = engine.step(tok, next_pos)  # (n, V)
+                next_pos = next_pos + 1  # (n,)
+            del engine
+    finally:
+        model.train(was_training)
+
+    # ---- 4. trim to the longest completion and decode
+    L = int(lengths.max())
+    completion_ids = tokens[:, :L]  # (N, L)
+    completion_mask = torch.arange(L, device=device).unsqueeze(0) < lengths.unsqueeze(1)  # (N, L)
+    logprobs = logprobs[:, :L]  # (N, L), already 0 at pads
+    rows = []
+    for ids, n in zip(completion_ids.tolist(), lengths.tolist()):
+        ids = ids[:n]
+        if ids and ids[-1] in eos_ids:
+            ids = ids[:-1]
+        rows.append(ids)
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=False)
+    group = torch.arange(B, device=device).repeat_interleave(G)  # (N,)
+    return Rollout(
+        prompt_ids=[list(p) for p in prompt_ids],
+        group=group,
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        logprobs=logprobs,
+        truncated=truncated,
+        texts=texts,
+        lengths=lengths,
+    )

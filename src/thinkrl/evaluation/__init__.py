@@ -1,0 +1,1 @@
+"""Evaluation as DeepSeek-R1 reports it: pass@1 over K samples, pass@k, cons@K."""

@@ -1,0 +1,1 @@
+"""`thinkrl pipeline`: the R1 stages from one YAML."""

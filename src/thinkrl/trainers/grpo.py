@@ -1,0 +1,341 @@
+"""Iterative GRPO (DeepSeekMath Algorithm 1): a thin loop over pure pieces.
+
+Each step: take B questions, sample G outputs each from π_old (= π_θ at this moment),
+score them with the rule-based rewards, turn rewards into group-relative advantages, then
+make μ passes of optimizer steps over mini-batches of those samples. π_ref is replaced by
+π_θ every `ref_reset_every` steps; β = 0 loads no reference model at all.
+
+π_old's log-probs: with μ = 1 and one mini-batch (the paper's R1-Zero setting is μ = 1),
+π_old is π_θ itself at the moment of the only update, so the ratio is exp(logp - logp.detach())
+= 1 with the right gradient (as TRL does). Otherwise we keep the log-probs the sampler
+computed while drawing each token — same weights and precision, equal to a scoring pass up
+to float rounding (~1e-6) — or, when sampling ran in bf16, run the scoring pass.
+`recompute_old_logprobs=true` always runs it.
+
+Speed without changing the math (tests compare against a plain full-logits reference):
+the prompt runs once per group; micro-batches cut at prompt boundaries (one chunk of prompts
+held at a time), sorted by length and trimmed to their own longest completion, summed with
+the mini-batch's denominators; rows whose advantage is 0
+skipped when there is no KL term (their gradient is exactly 0); LM head + log-softmax in
+token chunks with no stored logits, its gradients built in the forward from the loss's
+per-token gradient (`grpo.token_gradients`); float32 linears on oneDNN, fused RMSNorm; optional
+bf16 autocast (`run.precision`) with float32 master weights and optimizer.
+
+A non-finite loss or gradient norm skips that optimizer step (weights and optimizer state
+untouched); it is counted and logged. Left out: distributed data parallel, vLLM sampling,
+process supervision, and value models (GRPO has none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from thinkrl import rewards
+from thinkrl.engine import cast_cache as buffers
+from thinkrl.algos import grpo
+from thinkrl.config import Config
+from thinkrl.data.loaders import Problem
+from thinkrl.data.templates import encode_prompts
+from thinkrl.engine.logprobs import PromptStates, build_batch, completion_logprobs, grouped_completion_logprobs
+from thinkrl.trainers.metrics import PhaseTimer, mean, peak_rss_gib
+from thinkrl.engine.cpu_kernels import fused_rms_norms, gqa_attention, onednn_linears, sparse_tied_embedding
+from thinkrl.engine.sampler import SamplingParams, sample
+
+
+@dataclass
+class PromptStream:
+    """Endless shuffled passes over the training problems; `position` is all the state."""
+
+    problems: list[Problem]
+    seed: int
+    position: int = 0
+
+    def next(self, n: int) -> list[Problem]:
+        out = []
+        for _ in range(n):
+            epoch, i = divmod(self.position, len(self.problems))
+            order = list(range(len(self.problems)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            out.append(self.problems[order[i]])
+            self.position += 1
+        return out
+
+
+@dataclass
+class TrainState:
+    """Everything the loop mutates; checkpoints save exactly this."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    stream: PromptStream
+    generator: torch.Generator
+    ref_model: torch.nn.Module | None = None
+    step: int = 0
+    counters: dict = field(default_factory=lambda: {"skipped_updates": 0, "reward_none": 0})
+
+
+def make_optimizer(model, lr: float, weight_decay: float, warmup_steps: int):
+    """AdamW on fp32 master weights, linear warm-up then constant (the paper's constant lr).
+    The fused kernel: one pass over each tensor, no full-size temporaries (less peak memory)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
+    return opt, sched
+
+
+def reward_columns(problems: list[Problem], group_size: int) -> dict[str, list]:
+    """Per-sample reward columns: `answer`, plus every `meta` field all problems share
+    (e.g. HumanEval's prompt / test / entry_point for the `code` reward)."""
+    shared = set.intersection(*(set(p.meta) for p in problems)) if problems else set()
+    columns = {k: [p.meta[k] for p in problems for _ in range(group_size)] for k in sorted(shared)}
+    columns["answer"] = [p.answer for p in problems for _ in range(group_size)]
+    return columns
+
+
+def _sampling(cfg: Config) -> SamplingParams:
+    g = cfg.grpo
+    return SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                          stop_strings=tuple(g.stop_strings), min_new_tokens=g.min_new_tokens)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """torch's deterministic algorithms (warn-only), without its NaN-filling of every new
+    tensor (`fill_uninitialized_memory`): our code never reads uninitialised memory, and the
+    filling cost ~25% of a SmolLM2 training step."""
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+@contextlib.contextmanager
+def precision(model, bf16: bool, onednn: bool = True):
+    """The training forward's kernels: fused RMSNorm, a sparse gradient for a head-tied
+    embedding and grouped-query attention without repeated heads always; then bf16
+    autocast (fp32 master weights and log-softmax), or fp32 with the linears on oneDNN
+    (same math, faster on x86)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(fused_rms_norms(model))
+        stack.enter_context(sparse_tied_embedding(model))
+        stack.enter_context(gqa_attention(model))
+        if bf16:
+            stack.enter_context(torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16))
+        else:
+            stack.enter_context(onednn_linears(model, enabled=onednn))
+        yield
+
+
+class _Logprobs:
+    """`self(net, rows, L, want_entropy, states, grad_hint)` -> (logp, entropy) (m, L) for rows
+    (m,) of the rollout, completions trimmed to their first L tokens; with share_prompt each
+    prompt runs once per call, or once for several calls through `prompts(net, rows)`
+    (`PromptStates`). grad_hint: see `logprobs.completion_logprobs`."""
+
+    def __init__(self, ro, g, pad_id: int):
+        self.ro, self.g, self.pad_id = ro, g, pad_id
+
+    def prompts(self, net, rows: torch.Tensor) -> PromptStates | None:
+        """The prompts of `rows` run once (None without share_prompt)."""
+        if not self.g.share_prompt:
+            return None
+        return PromptStates(net, self.ro.prompt_ids, torch.unique(self.ro.group[rows].cpu()), self.pad_id,
+                            self.ro.completion_ids.device)
+
+    def __call__(self, net, rows, L, want_entropy=False, states: PromptStates | None = None, grad_hint=None):
+        ro, g = self.ro, self.g
+        if g.share_prompt:
+            return grouped_completion_logprobs(net, ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L],
+                                               ro.completion_mask[rows, :L], self.pad_id, g.temperature,
+                                               g.logprob_chunk, want_entropy, states, grad_hint)
+        ids, attn, pos = build_batch(ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L],
+                                     ro.completion_mask[rows, :L], self.pad_id)
+        return completion_logprobs(net, ids, attn, pos, L, g.temperature, g.logprob_chunk, want_entropy, grad_hint)
+
+
+def _micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Rows (m,) sorted by completion length, cut into groups of `size`: each group is padded
+    only to its own longest completion (length bucketing)."""
+    if len(rows) == 0:
+        return []
+    order = torch.argsort(lengths[rows], descending=True, stable=True)
+    return list(rows[order].split(size))
+
+
+def _prompt_chunks(rows: torch.Tensor, group: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Rows (m,) cut at prompt boundaries: consecutive prompts (by index) share a chunk while
+    their rows fit in `size` (one micro-batch); a prompt with more rows is a chunk of its own.
+    Rows that all fit in one micro-batch stay one chunk, in their order."""
+    if len(rows) <= size:
+        return [rows] if len(rows) else []
+    g = group[rows]  # (m,) each row's prompt
+    order = torch.argsort(g, stable=True)
+    per_prompt = rows[order].split(torch.unique_consecutive(g[order], return_counts=True)[1].tolist())
+    chunks, current, n = [], [], 0
+    for r in per_prompt:
+        if current and n + len(r) > size:
+            chunks.append(torch.cat(current))
+            current, n = [], 0
+        current.append(r)
+        n += len(r)
+    return chunks + ([torch.cat(current)] if current else [])
+
+
+def _score(logprobs_of: _Logprobs, net, N: int, micro: int, like: torch.Tensor) -> torch.Tensor:
+    """No-grad log-probs (N, L) of every sample under `net`, in micro-batches; `like` gives the shape."""
+    out = torch.zeros_like(like)
+    parts = torch.arange(N).split(micro)
+    with buffers.fixed_weights():  # the bf16 head copy made once for all micro-batches
+        states = logprobs_of.prompts(net, torch.arange(N)) if len(parts) > 1 else None  # each prompt run once
+        for rows in parts:
+            out[rows] = logprobs_of(net, rows, like.shape[1], states=states)[0].float()
+    return out
+
+
+def _micro_batch_loss(logp, old, adv, mask, ref, g, num_seqs, num_tokens):
+    """The GRPO loss (and stats) of one micro-batch's logp (m, L); old None: π_old = π_θ, detached."""
+    return grpo.grpo_loss(logp, logp.detach() if old is None else old, adv, mask, ref, g.beta, g.epsilon_low,
+                          g.epsilon_high, g.kl_estimator, g.loss_aggregation, g.max_new_tokens, num_seqs=num_seqs,
+                          num_tokens=num_tokens)
+
+
+def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, ref_logp, g, micro: int,
+                        skip_zero: bool, forward_context, stats: dict) -> tuple[float, int]:
+    """Accumulate into .grad the gradient of the GRPO loss of mini-batch `mb` (rows of the rollout).
+
+    Rows are cut into chunks of whole prompts (`_prompt_chunks`), each chunk into
+    length-sorted micro-batches of `micro`, each trimmed to its longest completion, with the
+    mini-batch's sequence and token counts as loss denominators (so the sum is exactly the
+    mini-batch loss). When a chunk has several micro-batches and share_prompt, its prompts
+    run forward and backward once for all of them (`PromptStates`), and only that chunk's
+    prompt activations are held: memory does not grow with the number of prompts. With
+    `skip_zero`, zero-advantage rows are left out (exact when there is no KL term). The loss's
+    per-token gradient is handed to the LM head (`grpo.token_gradients`), which then needs no
+    second product in backward.
+    old_logp None: π_old = π_θ (detached), exact for a single update per batch.
+    Returns (mini-batch loss, rows run); appends stats.
+    """
+    rows = mb[adv[mb] != 0] if skip_zero else mb  # zero-advantage rows: exactly zero gradient
+    n_tok = float(ro.completion_mask[mb].sum())
+    loss_sum = 0.0
+    with buffers.fixed_weights():  # no update inside: the bf16 head copy made once for all micro-batches
+        for chunk in _prompt_chunks(rows, ro.group, micro):
+            parts = _micro_batches(chunk, ro.lengths, micro)  # (m,) rows of similar length each
+            states = None
+            if len(parts) > 1:
+                with forward_context():
+                    states = logprobs_of.prompts(model, chunk)  # the chunk's prompts once for its micro-batches
+            for part in parts:
+                L = int(ro.lengths[part].max())  # trim the padding of this micro-batch
+                mask = ro.completion_mask[part, :L]  # (m, L)
+                old = None if old_logp is None else old_logp[part, :L]
+                loss_of = functools.partial(_micro_batch_loss, old=old, adv=adv[part], mask=mask, g=g,
+                                            num_seqs=len(mb), ref=None if ref_logp is None else ref_logp[part, :L],
+                                            num_tokens=n_tok)
+                fill = torch.zeros_like(mask, dtype=torch.float32) if old is None else old  # (m, L)
+                hint = grpo.token_gradients(loss_of, fill)  # lets the LM head run its backward in its forward
+                with forward_context():
+                    logp, ent = logprobs_of(model, part, L, want_entropy=True, states=states,
+                                            grad_hint=hint)  # (m, L) each
+                loss, s = loss_of(logp)
+                loss.backward()
+                loss_sum += loss.item()
+                stats["clip_frac"].append(s["clip_frac"].item())
+                stats["entropy"].append(((ent * mask).sum() / mask.sum().clamp(min=1)).item())
+                if "kl" in s:
+                    stats["kl"].append(s["kl"].item())
+            if states is not None:
+                states.backward()  # the prompts' share of the chunk's micro-batches, in one pass; frees them
+    if len(rows) == 0:  # the plain computation would step with an all-zero gradient: so do we
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+    return loss_sum, len(rows)
+
+
+def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: str = "") -> dict:
+    """One GRPO step on the next B questions. Returns the step's metrics."""
+    g, model = cfg.grpo, state.model
+    timer = PhaseTimer()
+    problems = state.stream.next(g.prompts_per_step)
+    prompts = encode_prompts(state.tokenizer, build_prompt, [p.question for p in problems])
+    G = g.group_size
+
+    bf16 = cfg.run.precision == "bf16"
+    with timer("sample"):
+        ro = sample(model, state.tokenizer, prompts, G, _sampling(cfg), state.generator,
+                    engine_dtype=torch.bfloat16 if bf16 else None)
+    with timer("reward"):
+        texts = [completion_prefix + t for t in ro.texts]
+        scored = rewards.score(texts, reward_columns(problems, G), cfg.rewards.weights)
+        valid = torch.tensor([r is not None for r in scored.total])  # (N,)
+        r = torch.tensor([x if x is not None else 0.0 for x in scored.total])  # (N,)
+        adv = grpo.group_advantages(r, G, g.advantage_scale, valid).to(ro.completion_ids.device)  # (N,)
+        state.counters["reward_none"] += int((~valid).sum())
+
+    N, lengths = len(ro.texts), ro.lengths
+    logprobs_of = _Logprobs(ro, g, state.tokenizer.pad_token_id)
+    single_update = g.mu == 1 and g.minibatches == 1
+    old_source = ("recompute" if g.recompute_old_logprobs or (bf16 and not single_update)
+                  else "detach" if single_update else "sampler")
+    micro = g.micro_batch_size or N
+    with timer("score"), torch.no_grad(), precision(model, bf16, cfg.run.onednn):
+        old_logp = _score(logprobs_of, model, N, micro, ro.logprobs) if old_source == "recompute" else ro.logprobs
+        ref_logp = None if state.ref_model is None else _score(logprobs_of, state.ref_model, N, micro, ro.logprobs)
+
+    skip_zero = g.skip_zero_advantage and ref_logp is None
+    stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip_frac": [], "grad_norm": [], "entropy": []}
+    trained_rows = 0
+    with timer("train"):
+        model.train()
+        for _ in range(g.mu):
+            order = torch.randperm(N, generator=state.generator, device=state.generator.device)
+            for mb in order.chunk(g.minibatches):
+                state.optimizer.zero_grad(set_to_none=True)
+                loss_sum, trained = minibatch_gradients(
+                    model, logprobs_of, ro, mb, adv, None if old_source == "detach" else old_logp, ref_logp, g,
+                    micro, skip_zero, lambda: precision(model, bf16, cfg.run.onednn), stats)
+                trained_rows += trained
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.max_grad_norm)
+                if not (math.isfinite(loss_sum) and torch.isfinite(norm)):
+                    state.counters["skipped_updates"] += 1  # the NaN never reaches the weights
+                else:
+                    state.optimizer.step()
+                    state.scheduler.step()
+                state.optimizer.zero_grad(set_to_none=True)  # free the gradients before sampling
+                stats["loss"].append(loss_sum)
+                stats["grad_norm"].append(norm.item())
+        model.eval()
+
+    state.step += 1
+    if state.ref_model is not None and g.ref_reset_every and state.step % g.ref_reset_every == 0:
+        state.ref_model.load_state_dict(model.state_dict())
+
+    lengths = ro.lengths.float()
+    step_time = sum(timer.seconds.values())
+    tokens = int(ro.lengths.sum()) + sum(len(prompts[b]) for b in ro.group.tolist())
+    metrics = {
+        "step": state.step,
+        "reward/total": mean(scored.total),
+        **{f"reward/{k}": mean(v) for k, v in scored.per_reward.items()},
+        "accuracy": mean(scored.per_reward.get("accuracy", [])),
+        "length/mean": lengths.mean().item(),
+        "length/max": lengths.max().item(),
+        "length/truncated": ro.truncated.float().mean().item(),
+        "zero_variance_groups": grpo.zero_variance_share(r, G, valid),
+        "trained_rows": trained_rows / g.mu,
+        "reward_none": int((~valid).sum()),
+        **{f"reward_failures/{k}": v for k, v in scored.failures.items() if v},
+        **{k: mean(v) for k, v in stats.items()},
+        "lr": state.scheduler.get_last_lr()[0],
+        "skipped_updates": state.counters["skipped_updates"],
+        **{f"time/{k}": v for k, v in timer.seconds.items()},
+        "time/step": step_time,
+        "tokens_per_s": tokens / step_time if step_time else math.nan,
+        "generated_tokens_per_s": int(ro.lengths.sum()) / timer.seconds["sample"],
+        "peak_rss_gib": peak_rss_gib(),
+    }
+    return metrics

@@ -1,0 +1,224 @@
+"""`thinkrl train`, top to bottom: model, data, evaluate, GRPO, evaluate, report.
+
+With the default config this is the quickstart, R1-Zero in miniature: load the tiny base
+model shipped with the package (`tiny.SHIPPED_BASE`), measure it on held-out problems,
+train it with GRPO on accuracy + format rewards only, measure again, and write the run
+directory:
+
+    config.yaml  metrics.jsonl  summary.json  report.md  plots/  final_model/
+    checkpoints/step-N/  eval_before.json  eval_after.json
+
+`--resume RUN_DIR` continues from the run's last complete checkpoint. A new run into a
+directory that already holds one (metrics or a checkpoint) is refused, not mixed into it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from thinkrl import config as config_mod
+from thinkrl.trainers import checkpoint
+from thinkrl.config import Config
+from thinkrl.data import loaders, problems
+from thinkrl.data.templates import THINK_OPEN, build_prompt
+from thinkrl.evaluation.evaluate import evaluate
+from thinkrl.engine.cpu import cpu_class
+from thinkrl.trainers.metrics import JsonlLog, peak_rss_gib
+from thinkrl.models.loading import frozen_copy, load_model
+from thinkrl.evaluation.passk import summarize
+from thinkrl.trainers.report import write_report
+from thinkrl.rewards.verify import verify_many
+from thinkrl.engine.sampler import SamplingParams
+from thinkrl.models.tiny import SHIPPED_BASE
+from thinkrl.trainers.grpo import PromptStream, TrainState, grpo_step, make_optimizer, set_deterministic
+
+
+def train_heldout_problems(cfg: Config) -> tuple[list[loaders.Problem], list[loaders.Problem]]:
+    """(train problems, held-out problems) for `data.dataset`: the synthetic tasks' and GSM8K's
+    own splits; a test-only set or a JSONL file holds out its first `eval_size` rows."""
+    d = cfg.data
+    load = partial(problems.load_problems, d.dataset, seed=cfg.run.seed, data_dir=d.data_dir or None,
+                   question_field=d.question_field, answer_field=d.answer_field, what="data.dataset")
+    if d.dataset in problems.SYNTHETIC or d.dataset == "gsm8k":
+        train = load("train", limit=d.train_size or None)
+        return train, load("test", limit=d.eval_size)
+    rows = load("test")
+    test, train = rows[: d.eval_size], rows[d.eval_size:]
+    if not train:
+        raise config_mod.ConfigError(f"data.dataset {d.dataset!r} leaves no training problems after eval_size={d.eval_size}")
+    return (train[: d.train_size] if d.train_size else train), test
+
+
+def prompt_builder(cfg: Config, tokenizer):
+    """question -> prompt text, and the prefix to put back on completions for the rewards."""
+    kw = {"force_think": cfg.data.force_think, "suffix": cfg.data.suffix or None}
+    build = partial(build_prompt, cfg.data.template, tokenizer=tokenizer, **kw)
+    return build, (THINK_OPEN if cfg.data.force_think else "")
+
+
+def heldout_eval(model, tokenizer, problems, build, prefix, cfg: Config, seed: int) -> dict:
+    params = SamplingParams(max_new_tokens=cfg.grpo.max_new_tokens, temperature=cfg.run.eval_temperature,
+                            top_p=cfg.run.eval_top_p, stop_strings=tuple(cfg.grpo.stop_strings))
+    result = evaluate(model, tokenizer, problems, build, cfg.run.eval_samples, params, seed, prefix)
+    # the very metrics `thinkrl eval` reports: pass@k, cons@k, p90 length, reflective words
+    result.update({k: v for k, v in summarize(result["samples"], cfg.run.eval_samples, verify_many).items()
+                   if k not in result})
+    return result
+
+
+def save_eval(path: Path, result: dict) -> None:
+    path.write_text(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
+    with open(path.with_suffix(".samples.jsonl"), "w") as f:
+        for r in result["samples"]:
+            f.write(json.dumps(r) + "\n")
+
+
+def _new_run_dir(cfg: Config) -> Path:
+    if cfg.run.output_dir:
+        return Path(cfg.run.output_dir)
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
+    """Run (or resume) a whole training job; returns the run directory."""
+    start = time.time()
+    if resume:
+        run_dir = Path(resume)
+        ckpt = checkpoint.latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from")
+        cfg = config_mod.load_config(run_dir / "config.yaml")
+    else:
+        run_dir = _new_run_dir(cfg)
+        if (run_dir / "metrics.jsonl").exists() or checkpoint.latest_checkpoint(run_dir) is not None:
+            raise config_mod.ConfigError(f"{run_dir} already holds a run (metrics.jsonl or a checkpoint): continue it "
+                                         f"with --resume {run_dir}, or choose another --output-dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
+        ckpt = None
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    set_deterministic(cfg.run.deterministic)
+    torch.manual_seed(cfg.run.seed)
+
+    train_problems, eval_problems = train_heldout_problems(cfg)  # before anything slow: a bad dataset fails fast
+    model_path = cfg.model.path or str(SHIPPED_BASE)  # empty: the quickstart's shipped base model
+    if not ckpt:
+        log(f"model: {model_path}")
+    model, tokenizer = load_model(str(ckpt) if ckpt else model_path, "" if ckpt else cfg.model.gguf_file, cfg.model.dtype)
+    build, prefix = prompt_builder(cfg, tokenizer)
+
+    if ckpt is None or not (run_dir / "eval_before.json").exists():
+        before = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed)
+        save_eval(run_dir / "eval_before.json", before)
+    before = json.loads((run_dir / "eval_before.json").read_text())
+    log(f"base model: held-out accuracy {before['accuracy']:.3f}, mean length {before['mean_length']:.1f} tokens")
+
+    g = cfg.grpo
+    optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps)
+    state = TrainState(model, tokenizer, optimizer, scheduler, PromptStream(train_problems, cfg.run.seed),
+                       torch.Generator().manual_seed(cfg.run.seed),
+                       ref_model=frozen_copy(model) if g.beta > 0 else None)
+    log_file = JsonlLog(run_dir / "metrics.jsonl")
+    if ckpt is not None:
+        restore(state, ckpt)
+        log_file.truncate_after(state.step)
+        log(f"resumed from {ckpt} at step {state.step}")
+
+    bar = tqdm(total=g.steps, initial=state.step, desc="GRPO", disable=not cfg.run.progress)
+    while state.step < g.steps:
+        m = grpo_step(state, cfg, build, prefix)
+        if cfg.run.eval_every and state.step % cfg.run.eval_every == 0 and state.step < g.steps:
+            mid = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed + state.step)
+            m["eval/accuracy"], m["eval/mean_length"] = mid["accuracy"], mid["mean_length"]
+        log_file.write(m)
+        bar.update(1)
+        bar.set_postfix(reward=f"{m['reward/total']:.2f}", acc=f"{m['accuracy']:.2f}", len=f"{m['length/mean']:.0f}")
+        if (cfg.run.checkpoint_every and state.step % cfg.run.checkpoint_every == 0) or state.step == g.steps:
+            save(state, run_dir, cfg)
+    bar.close()
+
+    after = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed)
+    save_eval(run_dir / "eval_after.json", after)
+    model.save_pretrained(run_dir / "final_model")
+    tokenizer.save_pretrained(run_dir / "final_model")
+    summary = write_summary(run_dir, before, after, state, time.time() - start, cfg.rewards.weights)
+    write_report(run_dir, summary=summary, samples_before=_read_samples(run_dir / "eval_before.samples.jsonl"),
+                 samples_after=after["samples"][:4])
+    log(outcome_text(summary, run_dir.resolve()))
+    return run_dir
+
+
+def outcome_text(s: dict, run_dir: Path) -> str:
+    """What happened, in words a newcomer understands, and where to look."""
+    n, k = s["eval_problems"], s["eval_samples_per_problem"]
+    gain = 100 * (s["final_accuracy"] - s["base_accuracy"])
+    longer = s["final_mean_length"] - s["base_mean_length"]
+    return "\n".join([
+        f"Done in {s['wall_seconds']:.0f} s ({s['steps']} GRPO steps, peak memory {s['peak_rss_gib']:.2f} GiB).",
+        f"On {n} held-out problems never seen in training ({k} samples each, temperature 0.6):",
+        f"  correct answers  {100 * s['base_accuracy']:5.1f}% before RL -> {100 * s['final_accuracy']:5.1f}% after "
+        f"({gain:+.1f} points)",
+        f"  response length  {s['base_mean_length']:5.1f} tokens -> {s['final_mean_length']:5.1f} tokens "
+        f"({'longer' if longer > 0 else 'shorter' if longer < 0 else 'unchanged'}: "
+        f"{'the model now reasons more before it answers' if longer > 0 else 'no more reasoning than before'})",
+        f"The only training signal was the rule rewards {', '.join(s['rewards'])} (no worked solutions shown).",
+        f"Report with plots and sample answers: {run_dir / 'report.md'}",
+        f"Trained model (Hugging Face format):  {run_dir / 'final_model'}",
+    ])
+
+
+def _read_samples(path: Path, n: int = 4) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for _, line in zip(range(n), f)]
+
+
+def save(state: TrainState, run_dir: Path, cfg: Config) -> Path:
+    payload = {"step": state.step, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+               "rng": checkpoint.rng_state(state.generator), "data_position": state.stream.position,
+               "counters": dict(state.counters)}
+    return checkpoint.save_checkpoint(run_dir, state.step, state.model, state.tokenizer, payload, state.ref_model,
+                                      config_mod.to_dict(cfg))
+
+
+def restore(state: TrainState, ckpt: Path) -> None:
+    """Load everything but the policy weights (already loaded from the checkpoint directory)."""
+    payload = checkpoint.load_state(ckpt)
+    state.step = payload["step"]
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.scheduler.load_state_dict(payload["scheduler"])
+    checkpoint.set_rng_state(payload["rng"], state.generator)
+    state.stream.position = payload["data_position"]
+    state.counters.update(payload["counters"])
+    if state.ref_model is not None:
+        checkpoint.load_ref_weights(ckpt, state.ref_model)
+
+
+def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, wall: float, cfg_rewards: dict) -> dict:
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    k = max(1, len(metrics) // 10)
+    first = [m["length/mean"] for m in metrics[:k]]
+    last = [m["length/mean"] for m in metrics[-k:]]
+    summary = {
+        "base_accuracy": before["accuracy"], "final_accuracy": after["accuracy"],
+        "base_mean_length": before["mean_length"], "final_mean_length": after["mean_length"],
+        "train_length_first_10pct": sum(first) / len(first), "train_length_last_10pct": sum(last) / len(last),
+        "base_format": before["format"], "final_format": after["format"],
+        "base_cons@k": before.get("cons@k"), "final_cons@k": after.get("cons@k"),
+        "base_reflective_per_1k": before.get("reflective_per_1k_tokens", {}).get("total"),
+        "final_reflective_per_1k": after.get("reflective_per_1k_tokens", {}).get("total"),
+        "eval_problems": after["problems"], "eval_samples_per_problem": after["samples_per_problem"],
+        "steps": state.step, "wall_seconds": wall, "peak_rss_gib": peak_rss_gib(),
+        "skipped_updates": state.counters["skipped_updates"], "reward_none": state.counters["reward_none"],
+        "mean_step_seconds": sum(m["time/step"] for m in metrics) / max(len(metrics), 1),
+        "rewards": sorted(cfg_rewards), "cpu": cpu_class(),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

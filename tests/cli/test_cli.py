@@ -1,0 +1,100 @@
+"""The command line: help text with paper values, clear errors for bad options, config round trip."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from thinkrl.cli import main as cli
+from thinkrl.config import ConfigError, load_config, to_dict
+
+
+def test_help_lists_every_option_with_paper_values(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for needle in ("grpo.beta", "0.001 (R1-Zero)", "grpo.epsilon_high", "DAPO", "grpo.group_size",
+                   "rewards.weights", "run.eval_temperature", "grpo.ref_reset_every", "400"):
+        assert needle in out, needle
+
+
+@pytest.mark.parametrize("args, message", [
+    (["grpo.lr=fast"], "grpo.lr: expected float"),
+    (["grpo.nope=1"], "unknown option 'grpo.nope'"),
+    (["lr=1"], "unknown option 'lr'"),
+    (["grpo.lr"], "not key=value"),
+    (["--config", "/does/not/exist.yaml"], "does not exist"),
+    (["model.path=/nonexistent/model", "grpo.steps=1"], "model path '/nonexistent/model'"),
+    (["grpo.advantage_scale=zscore"], "choose one of group, batch, none"),
+    (["rewards.weights={nosuch: 1}"], "unknown reward 'nosuch'"),
+    (["grpo.group_size=1"], "at least 2"),
+    (["data.dataset=nosuch"], "data.dataset 'nosuch'"),
+])
+def test_bad_options_get_one_clear_line(args, message, capsys, tmp_path):
+    assert cli.main(["train", "--output-dir", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("thinkrl: error:") and message in err and len(err.splitlines()) == 1
+
+
+def test_yaml_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"grpo": {"lr": 2e-6, "group_size": 4}, "rewards": {"weights": {"accuracy": 1}}}))
+    cfg = load_config(recipe, ["grpo.group_size=16", "data.force_think=true", "grpo.stop_strings=[]"])
+    assert cfg.grpo.lr == 2e-6 and cfg.grpo.group_size == 16 and cfg.data.force_think is True
+    assert cfg.rewards.weights == {"accuracy": 1} and cfg.grpo.stop_strings == []
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert to_dict(load_config(again)) == to_dict(cfg)
+    with pytest.raises(ConfigError, match="section 'grpo' must be a mapping"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("grpo: 3\n")
+        load_config(bad)
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "thinkrl.cli.main", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "thinkrl train" in out.stdout
+
+
+def test_new_run_into_a_finished_run_dir_is_refused(tmp_path, capsys):
+    """Without --resume a run never appends to an older run's metrics (or meets its checkpoints)."""
+    old = tmp_path / "run"
+    old.mkdir()
+    (old / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert cli.main(["train", "--output-dir", str(old), "grpo.steps=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("thinkrl: error:") and "already holds a run" in err and "--resume" in err
+    assert (old / "metrics.jsonl").read_text() == '{"step": 1}\n'  # untouched
+    ckpt = tmp_path / "run2" / "checkpoints" / "step-000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "COMPLETE").write_text("")
+    assert cli.main(["train", "--output-dir", str(tmp_path / "run2")]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_options(monkeypatch, tmp_path):
+    """`train a=1 --output-dir D b=2`: argparse stops the positional at the option; both are overrides."""
+    seen = {}
+    monkeypatch.setattr("thinkrl.trainers.grpo_job.train_run", lambda cfg, resume=None: seen.update(cfg=cfg))
+    assert cli.main(["train", "grpo.steps=3", "--output-dir", str(tmp_path / "r"), "grpo.lr=2e-5", "run.seed=7"]) == 0
+    cfg = seen["cfg"]
+    assert (cfg.grpo.steps, cfg.grpo.lr, cfg.run.seed, cfg.run.output_dir) == (3, 2e-5, 7, str(tmp_path / "r"))
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--output-dir", str(tmp_path / "r"), "--nosuch"])
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["build-base", "--help"], ["eval", "--help"],
+                                  ["sandbox", "run", "--help"]])
+def test_help_imports_no_torch(argv):
+    """`--help` answers in well under a second: nothing it runs imports torch or transformers."""
+    code = ("import sys\nfrom thinkrl.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\nassert not heavy, heavy\n")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage: thinkrl" in out.stdout
+
+
+def test_python_dash_m_thinkrl():
+    out = subprocess.run([sys.executable, "-m", "thinkrl", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "build-base" in out.stdout and "distill" in out.stdout

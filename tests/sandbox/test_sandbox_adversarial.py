@@ -1,0 +1,445 @@
+"""Adversarial suite: hostile programs against the sandbox, the host checked after every one.
+
+Each case is a program (or a HumanEval / stdin-stdout submission) written to break out,
+hang, exhaust, lie or cheat. After each run the HOST checks, by itself: no process of the
+run survives (same uid or same PID namespace), the call returned within timeout + 1 s, our
+planted secret is not in the output, the loopback TCP/UDP servers, the unix socket and the
+abstract socket we started got nothing, no file appeared in our world-writable sentinel
+directory or /tmp, the victim process we own is alive, our hostname is unchanged, the
+dataset's bytes are not in the output, no sandbox temp dir is left, and no submission passed.
+
+Levels: "namespaces" must show 0 escapes. "rlimits-only" (no namespaces) runs the same
+cases; escapes tagged in ``ns_only`` (network, host files, dataset) are expected there and
+recorded, everything else must hold. "unavailable" simulates missing isolation: every case
+must be refused (no verdict, nothing started). The last test prints the table.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from thinkrl.sandbox import Limits, SandboxConfig, refusal, run, runner, stdio
+from thinkrl.sandbox.humaneval import run_check
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 2.0
+LIMITS = Limits(timeout=TIMEOUT, memory_mb=256, processes=16, output_bytes=64 << 10, file_size_mb=8,
+                disk_mb=16, inodes=256)
+SECRET = "thinkrl-planted-secret-" + secrets.token_hex(8)
+DATASET = Path(__file__).resolve().parents[3] / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz"
+RESULTS: dict[tuple[str, str], tuple[list[str], str, float]] = {}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    source: str
+    kind: str = "run"  # run | humaneval | stdio
+    status: tuple[str, ...] = ()  # statuses accepted under "namespaces" (empty: any)
+    ns_only: tuple[str, ...] = ()  # escapes expected without namespaces
+    task: str = "add"
+    stdin: str | None = None
+    quick: bool = False  # must end well before the deadline (under "namespaces")
+    needs_disk_cap: bool = False  # without namespaces nothing caps the disk: not run there
+
+
+TASKS = {
+    "add": {"prompt": 'def add(a, b):\n    """a + b"""\n', "entry_point": "add",
+            "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+                    "    assert candidate(10 ** 20, 1) == 10 ** 20 + 1\n    assert type(candidate(1, 1)) is int\n",
+            "solution": "def add(a, b):\n    return a + b\n"},
+    "evens": {"prompt": 'def evens(xs):\n    """Even items."""\n', "entry_point": "evens",
+              "test": "def check(candidate):\n    assert candidate([1, 2, 4]) == [2, 4]\n    assert candidate([]) == []\n",
+              "solution": "    return [x for x in xs if x % 2 == 0]\n"},
+}
+STDIO_CASE = {"input": "3\n", "output": "6\n7\n"}
+T, E, OK, MEM, OUT = ("timeout",), ("error",), ("ok",), ("memory",), ("output_limit",)
+NET, FS, DATA = ("network",), ("host file",), ("dataset",)
+C = Case
+CASES = [
+    # ---- processes, CPU, time
+    C("fork_bomb", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", status=T),
+    C("fork_sleepers_parent_exits", "import os, time\nfor _ in range(100):\n    try:\n        if os.fork() == 0:\n"
+      "            time.sleep(1000)\n    except OSError:\n        break\nprint('parent exits')\n", status=OK, quick=True),
+    C("thread_bomb", "import threading, time\nn = 0\ntry:\n    while True:\n        threading.Thread(target=time.sleep, "
+      "args=(1000,), daemon=True).start()\n        n += 1\nexcept (RuntimeError, MemoryError) as e:\n"
+      "    print('threads', n, e)\ntime.sleep(1000)\n", status=T),
+    C("multiprocessing_bomb", "import multiprocessing as mp, time\ndef spin():\n    while True:\n        pass\n"
+      "if __name__ == '__main__':\n    n = 0\n    try:\n        while True:\n            mp.Process(target=spin).start()\n"
+      "            n += 1\n    except Exception as e:\n        print('processes', n, type(e).__name__)\n"
+      "    time.sleep(1000)\n", status=T),
+    C("subprocess_bomb_then_exit", "import subprocess, sys\nn = 0\ntry:\n    while True:\n        subprocess.Popen("
+      "[sys.executable, '-c', 'while True: pass'])\n        n += 1\nexcept OSError as e:\n    print('spawned', n)\n",
+      status=OK, quick=True),
+    C("infinite_loop", "while True:\n    pass\n", status=T),
+    C("sleep", "import time\ntime.sleep(1000)\n", status=T),
+    C("blocking_input", "input()\n", status=E, quick=True),
+    C("input_loop_past_given_stdin", "while True:\n    input()\n", stdin="a\nb\n", status=E, quick=True),
+    C("self_pipe_block", "import os\nr, w = os.pipe()\nos.read(r, 1)\n", status=T),
+    C("ignores_signals", "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGXCPU, "
+      "signal.SIGUSR1):\n    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass\n", status=T),
+    C("catches_sigxcpu", "import signal\nsignal.signal(signal.SIGXCPU, lambda *a: print('caught', flush=True))\n"
+      "while True:\n    pass\n", status=T),
+    # ---- memory, stack, crashes
+    C("memory_hog", "x = bytearray(8 << 30)\n", status=MEM, quick=True),
+    C("memory_gradual", "a = []\nwhile True:\n    a.append(bytearray(16 << 20))\n", status=MEM, quick=True),
+    C("memory_in_children", "import os, time\nfor _ in range(4):\n    if os.fork() == 0:\n        try:\n"
+      "            b = bytearray(200 << 20)\n            for i in range(0, len(b), 4096):\n                b[i] = 1\n"
+      "        except MemoryError:\n            pass\n        time.sleep(1000)\ntime.sleep(1000)\n", status=T),
+    C("deep_recursion", "import sys\nsys.setrecursionlimit(10 ** 8)\ndef f(n):\n    return f(n + 1)\nf(0)\n",
+      status=("error", "memory", "timeout")),
+    C("deep_repr", "a = []\nfor _ in range(10 ** 6):\n    a = [a]\nprint(repr(a))\n", status=("error", "memory"), quick=True),
+    C("ctypes_segfault", "import ctypes\nctypes.string_at(0)\n", status=E, quick=True),
+    # ---- output
+    C("huge_stdout", "import sys\nwhile True:\n    sys.stdout.write('y' * 65536)\n", status=OUT, quick=True),
+    C("huge_stderr", "import sys\nwhile True:\n    sys.stderr.write('e' * 65536)\n", status=OUT, quick=True),
+    C("line_without_newline", "import sys\nsys.stdout.write('z' * (8 << 20))\n", status=OUT, quick=True),
+    C("partial_line_then_sleep", "import time\nprint('partial', end='', flush=True)\ntime.sleep(1000)\n", status=T),
+    C("invalid_utf8", "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe\\xc3\\x28 ok\\n')\n"
+      "sys.stderr.buffer.write(b'\\x80\\x81\\n')\n", status=OK, quick=True),
+    # ---- files and disk
+    C("huge_file", "f = open('big', 'wb')\nwhile True:\n    f.write(b'\\0' * (1 << 20))\n", status=E, quick=True),
+    C("many_files", "n = 0\ntry:\n    while True:\n        open(f'f{n}', 'w').close()\n        n += 1\n"
+      "except OSError as e:\n    print('files', n, e.errno)\n", status=OK, quick=True, needs_disk_cap=True),
+    C("fill_disk", "i = 0\nwhile True:\n    open(f'chunk{i}', 'wb').write(b'\\0' * (4 << 20))\n    i += 1\n",
+      status=E, quick=True, needs_disk_cap=True),
+    C("write_outside", "for path in ('@SENTINEL_DIR@/pwned', '@HOST_TMP@', '/etc/pwned', '/usr/pwned', '../pwned', "
+      "'/sandbox/src/main.py'):\n    try:\n        with open(path, 'a') as f:\n            f.write('x')\n"
+      "        print('WROTE', path)\n    except OSError as e:\n        print('denied', path, e.errno)\n",
+      status=OK, ns_only=FS, quick=True),
+    C("symlink_tricks", "import os\nos.symlink('@SENTINEL_DIR@/via_link', 'link1')\nos.symlink('/etc/passwd', 'link2')\n"
+      "for name in ('link1', 'link2'):\n    try:\n        open(name, 'w').write('x')\n        print('WROTE', name)\n"
+      "    except OSError as e:\n        print('denied', name, e.errno)\ntry:\n    os.link('/etc/passwd', 'hard')\n"
+      "except OSError as e:\n    print('no hardlink', e.errno)\n", status=OK, ns_only=FS, quick=True),
+    C("proc_sys_writes", "for path, data in (('/proc/sys/kernel/hostname', 'pwned'), ('/proc/sysrq-trigger', 'h'), "
+      "('/proc/sys/vm/drop_caches', '3')):\n    try:\n        open(path, 'w').write(data)\n        print('WROTE', path)\n"
+      "    except OSError as e:\n        print('denied', path, e.errno)\n", status=OK, quick=True),
+    C("mount_unshare_chroot", "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+      "print('mount', libc.mount(b'none', b'/', None, 32, None), ctypes.get_errno())\n"
+      "print('unshare', libc.unshare(0x00020000), ctypes.get_errno())\ntry:\n    os.chroot('.')\n"
+      "except OSError as e:\n    print('no chroot', e.errno)\n", status=OK, quick=True),
+    C("userns_then_write_host", "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+      "print('userns', libc.unshare(0x10000000 | 0x00020000), ctypes.get_errno())\n"
+      "for path in ('@SENTINEL_DIR@/userns', '/etc/userns'):\n    try:\n        open(path, 'w').write('x')\n"
+      "    except OSError as e:\n        print('denied', path, e.errno)\n", status=OK, ns_only=FS, quick=True),
+    C("setuid_binaries", "import subprocess\nfor cmd in (['su', 'root', '-c', 'touch @SENTINEL_DIR@/su'], "
+      "['mount', '-t', 'tmpfs', 'none', '/usr']):\n    try:\n        print(subprocess.run(cmd, capture_output=True, "
+      "timeout=1, stdin=subprocess.DEVNULL).returncode)\n    except Exception as e:\n        print(type(e).__name__)\n",
+      quick=True),
+    C("setuid_root", "import os\nos.setuid(0)\n", status=E, quick=True),
+    # ---- secrets
+    C("read_etc_passwd", "print(open('/etc/passwd').read())\n", status=OK, quick=True),
+    C("environ_self", "import os\nprint(dict(os.environ))\nprint(open('/proc/self/environ', 'rb').read())\n",
+      status=OK, quick=True),
+    C("environ_all_processes", "import glob\nfor p in glob.glob('/proc/*/environ') + glob.glob('/proc/*/cmdline'):\n"
+      "    try:\n        print(p, open(p, 'rb').read())\n    except OSError as e:\n        print(p, e.errno)\n",
+      status=OK, quick=True),
+    C("read_dataset", "try:\n    print(open('@DATASET@', 'rb').read(48).hex())\nexcept OSError as e:\n"
+      "    print('no dataset', e.errno)\n", status=OK, ns_only=DATA, quick=True),
+    # ---- network
+    C("loopback_tcp", "import socket\ntry:\n    socket.create_connection(('127.0.0.1', @PORT@), timeout=1)"
+      ".sendall(b'hi')\n    print('CONNECTED')\nexcept OSError as e:\n    print('no network', e.errno)\n",
+      status=OK, ns_only=NET, quick=True),
+    C("loopback_udp", "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n"
+      "    s.sendto(b'hi', ('127.0.0.1', @UDP_PORT@))\nexcept OSError as e:\n    print('no network', e.errno)\n",
+      status=OK, ns_only=NET, quick=True),
+    C("outside_network", "import socket\nfor addr in (('1.1.1.1', 80), ('8.8.8.8', 53)):\n    try:\n"
+      "        socket.create_connection(addr, timeout=0.3)\n        print('CONNECTED-OUTSIDE', addr)\n"
+      "    except OSError as e:\n        print('unreachable', addr, e.errno)\n", status=OK, ns_only=NET, quick=True),
+    C("unix_socket", "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('@UNIX_SOCK@')\n"
+      "except OSError as e:\n    print('no unix socket', e.errno)\n", status=OK, ns_only=NET, quick=True),
+    C("abstract_socket", "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('\\0@ABSTRACT@')\n"
+      "except OSError as e:\n    print('no abstract socket', e.errno)\n", status=OK, ns_only=NET, quick=True),
+    # ---- signals and daemons
+    C("kill_parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", status=("error", "ok"), quick=True),
+    C("killpg_own_group", "import os, signal\nos.killpg(os.getpgrp(), signal.SIGKILL)\n", quick=True),
+    C("kill_everything", "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError as e:\n"
+      "    print('kill(-1)', e.errno)\nprint('still here')\n", status=OK, quick=True),
+    C("kill_victim_posix", "import posix, signal\nfor pid in (@VICTIM@, 1):\n    try:\n"
+      "        posix.kill(pid, signal.SIGKILL)\n    except OSError as e:\n        print(pid, e.errno)\n", status=OK, quick=True),
+    C("ptrace_init", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+      "print(libc.ptrace(16, 1, None, None), ctypes.get_errno())\n", status=OK, quick=True),
+    C("setsid_daemon", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+      "        time.sleep(1000)\n    os._exit(0)\nprint('parent done')\n", status=OK, quick=True),
+    C("daemon_keeps_stdout", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    while True:\n"
+      "        print('tick', flush=True)\n        time.sleep(0.05)\ntime.sleep(0.2)\nprint('parent done')\n",
+      status=OK, quick=True),
+    C("daemon_closes_fds", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    os.closerange(0, 64)\n"
+      "    time.sleep(1000)\nprint('parent done')\n", status=OK, quick=True),
+    # ---- false passes: HumanEval style (the verdict must be a plain False)
+    C("he_sys_exit_first", "import sys\nsys.exit(0)\n", "humaneval"),
+    C("he_os_exit_first", "import os\nos._exit(0)\n", "humaneval"),
+    C("he_prints_passed", "print('PASSED')\nprint('All tests passed')\nimport os\nos._exit(0)\n", "humaneval"),
+    C("he_eq_always_true", "class Any:\n    def __eq__(self, other):\n        return True\n"
+      "    def __ne__(self, other):\n        return False\n    __hash__ = object.__hash__\n"
+      "def add(a, b):\n    return Any()\n", "humaneval"),
+    C("he_int_subclass", "class I(int):\n    def __eq__(self, other):\n        return True\n"
+      "    __hash__ = int.__hash__\ndef add(a, b):\n    return I(0)\n", "humaneval"),
+    C("he_list_subclass", "class L(list):\n    def __eq__(self, other):\n        return True\n"
+      "def evens(xs):\n    return L([99])\n", "humaneval", task="evens"),
+    C("he_monkeypatch_builtins", "import builtins\nbuiltins.AssertionError = type('Never', (Exception,), {})\n"
+      "builtins.isinstance = lambda *a: True\nbuiltins.abs = lambda x: 0\ndef add(a, b):\n    return 0\n", "humaneval"),
+    C("he_monkeypatch_check", "import sys\ndef check(candidate):\n    return True\n"
+      "sys.modules['__main__'].check = check\ndef add(a, b):\n    return 0\n", "humaneval"),
+    C("he_patch_wire_encoder", "import wire\nwire.encode = lambda x, depth=0: ['i', '0x5']\n"
+      "def add(a, b):\n    return 0\n", "humaneval"),
+    C("he_posix_exit_in_call", "import posix\ndef add(a, b):\n    posix._exit(0)\n", "humaneval"),
+    C("he_reload_os", "import importlib, os\nos._exit = None\nos = importlib.reload(os)\nos._exit(0)\n", "humaneval"),
+    C("he_forged_replies", "import os\nfor _ in range(50):\n    os.write(4, b'{\"ok\": [\"i\", \"0x5\"]}\\n')\n"
+      "def add(a, b):\n    return 5\n", "humaneval"),
+    C("he_generator_result", "def add(a, b):\n    return (x for x in [a + b])\n", "humaneval"),
+    C("he_huge_reply", "def add(a, b):\n    return 'x' * (20 << 20)\n", "humaneval"),
+    C("he_sleep_in_call", "def add(a, b):\n    import time\n    time.sleep(1000)\n", "humaneval"),
+    C("he_raise_assertion_ok", "def add(a, b):\n    raise AssertionError('ok')\n", "humaneval"),
+    # ---- false passes: stdin/stdout style (expected "6\n7\n")
+    C("stdio_fewer_lines", "print(6)\n", "stdio"),
+    C("stdio_extra_lines", "print(6)\nprint(7)\nprint(8)\n", "stdio"),
+    C("stdio_crash_after_output", "print(6)\nprint(7)\nraise SystemExit(1)\n", "stdio"),
+    C("stdio_prints_passed", "print('PASSED')\n", "stdio"),
+    C("stdio_exit_before_output", "import os\nos._exit(0)\n", "stdio"),
+    C("stdio_output_then_sigkill", "import os, signal\nprint('6\\n7', flush=True)\n"
+      "os.kill(os.getpid(), signal.SIGKILL)\n", "stdio"),
+]
+
+
+class _Listener:
+    """A socket server in OUR namespaces that counts whatever reaches it."""
+
+    def __init__(self, family: int, kind: int, address) -> None:
+        self.sock = socket.socket(family, kind)
+        self.sock.bind(address)
+        self.address = self.sock.getsockname()
+        self.hits = 0
+        if kind == socket.SOCK_STREAM:
+            self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, args=(kind,), daemon=True)
+        self._thread.start()
+
+    def _loop(self, kind: int) -> None:
+        while not self._stop:
+            try:
+                if kind == socket.SOCK_STREAM:
+                    conn, _ = self.sock.accept()
+                    conn.close()
+                else:
+                    self.sock.recv(65536)
+                self.hits += 1
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+@dataclass
+class Host:
+    tcp: _Listener
+    udp: _Listener
+    unix: _Listener
+    abstract: _Listener
+    sentinel_dir: str
+    tmp_sentinel: str
+    victim: subprocess.Popen
+    hostname: str
+
+    def fill(self, source: str) -> str:
+        marks = {"@PORT@": str(self.tcp.address[1]), "@UDP_PORT@": str(self.udp.address[1]),
+                 "@UNIX_SOCK@": self.unix.address, "@ABSTRACT@": self.abstract.address[1:].decode(),
+                 "@SENTINEL_DIR@": self.sentinel_dir, "@HOST_TMP@": self.tmp_sentinel,
+                 "@VICTIM@": str(self.victim.pid), "@DATASET@": str(DATASET)}
+        for mark, value in marks.items():
+            source = source.replace(mark, value)
+        return source
+
+    def hits(self) -> int:
+        return self.tcp.hits + self.udp.hits + self.unix.hits + self.abstract.hits
+
+
+@pytest.fixture(scope="module")
+def host():
+    os.environ["THINKRL_ADV_SECRET"] = SECRET
+    sentinel_dir = tempfile.mkdtemp(prefix="thinkrl-adv-")
+    os.chmod(sentinel_dir, 0o777)
+    unix_path = os.path.join(sentinel_dir, "sock")
+    unix = _Listener(socket.AF_UNIX, socket.SOCK_STREAM, unix_path)
+    os.chmod(unix_path, 0o777)
+    abstract = _Listener(socket.AF_UNIX, socket.SOCK_STREAM, b"\0thinkrl-adv-" + secrets.token_hex(6).encode())
+    h = Host(tcp=_Listener(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 0)),
+             udp=_Listener(socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", 0)), unix=unix, abstract=abstract,
+             sentinel_dir=sentinel_dir, tmp_sentinel=f"/tmp/thinkrl-adv-pwned-{secrets.token_hex(6)}",
+             victim=subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"]),
+             hostname=socket.gethostname())
+    yield h
+    h.victim.kill()
+    h.victim.wait()
+    for listener in (h.tcp, h.udp, h.unix, h.abstract):
+        listener.close()
+    shutil.rmtree(sentinel_dir, ignore_errors=True)
+    if os.path.lexists(h.tmp_sentinel):
+        os.remove(h.tmp_sentinel)
+    os.environ.pop("THINKRL_ADV_SECRET", None)
+
+
+def survivors(uid: int | None, pidns: str | None) -> list[int]:
+    """Processes (other than zombies) of the run's uid or in the run's PID namespace."""
+    found = []
+    for d in glob.glob("/proc/[0-9]*"):
+        try:
+            status = Path(d, "status").read_text()
+            ns = os.readlink(os.path.join(d, "ns", "pid"))
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("State", "").strip().startswith("Z"):
+            continue
+        real_uid = int(fields["Uid"].split()[0])
+        if (uid is not None and real_uid == uid) or (pidns is not None and ns == pidns):
+            found.append(int(d.rsplit("/", 1)[1]))
+    return found
+
+
+def _sandbox_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "thinkrl-sandbox-*")))
+
+
+def _escapes(host: Host, result, elapsed: float, hits_before: int, dirs_before: set[str]) -> list[str]:
+    """Everything the host can see went wrong, each as a short tag (see the module docstring)."""
+    found = []
+    out = result.stdout + result.stderr
+    iso = result.isolation or {}
+    if survivors(iso.get("uid"), iso.get("pidns")):
+        found.append("survivor")
+    if elapsed > TIMEOUT + 1.0:
+        found.append(f"overrun {elapsed:.2f}s")
+    if SECRET.encode() in out:
+        found.append("secret")
+    time.sleep(0.05)  # let the listener threads see a datagram or connection that did arrive
+    if host.hits() != hits_before:
+        found.append("network")
+    if b"CONNECTED-OUTSIDE" in out:
+        found.append("network")
+    planted = [n for n in os.listdir(host.sentinel_dir) if n != "sock"]
+    if planted or os.path.lexists(host.tmp_sentinel):
+        found.append("host file")
+        for n in planted:
+            p = os.path.join(host.sentinel_dir, n)
+            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+        if os.path.lexists(host.tmp_sentinel):
+            os.remove(host.tmp_sentinel)
+    if DATASET.is_file() and DATASET.read_bytes()[:48].hex().encode() in out:
+        found.append("dataset")
+    if host.victim.poll() is not None:
+        found.append("killed host process")
+    if socket.gethostname() != host.hostname:
+        found.append("hostname")
+    if _sandbox_dirs() != dirs_before:
+        found.append("temp dir left")
+    return found
+
+
+def run_case(case: Case, cfg: SandboxConfig, host: Host):
+    """(escapes, result, verdict, seconds the call took) of one case under ``cfg``."""
+    source = host.fill(case.source)
+    hits, dirs = host.hits(), _sandbox_dirs()
+    start = time.monotonic()
+    verdict = None
+    if case.kind == "run":
+        result = run({"main.py": source}, stdin=None if case.stdin is None else case.stdin.encode(), config=cfg)
+    elif case.kind == "humaneval":
+        task = TASKS[case.task]
+        verdict, result = run_check(task["prompt"], source, task["test"], task["entry_point"], cfg)
+    else:
+        outcome = stdio.run_case(source, STDIO_CASE, cfg)
+        verdict, result = outcome.passed, outcome.run
+    elapsed = time.monotonic() - start
+    escapes = _escapes(host, result, elapsed, hits, dirs)
+    json.dumps(result.to_json())  # whatever the program wrote, the report is valid JSON
+    if verdict is True:
+        escapes.append("false pass")
+    return escapes, result, verdict, elapsed
+
+
+LEVEL_CONFIGS = {
+    "namespaces": SandboxConfig(isolation="namespaces", limits=LIMITS),
+    "rlimits-only": SandboxConfig(isolation="rlimits-only", limits=LIMITS),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("level", list(LEVEL_CONFIGS))
+def test_adversarial(level: str, case: Case, host: Host):
+    cfg = LEVEL_CONFIGS[level]
+    reason = refusal(cfg)
+    if reason is not None:
+        pytest.skip(reason)
+    if case.needs_disk_cap and level != "namespaces":
+        pytest.skip("no disk or inode cap without namespaces: it would fill the host's disk")
+    escapes, result, verdict, elapsed = run_case(case, cfg, host)
+    RESULTS[(level, case.name)] = (escapes, result.status, elapsed)
+    assert result.status != "refused", result.message
+    if case.kind != "run":
+        assert verdict is False, f"{case.name}: verdict {verdict!r} (must be a plain fail)"
+    allowed = set() if level == "namespaces" else set(case.ns_only)
+    assert set(escapes) <= allowed, f"{case.name} at {level}: {escapes} ({result.status}; {result.stderr[-300:]!r})"
+    if level == "namespaces" and case.status:
+        assert result.status in case.status, f"{case.name}: {result.status} {result.stderr[-300:]!r}"
+    if level == "namespaces" and case.quick:
+        assert result.wall_seconds < TIMEOUT, f"{case.name} waited for the deadline: {result.wall_seconds:.2f}s"
+
+
+def test_honest_submissions_still_pass(host: Host):
+    """Positive control: the suite's tasks are passable, so its fails are real fails."""
+    cfg = LEVEL_CONFIGS["namespaces"]
+    if refusal(cfg) is not None:
+        pytest.skip("namespaces unavailable")
+    for name, task in TASKS.items():
+        passed, result = run_check(task["prompt"], task["solution"], task["test"], task["entry_point"], cfg)
+        assert passed is True, (name, result.status, result.stderr[-300:], result.interaction_error)
+    assert stdio.run_case("n = int(input())\nprint(n * 2)\nprint(n * 2 + 1)\n", STDIO_CASE, cfg).passed is True
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_unavailable_isolation_refuses_every_case(case: Case, host: Host, monkeypatch):
+    monkeypatch.setattr(runner, "_probe", lambda level: f"simulated: {level} unavailable")
+    escapes, result, verdict, elapsed = run_case(case, SandboxConfig(isolation="namespaces", limits=LIMITS), host)
+    RESULTS[("unavailable", case.name)] = (escapes, result.status, elapsed)
+    assert result.status == "refused" and "simulated" in result.message
+    assert verdict is None and not escapes and result.wall_seconds < 0.5
+
+
+def test_zz_summary(capsys):
+    """Print the escape table; namespaces must be clean in every case that ran."""
+    levels = sorted({lvl for lvl, _ in RESULTS})
+    lines = [f"{'level':13s} {'cases':>5s} {'escapes':>7s} {'false passes':>12s} {'survivors':>9s} "
+             f"{'max call s':>10s}  escaped cases (timeout {TIMEOUT} s)"]
+    for lvl in levels:
+        rows = {name: v for (l, name), v in RESULTS.items() if l == lvl}
+        escaped = {name: e for name, (e, _, _) in rows.items() if e}
+        count = lambda tag: sum(any(t.startswith(tag) for t in e) for e, _, _ in rows.values())  # noqa: E731
+        lines.append(f"{lvl:13s} {len(rows):5d} {len(escaped):7d} {count('false pass'):12d} {count('survivor'):9d} "
+                     f"{max((w for _, _, w in rows.values()), default=0):10.2f}  "
+                     + ", ".join(f"{n}:{'+'.join(e)}" for n, e in sorted(escaped.items())))
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+    ns_escapes = [(name, e) for (lvl, name), (e, _, _) in RESULTS.items() if lvl == "namespaces" and e]
+    assert not ns_escapes
+    assert len(CASES) >= 40

@@ -1,0 +1,163 @@
+"""The GRPO loop on a tiny model: it learns, it skips non-finite updates, it resumes bit for bit."""
+
+import json
+
+import pytest
+import torch
+
+from thinkrl import rewards
+from thinkrl.trainers import grpo_job as run_mod
+from thinkrl.models import tiny
+from thinkrl.config import Config, load_config
+from thinkrl.data.synthetic import sample_problems
+from thinkrl.models.loading import frozen_copy
+from thinkrl.trainers.grpo import PromptStream, TrainState, grpo_step, make_optimizer
+
+
+def _state(model, tok, beta=0.0):
+    cfg = Config()
+    cfg.grpo.prompts_per_step, cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 4, 10
+    cfg.grpo.beta, cfg.grpo.lr = beta, 1e-2
+    opt, sched = make_optimizer(model, cfg.grpo.lr, 0.0, 0)
+    state = TrainState(model, tok, opt, sched, PromptStream(sample_problems(8, "train", 0), 0),
+                       torch.Generator().manual_seed(0), ref_model=frozen_copy(model) if beta else None)
+    return cfg, state
+
+
+@pytest.fixture()
+def length_reward():
+    """A reward with signal even for a random model: longer completions score higher."""
+    @rewards.register("test_length")
+    def _length(completions, **_):
+        return [float(len(c)) for c in completions]
+    yield "test_length"
+    rewards.REWARDS.pop("test_length")
+
+
+def test_step_changes_parameters_and_logs(tiny_model, tiny_tokenizer, length_reward):
+    cfg, state = _state(tiny_model, tiny_tokenizer, beta=0.04)
+    cfg.rewards.weights = {length_reward: 1.0, "format": 1.0}
+    before = [p.detach().clone() for p in tiny_model.parameters()]
+    m = grpo_step(state, cfg, lambda q: q)
+    assert any(not torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))
+    for key in ("reward/total", "reward/test_length", "length/mean", "kl", "clip_frac", "entropy",
+                "zero_variance_groups", "time/sample", "time/reward", "time/score", "time/train", "tokens_per_s",
+                "peak_rss_gib", "loss"):
+        assert key in m and m[key] == m[key], key  # present and not NaN
+    assert state.step == 1 and m["skipped_updates"] == 0
+
+
+def test_non_finite_loss_skips_update(tiny_model, tiny_tokenizer, length_reward, monkeypatch):
+    cfg, state = _state(tiny_model, tiny_tokenizer)
+    cfg.rewards.weights = {length_reward: 1.0}
+    from thinkrl.algos import grpo
+    real = grpo.grpo_loss
+    monkeypatch.setattr(grpo, "grpo_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1]))
+    before = [p.detach().clone() for p in tiny_model.parameters()]
+    m = grpo_step(state, cfg, lambda q: q)
+    assert m["skipped_updates"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))
+    assert not state.optimizer.state  # Adam moments untouched too
+
+
+def test_rewards_see_problem_columns(tiny_model, tiny_tokenizer):
+    """Rewards get `answer` and the problems' shared meta fields, one value per sample."""
+    seen = {}
+
+    @rewards.register("test_columns")
+    def _cols(completions, answer, start, ops, **_):
+        seen.update(answer=answer, start=start, ops=ops)
+        return [0.0] * len(completions)
+
+    try:
+        cfg, state = _state(tiny_model, tiny_tokenizer)
+        cfg.rewards.weights = {"test_columns": 1.0}
+        grpo_step(state, cfg, lambda q: q)
+    finally:
+        rewards.REWARDS.pop("test_columns")
+    assert len(seen["answer"]) == len(seen["start"]) == len(seen["ops"]) == 8  # B=2 x G=4
+    assert seen["start"][0] == seen["start"][3] and isinstance(seen["ops"][0], list)
+
+
+def test_beta_zero_loads_no_reference(tiny_model, tiny_tokenizer):
+    _, state = _state(tiny_model, tiny_tokenizer, beta=0.0)
+    assert state.ref_model is None
+
+
+EXTRA: list = []
+
+
+def _cfg(tmp_path, base, name, steps):
+    cfg = load_config(overrides=[
+        f"model.path={base}", f"run.output_dir={tmp_path / name}", f"grpo.steps={steps}", "grpo.prompts_per_step=2",
+        "grpo.group_size=4", "grpo.max_new_tokens=12", "grpo.beta=0.01", "grpo.ref_reset_every=3",
+        "grpo.minibatches=2", "grpo.mu=2", "grpo.lr=0.003", "data.train_size=16", "data.eval_size=2",
+        "run.eval_samples=2", "run.checkpoint_every=2", "run.eval_every=2", "run.progress=false",
+        "rewards.weights={test_length: 1.0, format: 1.0}", *EXTRA])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    cfg = tiny.BaseModelConfig(corpus_size=200, steps=3, hidden_size=32, layers=2, heads=2, intermediate_size=64,
+                               vocab_size=300)
+    return tiny.build_base_model(out, cfg)
+
+
+def test_resume_is_bit_identical(tmp_path, base_dir, monkeypatch, length_reward):
+    straight = run_mod.train_run(_cfg(tmp_path, base_dir, "straight", 5), log=lambda *_: None)
+
+    real_step = run_mod.grpo_step
+
+    def crash_at_3(state, *a, **k):
+        if state.step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(state, *a, **k)
+
+    monkeypatch.setattr(run_mod, "grpo_step", crash_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.train_run(_cfg(tmp_path, base_dir, "resumed", 5), log=lambda *_: None)
+    monkeypatch.setattr(run_mod, "grpo_step", real_step)
+    assert (tmp_path / "resumed/checkpoints/step-000002/COMPLETE").exists()
+    resumed = run_mod.train_run(None, resume=str(tmp_path / "resumed"), log=lambda *_: None)
+
+    from safetensors.torch import load_file
+    a = load_file(str(straight / "final_model/model.safetensors"))
+    b = load_file(str(resumed / "final_model/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = load_file(str(base_dir / "model.safetensors"))
+    assert any(not torch.equal(a[k], base[k]) for k in a)  # training did move the weights
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+    logged = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [("eval/accuracy" in m) for m in logged] == [False, True, False, True, False]  # eval every 2 steps
+    summary = json.loads((resumed / "summary.json").read_text())
+    for key in ("base_accuracy", "final_accuracy", "base_mean_length", "final_mean_length", "wall_seconds", "steps"):
+        assert key in summary
+    assert (resumed / "report.md").exists() and (resumed / "config.yaml").exists()
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(resumed / "final_model")
+
+
+def test_bf16_head_copy_is_current_in_every_update(tiny_model, tiny_tokenizer, length_reward, monkeypatch):
+    """Every bf16 copy of the LM head the trainer uses equals the weights of that moment, across
+    μ = 2 updates per batch and two steps (a copy kept across a fused AdamW update was a bug)."""
+    from thinkrl.engine import cast_cache as buffers
+    cfg, state = _state(tiny_model, tiny_tokenizer)
+    cfg.rewards.weights = {length_reward: 1.0}
+    cfg.run.precision, cfg.grpo.mu, cfg.grpo.micro_batch_size = "bf16", 2, 3
+    real, seen = buffers.cast, []
+
+    def checked(weight, dtype):
+        out = real(weight, dtype)
+        seen.append(torch.equal(out, weight.detach().to(dtype)))
+        return out
+
+    monkeypatch.setattr(buffers, "cast", checked)
+    head = tiny_model.get_output_embeddings().weight
+    before = head.detach().clone()
+    for _ in range(2):
+        grpo_step(state, cfg, lambda q: q)
+    assert not torch.equal(before, head.detach())  # the head did change between copies
+    assert len(seen) > 4 and all(seen)

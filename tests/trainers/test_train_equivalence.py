@@ -1,0 +1,169 @@
+"""The optimised training path (prompt shared per group, length-bucketed micro-batches,
+chunked log-softmax, zero-advantage rows skipped, oneDNN linears, π_old = π_θ detached)
+gives the same loss and gradients as a plain reference: one sequence at a time through
+the full model, full-vocabulary logits, the DeepSeekMath formula written out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from thinkrl.trainers import grpo as trainer
+from thinkrl.config import GRPOConfig
+from thinkrl.engine.sampler import Rollout
+
+V, PAD = 40, 0
+
+
+def tiny(seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=V, max_position_embeddings=64, initializer_range=0.2,
+                      tie_word_embeddings=tie)
+    return LlamaForCausalLM(cfg)
+
+
+def make_rollout(B: int = 3, G: int = 4, L: int = 7, seed: int = 0) -> Rollout:
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, V, (n,), generator=g).tolist() for n in (5, 3, 8)[:B]]
+    N = B * G
+    lengths = torch.randint(1, L + 1, (N,), generator=g)
+    lengths[0] = L
+    mask = torch.arange(L).unsqueeze(0) < lengths.unsqueeze(1)  # (N, L)
+    ids = torch.randint(1, V, (N, L), generator=g).masked_fill(~mask, PAD)  # (N, L)
+    logprobs = (-torch.rand(N, L, generator=g) * 3).masked_fill(~mask, 0.0)  # (N, L) stand-in π_old
+    return Rollout(prompt_ids=prompts, group=torch.arange(B).repeat_interleave(G), completion_ids=ids,
+                   completion_mask=mask, logprobs=logprobs, truncated=torch.zeros(N, dtype=torch.bool),
+                   texts=[""] * N, lengths=lengths)
+
+
+def reference_loss(model, ro, adv, old_logp, ref_model, beta, eps, temperature, aggregation):
+    """-J(θ) of DeepSeekMath Eq. 3, one sequence at a time, no tricks."""
+    per_seq, token_terms, n_tok = [], [], 0
+    for n in range(len(ro.texts)):
+        prompt, c = ro.prompt_ids[int(ro.group[n])], ro.completion_ids[n, : ro.lengths[n]].tolist()
+        seq = torch.tensor([prompt + c])  # (1, P + C)
+        logits = model(input_ids=seq).logits[0, len(prompt) - 1 : -1].float()  # (C, V) full vocabulary
+        logp = F.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(c)[:, None])[:, 0]  # (C,)
+        old = logp.detach() if old_logp is None else old_logp[n, : len(c)]
+        ratio = torch.exp(logp - old)
+        terms = torch.minimum(ratio * adv[n], ratio.clamp(1 - eps, 1 + eps) * adv[n])  # (C,)
+        if beta:
+            with torch.no_grad():
+                ref = F.log_softmax(ref_model(input_ids=seq).logits[0, len(prompt) - 1 : -1].float() / temperature, -1)
+                ref = ref.gather(-1, torch.tensor(c)[:, None])[:, 0]
+            terms = terms - beta * (torch.exp(ref - logp) - (ref - logp) - 1)  # k3
+        per_seq.append(terms.mean())
+        token_terms.append(terms.sum())
+        n_tok += len(c)
+    J = torch.stack(per_seq).mean() if aggregation == "seq_mean_group_mean" else torch.stack(token_terms).sum() / n_tok
+    return -J
+
+
+def grads(model):
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("share_prompt,tie", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("beta,aggregation,detach_old", [
+    (0.0, "seq_mean_group_mean", True),
+    (0.0, "token_mean", False),
+    (0.04, "seq_mean_group_mean", False),
+])
+def test_optimised_path_equals_plain_reference(share_prompt, tie, beta, aggregation, detach_old):
+    """Micro-batches of 3 (prompts run once for all of them with share_prompt), a head-tied
+    embedding or not: loss and gradients equal the plain per-sequence reference."""
+    model, ro = tiny(tie=tie), make_rollout()
+    ref_model = tiny(seed=1) if beta else None
+    adv = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.5, -0.5, 1.5, 0.0, -1.5, 0.0])  # group 0 all-equal
+    g = GRPOConfig(beta=beta, loss_aggregation=aggregation, temperature=0.8, share_prompt=share_prompt,
+                   logprob_chunk=3, micro_batch_size=3, max_new_tokens=7)
+    old_logp = None if detach_old else ro.logprobs
+    logprobs_of = trainer._Logprobs(ro, g, PAD)
+    ref_logp = None
+    if beta:
+        with torch.no_grad():
+            ref_logp = trainer._score(logprobs_of, ref_model, len(ro.texts), 5, ro.logprobs)
+
+    model.zero_grad(set_to_none=True)
+    stats = {"clip_frac": [], "entropy": [], "kl": []}
+    loss, trained = trainer.minibatch_gradients(
+        model, logprobs_of, ro, torch.arange(len(ro.texts)), adv, old_logp, ref_logp, g, g.micro_batch_size,
+        skip_zero=beta == 0, forward_context=lambda: trainer.precision(model, False, True), stats=stats)
+    fast = grads(model)
+    assert trained == (6 if beta == 0 else 12)  # zero-advantage rows skipped only without the KL term
+
+    model.zero_grad(set_to_none=True)
+    ref = reference_loss(model, ro, adv, old_logp, ref_model, beta, 0.2, 0.8, aggregation)
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    for a, b in zip(fast, grads(model)):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
+
+
+def test_bf16_autocast_gradients_close_to_fp32():
+    model, ro = tiny(), make_rollout()
+    adv = torch.randn(len(ro.texts), generator=torch.Generator().manual_seed(5))
+    g = GRPOConfig(beta=0.0, temperature=1.0, micro_batch_size=4, max_new_tokens=7)
+    logprobs_of = trainer._Logprobs(ro, g, PAD)
+    out = []
+    for bf16 in (False, True):
+        model.zero_grad(set_to_none=True)
+        trainer.minibatch_gradients(model, logprobs_of, ro, torch.arange(len(ro.texts)), adv, None, None, g, 4, True,
+                                    lambda: trainer.precision(model, bf16), {"clip_frac": [], "entropy": [], "kl": []})
+        out.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    cos = F.cosine_similarity(out[0], out[1], dim=0)
+    assert cos > 0.99 and all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_prompt_chunks_cut_at_prompt_boundaries():
+    group = torch.tensor([0] * 4 + [1] * 4 + [2] * 2)  # (10,) prompt of each row
+    rows = torch.tensor([9, 0, 5, 1, 8, 2, 4, 3, 6, 7])  # a shuffled mini-batch
+    as_sets = lambda chunks: [sorted(c.tolist()) for c in chunks]  # noqa: E731
+    assert as_sets(trainer._prompt_chunks(rows, group, 3)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # each alone
+    assert as_sets(trainer._prompt_chunks(rows, group, 8)) == [list(range(8)), [8, 9]]  # 0 and 1 fit; 2 does not
+    assert as_sets(trainer._prompt_chunks(rows, group, 10)) == [list(range(10))]  # one micro-batch: one chunk
+    assert as_sets(trainer._prompt_chunks(torch.tensor([7, 3]), group, 1)) == [[3], [7]]  # two prompts: by prompt index
+    assert trainer._prompt_chunks(torch.tensor([], dtype=torch.long), group, 3) == []
+
+
+def test_prompt_activations_held_one_prompt_at_a_time(monkeypatch):
+    """Micro-batches smaller than a group: each prompt runs once for its own micro-batches and
+    is back-propagated before the next prompt runs (memory independent of the number of
+    prompts), and the gradients still equal the plain reference."""
+    model, ro = tiny(), make_rollout()
+    adv = torch.linspace(-1.5, 1.5, len(ro.texts))  # (12,) no zero advantage
+    g = GRPOConfig(beta=0.0, temperature=0.8, logprob_chunk=3, micro_batch_size=2, max_new_tokens=7)
+    built, live, most = [], [0], [0]
+    plain = trainer._Logprobs.prompts
+
+    def prompts(self, net, rows):
+        states = plain(self, net, rows)
+        built.append(torch.unique(ro.group[rows]).tolist())
+        live[0] += 1
+        most[0] = max(most[0], live[0])
+        backward = states.backward
+
+        def counted():
+            live[0] -= 1
+            backward()
+
+        states.backward = counted
+        return states
+
+    monkeypatch.setattr(trainer._Logprobs, "prompts", prompts)
+    model.zero_grad(set_to_none=True)
+    loss, _ = trainer.minibatch_gradients(
+        model, trainer._Logprobs(ro, g, PAD), ro, torch.randperm(len(ro.texts)), adv, None, None, g, 2,
+        skip_zero=True, forward_context=lambda: trainer.precision(model, False, True),
+        stats={"clip_frac": [], "entropy": [], "kl": []})
+    assert built == [[0], [1], [2]] and most[0] == 1 and live[0] == 0
+    fast = grads(model)
+    model.zero_grad(set_to_none=True)
+    ref = reference_loss(model, ro, adv, None, None, 0.0, 0.2, 0.8, "seq_mean_group_mean")
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    for a, b in zip(fast, grads(model)):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
