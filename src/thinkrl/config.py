@@ -244,6 +244,21 @@ def validate(cfg: Config) -> Config:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}={value}; must be at least 1")
+    ranges = {  # key: (value, allowed, what the range is)
+        "grpo.temperature": (g.temperature, g.temperature > 0, "> 0 (0 makes every sample of a group the same)"),
+        "grpo.top_p": (g.top_p, 0 < g.top_p <= 1, "in (0, 1]"),
+        "run.eval_temperature": (cfg.run.eval_temperature, cfg.run.eval_temperature >= 0, ">= 0 (0 = greedy)"),
+        "run.eval_top_p": (cfg.run.eval_top_p, 0 < cfg.run.eval_top_p <= 1, "in (0, 1]"),
+        "grpo.epsilon_low": (g.epsilon_low, g.epsilon_low >= 0, ">= 0"),
+        "grpo.epsilon_high": (g.epsilon_high, g.epsilon_high >= 0, ">= 0"),
+        "grpo.beta": (g.beta, g.beta >= 0, ">= 0"),
+        "grpo.lr": (g.lr, g.lr > 0, "> 0"),
+        "grpo.max_grad_norm": (g.max_grad_norm, g.max_grad_norm > 0, "> 0"),
+        "rewards.verify_timeout": (cfg.rewards.verify_timeout, cfg.rewards.verify_timeout > 0, "> 0"),
+    }
+    for key, (value, ok, allowed) in ranges.items():
+        if not ok:
+            raise ConfigError(f"{key}={value}; must be {allowed}")
     if cfg.run.precision == "bf16" and not cpu_has_fast_bf16():
         raise ConfigError("run.precision=bf16: this CPU has no bf16 matrix instructions (AVX512_BF16 or AMX), so bf16 "
                           "products would run ~100x slower than fp32 here; use run.precision=fp32 (the default)")

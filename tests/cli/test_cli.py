@@ -30,6 +30,13 @@ def test_help_lists_every_option_with_paper_values(capsys):
     (["rewards.weights={nosuch: 1}"], "unknown reward 'nosuch'"),
     (["grpo.group_size=1"], "at least 2"),
     (["data.dataset=nosuch"], "data.dataset 'nosuch'"),
+    (["grpo.temperature=0"], "grpo.temperature=0.0; must be > 0"),
+    (["grpo.top_p=1.5"], "grpo.top_p=1.5; must be in (0, 1]"),
+    (["grpo.top_p=0"], "grpo.top_p=0.0; must be in (0, 1]"),
+    (["grpo.epsilon_low=-0.1"], "grpo.epsilon_low=-0.1; must be >= 0"),
+    (["grpo.beta=-1"], "grpo.beta=-1.0; must be >= 0"),
+    (["run.eval_top_p=0"], "run.eval_top_p=0.0; must be in (0, 1]"),
+    (["rewards.verify_timeout=0"], "rewards.verify_timeout=0.0; must be > 0"),
 ])
 def test_bad_options_get_one_clear_line(args, message, capsys, tmp_path):
     assert cli.main(["train", "--output-dir", str(tmp_path / "run"), *args]) == 2

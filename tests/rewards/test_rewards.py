@@ -216,12 +216,20 @@ def test_answer_inside_think_scores_accuracy_but_not_format():
     assert format_reward([c]) == [0.0]
 
 
-def test_accuracy_timeout_is_none_and_missing_gold_is_none(monkeypatch):
-    from thinkrl.rewards import math_reward
-    monkeypatch.setattr(math_reward, "VERIFY_TIMEOUT", 1.0)
+def test_accuracy_timeout_is_none_and_missing_gold_is_none():
     out = accuracy_reward(["<answer>9^{9^{9}}</answer>", "<answer>3</answer>", "<answer>3</answer>"],
-                          answer=["3", "3", ""], question=["q"] * 3)
+                          answer=["3", "3", ""], question=["q"] * 3, timeout=1.0)
     assert out == [None, 1.0, None]
+
+
+def test_score_passes_a_reward_its_own_options_over_columns(monkeypatch):
+    """`rewards.verify_timeout` reaches the accuracy reward's checks; a column cannot shadow it."""
+    from thinkrl.rewards import math_reward
+    seen = []
+    monkeypatch.setattr(math_reward, "verify_many", lambda pairs, timeout: seen.append(timeout) or [True] * len(pairs))
+    out = score(["<answer>3</answer>"], {"answer": ["3"], "timeout": [99.0]}, {"accuracy": 1.0},
+                {"accuracy": {"timeout": 1.25}})
+    assert out.total == [1.0] and seen == [1.25]
 
 
 # ------------------------------------------------------------------ format

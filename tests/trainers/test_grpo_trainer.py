@@ -58,6 +58,17 @@ def test_non_finite_loss_skips_update(tiny_model, tiny_tokenizer, length_reward,
     assert m["skipped_updates"] == 1
     assert all(torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))
     assert not state.optimizer.state  # Adam moments untouched too
+    assert state.scheduler.last_epoch == 1  # the schedule still advanced: a skip does not shift later lrs
+
+
+def test_verify_timeout_option_reaches_the_accuracy_checks(tiny_model, tiny_tokenizer, monkeypatch):
+    from thinkrl.rewards import math_reward
+    cfg, state = _state(tiny_model, tiny_tokenizer)
+    cfg.rewards.weights, cfg.rewards.verify_timeout = {"accuracy": 1.0}, 1.25
+    seen = []
+    monkeypatch.setattr(math_reward, "verify_many", lambda pairs, timeout: seen.append(timeout) or [False] * len(pairs))
+    grpo_step(state, cfg, lambda q: q)
+    assert seen == [1.25]
 
 
 def test_rewards_see_problem_columns(tiny_model, tiny_tokenizer):

@@ -75,7 +75,7 @@ def _run_one(name: str, fn: RewardFn, completions: list[str],
 
 
 def score(completions: list[str], columns: dict[str, list],
-          weights: dict[str, float]) -> ScoreResult:
+          weights: dict[str, float], options: dict[str, dict] | None = None) -> ScoreResult:
     """Run each reward named in ``weights`` on the batch and combine them.
 
     ``columns`` maps a column name to one value per completion (e.g. ``{"answer": [...]}``)
@@ -83,7 +83,9 @@ def score(completions: list[str], columns: dict[str, list],
     something malformed (not a list, wrong length, non-numbers) gives None for all its
     samples; NaN counts as None. Rewards with weight 0 are computed and reported but do
     not affect ``total``. Unknown names raise ValueError (a configuration error), as do
-    columns whose length differs from ``len(completions)``.
+    columns whose length differs from ``len(completions)``. ``options`` maps a reward name to
+    keyword settings of that reward alone (e.g. ``{"accuracy": {"timeout": 5.0}}``); they are
+    passed after the columns, so a column cannot shadow them.
     """
     n = len(completions)
     for col, vals in columns.items():
@@ -92,7 +94,7 @@ def score(completions: list[str], columns: dict[str, list],
     fns = {name: get_reward(name) for name in weights}
     result = ScoreResult(total=[0.0] * n)
     for name, fn in fns.items():
-        values = _run_one(name, fn, completions, columns)
+        values = _run_one(name, fn, completions, {**columns, **(options or {}).get(name, {})})
         result.per_reward[name] = values
         result.failures[name] = sum(v is None for v in values)
         w = float(weights[name])

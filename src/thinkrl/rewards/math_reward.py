@@ -24,11 +24,13 @@ VERIFY_TIMEOUT = 5.0  # seconds per answer check; module-level so a column can't
 
 
 @register("accuracy")
-def accuracy_reward(completions: list[str], answer: list[str], **_) -> list[float | None]:
+def accuracy_reward(completions: list[str], answer: list[str], timeout: float = VERIFY_TIMEOUT,
+                    **_) -> list[float | None]:
     """Per completion: 1.0 correct, 0.0 wrong or no answer, None undecidable.
 
     ``answer`` is the per-sample gold final answer (e.g. ``"18"``, ``"\\frac{14}{3}"``).
-    Each check may take up to :data:`VERIFY_TIMEOUT` seconds (+0.5 s).
+    Each check may take up to ``timeout`` seconds (+0.5 s); the trainer passes
+    `rewards.verify_timeout` through `score(options=...)`.
     """
     if len(answer) != len(completions):
         raise ValueError(f"{len(completions)} completions but {len(answer)} answers")
@@ -43,6 +45,6 @@ def accuracy_reward(completions: list[str], answer: list[str], **_) -> list[floa
         if pred is not None:
             idx.append(i)
             pairs.append((pred, str(gold).strip()))
-    for i, ok in zip(idx, verify_many(pairs, timeout=VERIFY_TIMEOUT)):
+    for i, ok in zip(idx, verify_many(pairs, timeout=timeout)):
         out[i] = None if ok is None else float(ok)
     return out

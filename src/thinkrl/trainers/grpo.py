@@ -270,7 +270,8 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
                     engine_dtype=torch.bfloat16 if bf16 else None)
     with timer("reward"):
         texts = [completion_prefix + t for t in ro.texts]
-        scored = rewards.score(texts, reward_columns(problems, G), cfg.rewards.weights)
+        scored = rewards.score(texts, reward_columns(problems, G), cfg.rewards.weights,
+                               {"accuracy": {"timeout": cfg.rewards.verify_timeout}})
         valid = torch.tensor([r is not None for r in scored.total])  # (N,)
         r = torch.tensor([x if x is not None else 0.0 for x in scored.total])  # (N,)
         adv = grpo.group_advantages(r, G, g.advantage_scale, valid).to(ro.completion_ids.device)  # (N,)
@@ -304,7 +305,7 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
                     state.counters["skipped_updates"] += 1  # the NaN never reaches the weights
                 else:
                     state.optimizer.step()
-                    state.scheduler.step()
+                state.scheduler.step()  # the schedule counts update attempts: a skipped one does not shift it
                 state.optimizer.zero_grad(set_to_none=True)  # free the gradients before sampling
                 stats["loss"].append(loss_sum)
                 stats["grad_norm"].append(norm.item())
