@@ -157,7 +157,7 @@ def _add_sft(sub) -> None:
 
 
 def _add_distill(sub) -> None:
-    from thinkrl.cli.sft import add_distill_parser, distill_main  # `thinkrl distill`: trace SFT or logit KD
+    from thinkrl.cli.distill import add_distill_parser, distill_main  # `thinkrl distill`: trace SFT or logit KD
 
     add_distill_parser(sub, distill_main)
 

@@ -5,13 +5,16 @@
 paper's value where the field records one (`paper` metadata: a value, or None for "not in
 the paper") and the default; `config_from_args` builds the dataclass back from the parsed
 options. Field annotations decide how a value is read (`OPTION_KINDS`).
-Left out: `thinkrl train`'s `section.key=value` options (`config.py`).
+Also the options every model-running flag command shares (`add_run_options`,
+`resolve_device`, `output_dir`). Left out: `thinkrl train`'s `section.key=value` options (`config.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -66,3 +69,29 @@ def config_from_args(cls, args, **nested):
     """An instance of `cls` from the parsed options (fields holding dataclasses passed in `nested`)."""
     values = vars(args)
     return cls(**{f.name: nested[f.name] if f.name in nested else values[f.name] for f in dataclasses.fields(cls)})
+
+
+def add_run_options(p) -> None:
+    """--output-dir, --device, --dtype: what every model-running flag command takes."""
+    p.add_argument("--output-dir", metavar="DIR", help="output directory (default runs/<command>-<timestamp>)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the models")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="weights dtype (float32 recommended on CPU)")
+
+
+def resolve_device(name: str) -> str:
+    """auto | cpu | cuda -> a torch device name; cuda without a device is a ConfigError."""
+    import torch
+
+    from thinkrl.config import ConfigError
+    from thinkrl.cli.eval import DEVICES
+
+    device = DEVICES[name]()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    return device
+
+
+def output_dir(args, command: str) -> Path:
+    """--output-dir, else runs/<command>-<timestamp>."""
+    return Path(args.output_dir or Path("runs") / time.strftime(f"{command}-%Y%m%d-%H%M%S"))

@@ -1,21 +1,17 @@
-"""`thinkrl sft` and `thinkrl distill`: parse options, load models and data, call `train_sft` / `distill`.
+"""`thinkrl sft`: parse options, load the model and rows, call `train_sft`.
 
-Every field of `SFTConfig` and `DistillConfig` is a command-line option generated from the
-dataclass (`max_seq_len` -> `--max-seq-len`, booleans as `--packing / --no-packing`) with
-the field's help text (its meaning and the paper's value) and default, so the two cannot
-disagree. Problems for `distill` come from `sample_cli.load_problems` (the synthetic tasks'
-training split, bundled benchmarks, or a JSONL file), as for `thinkrl sample`.
+Every field of `SFTConfig` is a command-line option generated from the dataclass
+(`max_seq_len` -> `--max-seq-len`, booleans as `--packing / --no-packing`) with the field's
+help text (its meaning and the paper's value) and default, so the two cannot disagree.
 User errors raise ConfigError / DataError / FileNotFoundError, which the CLI turns into one
-`thinkrl: error:` line. Left out: YAML recipes for these commands.
+`thinkrl: error:` line. Left out: YAML recipes for this command.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
-from thinkrl.cli.options import add_dataclass_options, config_from_args
+from thinkrl.cli.options import add_dataclass_options, add_run_options, config_from_args, output_dir, resolve_device
 
 SFT_HELP = """\
 Supervised fine-tuning, loss on the response tokens only (R1 cold start, rejection-sampling
@@ -26,25 +22,6 @@ SFT, distillation). Rows: {"prompt", "response"} or {"messages": [{"role", "cont
   thinkrl sft --model DIR --data traces.jsonl --template chat --epochs 3 --lr 5e-5 --min-lr 5e-6
 """
 
-DISTILL_HELP = """\
-Distil a teacher into a student on a set of problems (DeepSeek-R1 §2.4): the teacher samples K
-completions per problem, then either trace_sft (SFT on the correct, filtered traces: the
-paper's method) or logit_kd (match the teacher's full next-token distribution on its
-samples; teacher and student must share a tokenizer). Writes DIR/teacher_samples.jsonl,
-DIR/final_model, DIR/metrics.jsonl, DIR/summary.json (trace_sft also DIR/traces.jsonl).
-
-  thinkrl distill --teacher runs/rl/final_model --student runs/base/final_model \\
-      --method trace_sft --data arithmetic --limit 500 --output-dir runs/distill
-  thinkrl distill --teacher T --student S --method logit_kd --kd-kind forward --teacher-topk 20 \\
-      --data gsm8k --limit 200 --output-dir runs/kd
-"""
-
-def _common(p) -> None:
-    p.add_argument("--output-dir", metavar="DIR", help="output directory (default runs/<command>-<timestamp>)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the models")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="weights dtype (float32 recommended on CPU)")
-
 
 def add_sft_parser(sub, handler) -> None:
     from thinkrl.trainers.sft import SFTConfig
@@ -54,48 +31,9 @@ def add_sft_parser(sub, handler) -> None:
     p.add_argument("--gguf-file", metavar="F", help="GGUF file inside the model directory / package")
     p.add_argument("--data", required=True, metavar="FILE.jsonl", help="training rows (paper cold start: thousands "
                                                                          "of long-CoT examples)")
-    _common(p)
+    add_run_options(p)
     add_dataclass_options(p, SFTConfig(), "training (paper values in each help)")
     p.set_defaults(func=handler)
-
-
-def add_distill_parser(sub, handler) -> None:
-    from thinkrl.trainers.distill import DistillConfig
-    from thinkrl.data.problems import SOURCES
-
-    defaults = DistillConfig()
-    p = sub.add_parser("distill", description=DISTILL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", required=True, help="teacher model directory or weights package")
-    p.add_argument("--teacher-gguf-file", metavar="F", help="GGUF file inside the teacher directory / package")
-    p.add_argument("--student", required=True, help="student model directory or weights package")
-    p.add_argument("--student-gguf-file", metavar="F", help="GGUF file inside the student directory / package")
-    p.add_argument("--data", required=True, help=f"problems: {', '.join(SOURCES)} or a .jsonl path")
-    p.add_argument("--split", help="split of a bundled set (default: train for gsm8k, test for the others)")
-    p.add_argument("--limit", type=int, metavar="N", help="first N problems (synthetic: N problems, default 200)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="benchmark data folder (default $THINKRL_DATA_DIR or ../shared/data)")
-    p.add_argument("--question-field", default="question", metavar="F", help="question field of a .jsonl file")
-    p.add_argument("--answer-field", default="answer", metavar="F", help="gold answer field of a .jsonl file")
-    _common(p)
-    add_dataclass_options(p, defaults, "teacher sampling and distillation")
-    add_dataclass_options(p, defaults.sft, "student training (defaults: the paper's distillation settings)")
-    p.set_defaults(func=handler)
-
-
-def _device(name: str) -> str:
-    import torch
-
-    from thinkrl.config import ConfigError
-    from thinkrl.cli.eval import DEVICES
-
-    device = DEVICES[name]()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    return device
-
-
-def _output_dir(args, command: str) -> Path:
-    return Path(args.output_dir or Path("runs") / time.strftime(f"{command}-%Y%m%d-%H%M%S"))
 
 
 def sft_main(args) -> int:
@@ -108,37 +46,8 @@ def sft_main(args) -> int:
     cfg = config_from_args(SFTConfig, args)
     validate_config(cfg)
     examples = load_sft_examples(args.data)  # before the model: bad data fails fast
-    device = _device(args.device)
+    device = resolve_device(args.device)
     hf_logging.disable_progress_bar()
     model, tokenizer = load_model(args.model, args.gguf_file or "", args.dtype)
-    train_sft(model.to(device), tokenizer, examples, cfg, _output_dir(args, "sft"))
-    return 0
-
-
-def distill_main(args) -> int:
-    """`thinkrl distill`."""
-    from transformers.utils import logging as hf_logging
-
-    from thinkrl.config import ConfigError
-    from thinkrl.trainers.distill import DistillConfig, check_same_tokenizer, distill, validate_config
-    from thinkrl.models.loading import load_model
-    from thinkrl.cli.sample import load_problems
-    from thinkrl.trainers.sft import SFTConfig
-    from thinkrl.trainers.sft import validate_config as validate_sft
-
-    sft_cfg = config_from_args(SFTConfig, args)
-    cfg = config_from_args(DistillConfig, args, sft=sft_cfg)
-    validate_config(cfg)
-    validate_sft(sft_cfg)
-    problems = load_problems(args)  # before the models: bad data fails fast
-    if not problems:
-        raise ConfigError(f"--data {args.data}: no problems")
-    device = _device(args.device)
-    hf_logging.disable_progress_bar()
-    teacher, teacher_tok = load_model(args.teacher, args.teacher_gguf_file or "", args.dtype)
-    student, student_tok = load_model(args.student, args.student_gguf_file or "", args.dtype)
-    if cfg.method == "logit_kd":
-        check_same_tokenizer(teacher_tok, student_tok, args.teacher, args.student)
-    distill(teacher.to(device), student.to(device), student_tok, problems, cfg, _output_dir(args, "distill"),
-            teacher_tokenizer=teacher_tok)
+    train_sft(model.to(device), tokenizer, examples, cfg, output_dir(args, "sft"))
     return 0
