@@ -171,7 +171,7 @@ def matmul_peak(device: str, rounds: int = 3) -> dict:
     (MKL for fp32 on CPU) and, for fp32 on x86, oneDNN; bf16 goes to oneDNN in torch anyway."""
     import torch
 
-    from thinkrl.engine import cpu_kernels as onednn
+    from thinkrl.engine import cpu_kernels
     from thinkrl.engine.cpu import cpu_has_fast_bf16
 
     out = {}
@@ -182,8 +182,8 @@ def matmul_peak(device: str, rounds: int = 3) -> dict:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         fns = {"torch.mm": lambda: a @ b}
-        if device == "cpu" and dtype == torch.float32 and onednn.available():
-            fns["oneDNN"] = lambda: onednn._mm(a, b.t())
+        if device == "cpu" and dtype == torch.float32 and cpu_kernels.available():
+            fns["oneDNN"] = lambda: cpu_kernels._mm(a, b.t())
         for label, fn in fns.items():
             fn()
             if device != "cpu":

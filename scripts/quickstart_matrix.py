@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+from thinkrl.engine.cpu import AVX2_EMULATION as AVX2  # torch-free
 
 
 def run(kernels: str, seed: int, root: Path) -> dict:

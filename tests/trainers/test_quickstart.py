@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from thinkrl.engine.cpu import AVX2_EMULATION as AVX2
+
 pytestmark = pytest.mark.slow
 
-AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 @pytest.mark.parametrize("kernels", ["native", "avx2"])
@@ -31,7 +32,8 @@ def test_quickstart_learns_to_reason(tmp_path, kernels):
     assert out.returncode == 0
     run_dir = tmp_path / "qs"
     s = json.loads((run_dir / "summary.json").read_text())
-    assert s["cpu"]["capability"] == ("AVX2" if kernels == "avx2" else s["cpu"]["capability"])
+    if kernels == "avx2":
+        assert s["cpu"]["capability"] == "AVX2"  # the emulation took effect
     assert s["final_accuracy"] - s["base_accuracy"] >= 0.25
     assert s["final_mean_length"] > s["base_mean_length"]
     assert s["train_length_last_10pct"] > s["train_length_first_10pct"]

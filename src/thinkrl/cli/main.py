@@ -38,7 +38,7 @@ def _train(args) -> int:
 
 
 BUILD_BASE_HELP = """\
-Pre-train the quickstart's tiny base model on its synthetic corpus (about 8 minutes on 2 CPU
+Pre-train the quickstart's tiny base model on its synthetic corpus (about 10 minutes on 2 CPU
 cores), evaluate it on the quickstart's held-out problems and write it, with build.json
 (options, loss curve, held-out pass@1, share of samples that reason, CPU), to --output-dir.
 

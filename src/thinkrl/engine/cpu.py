@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+# Set before torch is imported, these make an AVX-512 machine take the kernels (and floats) of
+# an AVX2-only one: the quickstart's robustness runs and its slow test use them.
+AVX2_EMULATION = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:

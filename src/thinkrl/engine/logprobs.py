@@ -35,8 +35,8 @@ import inspect
 import torch
 from transformers import DynamicCache
 
-from thinkrl.engine import cast_cache as buffers
-from thinkrl.engine import cpu_kernels as onednn
+from thinkrl.engine import cast_cache
+from thinkrl.engine import cpu_kernels
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +84,7 @@ def _compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 def _chunk_logits(x: torch.Tensor, w: torch.Tensor, temperature: float, out: torch.Tensor | None) -> torch.Tensor:
     """x (c, H) · w (V, H)ᵀ / T as float32 (c, V): float32 products through oneDNN; a bf16
     product is widened into `out` (a reused (≥c, V) float32 buffer: no new 50 MB tensor per chunk)."""
-    z = onednn.linear(x, w)  # (c, V) in x's dtype
+    z = cpu_kernels.linear(x, w)  # (c, V) in x's dtype
     if z.dtype != torch.float32:
         z = out[:len(z)].copy_(z)
     return z if temperature == 1.0 else z.div_(temperature)
@@ -129,11 +129,11 @@ class _HeadGradients:
         if p.data_ptr() != gz.data_ptr():
             gz.copy_(p)  # (c, V) in the compute dtype
         if self.gh is not None:
-            self.gh[start:start + c] = onednn.linear(gz, self.w.t())  # (c, H) = gz · W
+            self.gh[start:start + c] = cpu_kernels.linear(gz, self.w.t())  # (c, H) = gz · W
         if self.want_w and (b + c == self.rows or start + c == len(self.x)):  # the block is complete
             g_blk, x_blk = self.gz[:b + c], self.x[start - b:start + c]  # (b, V), (b, H)
             if self.w.dtype == torch.float32:
-                part = onednn.linear(g_blk.t(), x_blk.t())
+                part = cpu_kernels.linear(g_blk.t(), x_blk.t())
             else:
                 part = g_blk.t().mm(x_blk)
             self.gw = part.float() if self.gw is None else self.gw.add_(part)  # (V, H) += gzᵀ · h
@@ -143,7 +143,7 @@ class _TokenLogprobs(torch.autograd.Function):
     """log_softmax(h·Wᵀ / T)[target] for every row of h, `chunk` rows at a time. Forward keeps
     no logits (only each row's log-sum-exp); backward recomputes each chunk's logits:
     d logp / d logits = (onehot(target) - softmax) / T. Under bf16 autocast the product runs
-    in bf16 with W cast once per `buffers.fixed_weights` block (kept for backward), and all
+    in bf16 with W cast once per `cast_cache.fixed_weights` block (kept for backward), and all
     softmax math in float32; each chunk's float32 work is done in place in buffers reused from chunk to chunk.
 
     With `grad_hint` ((logp of rows s.., s) -> d loss / d logp of those rows: known as soon as
@@ -162,7 +162,7 @@ class _TokenLogprobs(torch.autograd.Function):
         ent = torch.empty(M, dtype=torch.float32, device=h.device) if want_entropy else None
         hinted = None
         with torch.autocast(h.device.type, enabled=False):
-            w, x = buffers.cast(weight, cd), h.to(cd)  # (V, H) cast once per fixed-weights block, (M, H)
+            w, x = cast_cache.cast(weight, cd), h.to(cd)  # (V, H) cast once per fixed-weights block, (M, H)
             out = None if cd == torch.float32 else torch.empty(min(chunk, M), V, device=h.device)  # (c, V)
             if grad_hint is not None:
                 hinted = _HeadGradients(x, w, chunk, *ctx.needs_input_grad[:2])

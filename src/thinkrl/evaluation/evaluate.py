@@ -8,7 +8,7 @@ extracted answer (`rewards.extract.extract_answer`, the reward's own extraction)
 `passk.summarize` needs for cons@K. Code problems (HumanEval: `meta["source"]` in
 `KIND_BY_SOURCE`) are scored by the sandboxed `code` reward instead, and their "extracted
 answer" is the extracted program. Left out: pass@k for k > 1, cons@K and the other
-metrics (`passk.py`), benchmark loading and the CLI (`eval_cli.py`).
+metrics (`passk.py`), benchmark loading and the CLI (`cli/eval.py`).
 """
 
 from __future__ import annotations

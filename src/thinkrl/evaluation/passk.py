@@ -12,7 +12,7 @@ Pure functions (no models, no I/O):
 - :func:`percentile`, :func:`reflective_counts`, :func:`summarize`: response-length
   statistics and the frequency of the reflective words DeepSeek-R1 reports for R1-Zero per 1,000 generated tokens.
 
-Left out: generating or checking samples (``evaluate.py``), confidence intervals.
+Left out: generating or checking samples (``evaluation/evaluate.py``), confidence intervals.
 """
 
 from __future__ import annotations

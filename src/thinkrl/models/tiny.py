@@ -151,3 +151,19 @@ def build_base_model(out_dir: Path, cfg: BaseModelConfig = BaseModelConfig(), on
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_with_progress(out_dir: Path, cfg: BaseModelConfig, desc: str, progress: bool = True,
+                        tokenizer: PreTrainedTokenizerFast | None = None) -> list[float]:
+    """`build_base_model` behind a progress bar that shows the loss; returns the per-step losses."""
+    from tqdm import tqdm
+
+    losses: list[float] = []
+    with tqdm(total=cfg.steps, desc=desc, disable=not progress) as bar:
+        def on_step(step: int, loss: float) -> None:
+            losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        build_base_model(out_dir, cfg, on_step, tokenizer=tokenizer)
+    return losses

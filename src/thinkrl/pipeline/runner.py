@@ -17,10 +17,10 @@ Skipping and resuming, per stage in order:
   its last checkpoint; anything else: the directory is emptied and the stage rerun.
 Keys chain configs, not file contents: edit a stage's outputs by hand and it is not noticed.
 
-Every stage that writes a model is evaluated the same way (`run.heldout_eval`, the numbers
+Every stage that writes a model is evaluated the same way (`grpo_job.heldout_eval`, the numbers
 `thinkrl train` and `thinkrl eval` report): the held-out split of the task, K samples at
 temperature 0.6 / top-p 0.95, pass@1, cons@K, lengths. The report
-(`pipeline_report.py`): `report.json` (stage name -> summary), `report.md` (stage table,
+(`pipeline/report.py`): `report.json` (stage name -> summary), `report.md` (stage table,
 comparisons, plots), and `pipeline_runs.jsonl` (a line per invocation: wall time, peak RSS,
 what each stage did). Left out: running stages in parallel, pruning old stage directories,
 detecting edited artifacts, distributed training.

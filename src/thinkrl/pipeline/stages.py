@@ -14,7 +14,7 @@ stage's own directory and returns a `StageResult`. Kinds (DeepSeek-R1 §2.3–2.
   (synthetic R1-format traces `<think> worked steps </think> <answer> x </answer>` built
   from the training problems' solutions), an earlier stage that wrote data (rejection
   sampling), or a JSONL file. `sft:` holds `SFTConfig` fields. Writes `final_model/`.
-- `grpo`: reasoning RL, `run.train_run` with `model.path` = `from`'s model; the stage's
+- `grpo`: reasoning RL, `trainers.grpo_job.train_run` with `model.path` = `from`'s model; the stage's
   `grpo:`, `rewards:`, `data:`, `run:` sections override `Config`. Checkpoints every
   `run.checkpoint_every` steps (default 10), and an interrupted stage resumes from the
   last one (`run.output_dir`, `run.progress`, `run.threads` come from the pipeline).
@@ -27,7 +27,7 @@ stage's own directory and returns a `StageResult`. Kinds (DeepSeek-R1 §2.3–2.
 
 Task-level settings (dataset, template, suffix, generation cap, seed) come from the
 pipeline and are the defaults of every kind's prompt format and length cap.
-Left out: evaluation and skipping (`pipeline.py`), reports (`pipeline_report.py`).
+Left out: evaluation and skipping (`pipeline/runner.py`), reports (`pipeline/report.py`).
 """
 
 from __future__ import annotations
@@ -145,12 +145,6 @@ class Kind:
     help: str = ""
 
 
-def _bar(total: int, desc: str, on: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not on)
-
-
 # ---- base
 
 @dataclass
@@ -172,37 +166,26 @@ def _parse_base(options: dict, p, where: str) -> BaseOptions:
 def _run_base(ctx: StageContext, opts: BaseOptions) -> StageResult:
     from transformers import AutoTokenizer
 
-    from thinkrl.models.tiny import SHIPPED_BASE, build_base_model
+    from thinkrl.models.tiny import SHIPPED_BASE, build_with_progress
 
-    if opts.shipped:
-        start, tmp = time.time(), ctx.dir / ".tmp-model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(SHIPPED_BASE, tmp)
-        os.replace(tmp, ctx.dir / "model")
-        built = json.loads((SHIPPED_BASE / "build.json").read_text())
-        return StageResult({"model": "model"}, {"shipped": True, "steps": built["base"]["steps"],
-                                                "final_loss": built["loss_last"]},
-                           time.time() - start, f"the shipped quickstart base ({built['parameters']:,} parameters)")
-    tokenizer = None
-    if opts.tokenizer:
-        tokenizer = AutoTokenizer.from_pretrained(ctx.model_path(opts.tokenizer))
-        ctx.log(f"{ctx.name}: reusing the tokenizer of {opts.tokenizer} ({len(tokenizer)} tokens)")
-    tmp, final = ctx.dir / ".tmp-model", ctx.dir / "model"
+    start, tmp = time.time(), ctx.dir / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
-    start, losses = time.time(), []
-    bar = _bar(opts.model.steps, f"{ctx.name}: pre-train", ctx.pipeline.progress)
-
-    def on_step(step: int, loss: float) -> None:
-        losses.append(loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}")
-
-    build_base_model(tmp, opts.model, on_step, tokenizer=tokenizer)
-    bar.close()
-    os.replace(tmp, final)
     m = opts.model
-    return StageResult({"model": "model"}, {"steps": m.steps, "final_loss": losses[-1] if losses else None},
-                       time.time() - start, f"{m.hidden_size}d x {m.layers} layers, {m.steps} pre-training steps")
+    if opts.shipped:
+        shutil.copytree(SHIPPED_BASE, tmp)
+        built = json.loads((SHIPPED_BASE / "build.json").read_text())
+        summary = {"shipped": True, "steps": built["base"]["steps"], "final_loss": built["loss_last"]}
+        what = f"the shipped quickstart base ({built['parameters']:,} parameters)"
+    else:
+        tokenizer = None
+        if opts.tokenizer:
+            tokenizer = AutoTokenizer.from_pretrained(ctx.model_path(opts.tokenizer))
+            ctx.log(f"{ctx.name}: reusing the tokenizer of {opts.tokenizer} ({len(tokenizer)} tokens)")
+        losses = build_with_progress(tmp, m, f"{ctx.name}: pre-train", ctx.pipeline.progress, tokenizer)
+        summary = {"steps": m.steps, "final_loss": losses[-1] if losses else None}
+        what = f"{m.hidden_size}d x {m.layers} layers, {m.steps} pre-training steps"
+    os.replace(tmp, ctx.dir / "model")
+    return StageResult({"model": "model"}, summary, time.time() - start, what)
 
 
 # ---- sft

@@ -53,26 +53,17 @@ def build(cfg: BaseModelConfig, out_dir: Path, command: str = "", progress: bool
     """
     import torch
     import transformers
-    from tqdm import tqdm
 
     from thinkrl.engine.cpu import cpu_class
     from thinkrl.models.loading import load_model
     from thinkrl.trainers.grpo_job import heldout_eval, train_heldout_problems, prompt_builder
-    from thinkrl.models.tiny import build_base_model
+    from thinkrl.models.tiny import build_with_progress
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    start, losses = time.time(), []
-    bar = tqdm(total=cfg.steps, desc="pre-train base", disable=not progress)
-
-    def on_step(step: int, loss: float) -> None:
-        losses.append(loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}")
-
-    build_base_model(tmp, cfg, on_step)
-    bar.close()
+    start = time.time()
+    losses = build_with_progress(tmp, cfg, "pre-train base", progress)
     pretrain_seconds = time.time() - start
 
     qs = Config()  # the quickstart's own held-out problems, prompts and evaluation settings

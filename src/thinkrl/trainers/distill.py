@@ -1,6 +1,6 @@
 """Distillation of a reasoning teacher into a student (DeepSeek-R1 §2.4): trace SFT or logit-level KD.
 
-1. The teacher samples K completions per problem (`rollout.sample`; the prompt is built by
+1. The teacher samples K completions per problem (`engine.sampler.sample`; the prompt is built by
    `sft_data` with the template and suffix the student trains with, so both see the same
    text), and the `reward` (default `accuracy`, by `rewards.score`) scores each against
    the gold answer.

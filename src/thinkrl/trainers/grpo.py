@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from thinkrl import rewards
-from thinkrl.engine import cast_cache as buffers
+from thinkrl.engine import cast_cache
 from thinkrl.algos import grpo
 from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
@@ -189,7 +189,7 @@ def _score(logprobs_of: _Logprobs, net, N: int, micro: int, like: torch.Tensor) 
     """No-grad log-probs (N, L) of every sample under `net`, in micro-batches; `like` gives the shape."""
     out = torch.zeros_like(like)
     parts = torch.arange(N).split(micro)
-    with buffers.fixed_weights():  # the bf16 head copy made once for all micro-batches
+    with cast_cache.fixed_weights():  # the bf16 head copy made once for all micro-batches
         states = logprobs_of.prompts(net, torch.arange(N)) if len(parts) > 1 else None  # each prompt run once
         for rows in parts:
             out[rows] = logprobs_of(net, rows, like.shape[1], states=states)[0].float()
@@ -222,7 +222,7 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
     rows = mb[adv[mb] != 0] if skip_zero else mb  # zero-advantage rows: exactly zero gradient
     n_tok = float(ro.completion_mask[mb].sum())
     loss_sum = 0.0
-    with buffers.fixed_weights():  # no update inside: the bf16 head copy made once for all micro-batches
+    with cast_cache.fixed_weights():  # no update inside: the bf16 head copy made once for all micro-batches
         for chunk in _prompt_chunks(rows, ro.group, micro):
             parts = _micro_batches(chunk, ro.lengths, micro)  # (m,) rows of similar length each
             states = None

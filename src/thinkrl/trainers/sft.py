@@ -19,16 +19,16 @@ Algorithm
    at the last step (`cosine_lr`, set per step from the step index, so the schedule
    follows the data even when an update is skipped). A non-finite loss or gradient norm
    skips the update (weights and optimizer state untouched) and is counted.
-5. EOS check: generate from a few training prompts (`rollout.sample`) and report the share
+5. EOS check: generate from a few training prompts (`engine.sampler.sample`) and report the share
    that ended with EOS within the token budget; warn loudly when it is low.
 6. Write `final_model/` (model + tokenizer, temp dir → rename), `metrics.jsonl` (one line
    per step), `summary.json`.
 
 `fit` (steps 2–6) takes the per-micro-batch loss as a function, so logit distillation
-(`distill.py`) reuses the loop with a KD loss.
+(`trainers/distill.py`) reuses the loop with a KD loss.
 
 Left out: gradient checkpointing, mixed precision, LoRA, multi-GPU, resume, logit
-soft-capping (the LM head is applied to the hidden states directly, as in `logprobs.py`).
+soft-capping (the LM head is applied to the hidden states directly, as in `engine/logprobs.py`).
 """
 
 from __future__ import annotations
