@@ -87,7 +87,7 @@ def test_import_rules_hold():
     ("from thinkrl.config import _hidden\n", "private name _hidden"),
     ("from thinkrl.sandbox import _launcher\n", "private name _launcher from thinkrl.sandbox"),
     ("import thinkrl.rewards._verify_pool\n", "private module thinkrl.rewards._verify_pool"),
-    ("from thinkrl.trainers.grpo_job import train_run\n", "thinkrl.data.planted (data/) imports thinkrl.trainers.grpo_job"),
+    ("from thinkrl.trainers.loop import train_run\n", "thinkrl.data.planted (data/) imports thinkrl.trainers.loop"),
     ("from thinkrl.cli import main\n", "thinkrl.data.planted (data/) imports thinkrl.cli.main (cli/)"),
 ])
 def test_a_planted_violation_is_caught(tmp_path, text, rule):

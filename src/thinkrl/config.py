@@ -61,6 +61,10 @@ class GRPOConfig:
     epsilon_high: float = opt(0.2, "Upper clip range ε_high. Equal to ε_low in the paper; DAPO clip-higher: 0.28.")
     mu: int = opt(1, "μ, updates (passes) over each batch of samples. Paper R1-Zero: 1.")
     minibatches: int = opt(1, "Mini-batches each batch of samples is split into (one optimizer step each). Paper R1-Zero: 16.")
+    advantage_estimator: str = opt("grpo", "Advantage estimator by name (`thinkrl.algos.registry`): grpo (the paper's "
+                                           "group-relative advantage, scaled per `advantage_scale`).")
+    policy_loss: str = opt("clip", "Policy loss by name (`thinkrl.algos.registry`): clip (the paper's clipped surrogate, "
+                                   "DeepSeekMath Eq. 3).")
     advantage_scale: str = opt("group", "Advantage normalisation: group (paper: group std), batch, none (Dr. GRPO).")
     loss_aggregation: str = opt("seq_mean_group_mean", "seq_mean_group_mean (paper), token_mean (DAPO, TRL), seq_sum_const (Dr. GRPO).")
     temperature: float = opt(1.0, "Sampling temperature for rollouts (π is the tempered softmax). Paper R1-Zero: 1.0.")
@@ -196,35 +200,53 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     """Defaults of `root` (a dataclass of sections), then the YAML file (nested sections), then
     `section.key=value` overrides."""
     cfg = root()
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections")
-        for section, values in data.items():
-            if not isinstance(values, dict):
-                raise ConfigError(f"{p}: section {section!r} must be a mapping")
-            for name, value in values.items():
-                _set(cfg, f"{section}.{name}", value)
+    for key, value in read_sections(path).items():
+        _set(cfg, key, value)
+    for key, value in parse_overrides(overrides):
+        _set(cfg, key, value)
+    return cfg
+
+
+def read_sections(path: str | Path | None) -> dict[str, typing.Any]:
+    """A YAML file of sections (`section: {name: value}`) as {"section.name": value}; {} for no path."""
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections")
+    out = {}
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{p}: section {section!r} must be a mapping")
+        out.update({f"{section}.{name}": value for name, value in values.items()})
+    return out
+
+
+def parse_overrides(overrides: typing.Sequence[str]) -> list[tuple[str, str]]:
+    """`section.key=value` words as (key, value) pairs; a word without `=` is a ConfigError."""
+    pairs = []
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq:
             raise ConfigError(f"override {item!r} is not key=value (e.g. grpo.lr=1e-5)")
-        _set(cfg, key.strip(), value)
-    return cfg
+        pairs.append((key.strip(), value))
+    return pairs
 
 
 def validate(cfg: Config) -> Config:
     """Check choices before anything expensive runs; raises ConfigError naming the option."""
     from thinkrl import rewards
-    from thinkrl.algos import grpo
+    from thinkrl.algos import grpo, registry
     from thinkrl.data.templates import PROMPT_BUILDERS
     from thinkrl.engine.cpu import cpu_has_fast_bf16
 
     g = cfg.grpo
     choices = {
+        "grpo.advantage_estimator": (g.advantage_estimator, tuple(sorted(registry.ADVANTAGE_ESTIMATORS))),
+        "grpo.policy_loss": (g.policy_loss, tuple(sorted(registry.POLICY_LOSSES))),
         "grpo.advantage_scale": (g.advantage_scale, grpo.ADVANTAGE_SCALES),
         "grpo.loss_aggregation": (g.loss_aggregation, grpo.LOSS_AGGREGATIONS),
         "grpo.kl_estimator": (g.kl_estimator, grpo.KL_ESTIMATORS),

@@ -83,7 +83,7 @@ def test_new_run_into_a_finished_run_dir_is_refused(tmp_path, capsys):
 def test_overrides_may_follow_options(monkeypatch, tmp_path):
     """`train a=1 --output-dir D b=2`: argparse stops the positional at the option; both are overrides."""
     seen = {}
-    monkeypatch.setattr("thinkrl.trainers.grpo_job.train_run", lambda cfg, resume=None: seen.update(cfg=cfg))
+    monkeypatch.setattr("thinkrl.trainers.loop.train_run", lambda cfg, resume=None: seen.update(cfg=cfg))
     assert cli.main(["train", "grpo.steps=3", "--output-dir", str(tmp_path / "r"), "grpo.lr=2e-5", "run.seed=7"]) == 0
     cfg = seen["cfg"]
     assert (cfg.grpo.steps, cfg.grpo.lr, cfg.run.seed, cfg.run.output_dir) == (3, 2e-5, 7, str(tmp_path / "r"))

@@ -8,7 +8,7 @@ import torch
 
 from thinkrl.config import load_config
 from thinkrl.models.loading import load_model
-from thinkrl.trainers.grpo_job import train_heldout_problems, prompt_builder
+from thinkrl.trainers.loop import train_heldout_problems, prompt_builder
 from thinkrl.trainers.grpo import PromptStream, TrainState, grpo_step, make_optimizer
 
 pytestmark = [

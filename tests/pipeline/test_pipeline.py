@@ -12,7 +12,7 @@ import yaml
 from thinkrl.cli import main as cli
 from thinkrl.pipeline import runner as pipeline
 from thinkrl.pipeline import stages as pipeline_stages
-from thinkrl.trainers import grpo_job as run
+from thinkrl.trainers import loop as run
 from thinkrl.config import ConfigError
 
 TINY_BASE = {"corpus_size": 300, "vocab_size": 300, "hidden_size": 32, "layers": 2, "heads": 2,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from thinkrl import rewards
-from thinkrl.trainers import grpo_job as run_mod
+from thinkrl.trainers import loop as run_mod
 from thinkrl.models import tiny
 from thinkrl.config import Config, load_config
 from thinkrl.data.synthetic import sample_problems
@@ -119,17 +119,13 @@ def base_dir(tmp_path_factory):
 def test_resume_is_bit_identical(tmp_path, base_dir, monkeypatch, length_reward):
     straight = run_mod.train_run(_cfg(tmp_path, base_dir, "straight", 5), log=lambda *_: None)
 
-    real_step = run_mod.grpo_step
-
     def crash_at_3(state, *a, **k):
         if state.step == 3:
             raise KeyboardInterrupt("simulated crash")
-        return real_step(state, *a, **k)
+        return grpo_step(state, *a, **k)
 
-    monkeypatch.setattr(run_mod, "grpo_step", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
-        run_mod.train_run(_cfg(tmp_path, base_dir, "resumed", 5), log=lambda *_: None)
-    monkeypatch.setattr(run_mod, "grpo_step", real_step)
+        run_mod.train_run(_cfg(tmp_path, base_dir, "resumed", 5), log=lambda *_: None, step_fn=crash_at_3)
     assert (tmp_path / "resumed/checkpoints/step-000002/COMPLETE").exists()
     resumed = run_mod.train_run(None, resume=str(tmp_path / "resumed"), log=lambda *_: None)
 

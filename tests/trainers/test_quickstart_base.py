@@ -13,7 +13,7 @@ from thinkrl.cli import main as cli
 from thinkrl.trainers.build_base import reasoning_share
 from thinkrl.config import Config
 from thinkrl.models.loading import load_model
-from thinkrl.trainers.grpo_job import heldout_eval, train_heldout_problems, prompt_builder
+from thinkrl.trainers.loop import heldout_eval, train_heldout_problems, prompt_builder
 from thinkrl.models.tiny import SHIPPED_BASE
 
 

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import torch
 
+from thinkrl.algos.registry import get_policy_loss, register_advantage, register_policy_loss
+
 ADVANTAGE_SCALES = ("group", "batch", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 LOSS_AGGREGATIONS = ("seq_mean_group_mean", "token_mean", "seq_sum_const")
 
 
+@register_advantage("grpo")
 def group_advantages(
     rewards: torch.Tensor,
     group_size: int,
@@ -33,7 +36,8 @@ def group_advantages(
     valid: torch.Tensor | None = None,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Outcome-supervised group-relative advantages, one per sample.
+    """Outcome-supervised group-relative advantages, one per sample (DeepSeekMath §4.1.2):
+    the advantage estimator registered as "grpo".
 
     rewards: (N,) float, N = B * G, samples of one question are consecutive rows.
     valid:   (N,) bool or None. False = "no signal" (reward None): the sample gets
@@ -88,14 +92,17 @@ def zero_variance_share(rewards: torch.Tensor, group_size: int, valid: torch.Ten
     return (~_has_spread(r, v)).float().mean().item()
 
 
+@register_policy_loss("clip")
 def clipped_surrogate(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     advantages: torch.Tensor,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token PPO/GRPO clipped surrogate, as a loss (negated objective).
+    """Per-token PPO/GRPO clipped surrogate, as a loss (negated objective): the policy loss
+    registered as "clip". `mask` is unused (each token's term is its own; aggregation masks).
 
     logp, old_logp: (N, T) log π_θ and log π_old of the sampled tokens.
     advantages:     (N,) one per sample (outcome supervision) or (N, T) per token.
@@ -180,6 +187,7 @@ def grpo_loss(
     const_len: int | None = None,
     num_seqs: int | None = None,
     num_tokens: float | None = None,
+    policy_loss: str = "clip",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss -J(θ) for one (mini)batch and its diagnostics.
 
@@ -189,9 +197,11 @@ def grpo_loss(
     Returns (loss scalar, stats) with stats: kl (mean per token), clip_frac (share of
     valid tokens whose clipped branch was active), ratio_mean — all detached, over these N rows.
     num_seqs / num_tokens: the mini-batch's counts when these rows are one micro-batch
-    of it (see `aggregate_loss`).
+    of it (see `aggregate_loss`). policy_loss: a name in `registry.POLICY_LOSSES` ("clip":
+    the paper's clipped surrogate).
     """
-    surrogate, was_clipped = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)  # (N, T)
+    surrogate, was_clipped = get_policy_loss(policy_loss)(
+        logp, old_logp, advantages, mask=mask, eps_low=eps_low, eps_high=eps_high)  # (N, T) each
     token_loss = surrogate
     m = mask.float()  # (N, T)
     n_tok = m.sum().clamp(min=1.0)

@@ -3,15 +3,16 @@
 Every field of `DistillConfig` (and of its student `SFTConfig`) is a command-line option
 generated from the dataclass, as for `thinkrl sft`. Problems come from `cli.sample.load_problems`
 (the synthetic tasks' training split, bundled benchmarks, or a JSONL file), as for
-`thinkrl sample`. Left out: YAML recipes for this command.
+`thinkrl sample`. Every option is also `section.name` in a `--config` YAML
+or a `section.name=value` word (`options.add_config_options`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from thinkrl.cli.options import (add_dataclass_options, add_run_options, config_from_args, output_dir,
-                                 resolve_device)
+from thinkrl.cli.options import (add_config_options, add_dataclass_options, add_run_options, config_from_args,
+                                 output_dir, resolve_device)
 
 DISTILL_HELP = """\
 Distil a teacher into a student on a set of problems (DeepSeek-R1 §2.4): the teacher samples K
@@ -46,7 +47,9 @@ def add_distill_parser(sub, handler) -> None:
     p.add_argument("--answer-field", default="answer", metavar="F", help="gold answer field of a .jsonl file")
     add_run_options(p)
     add_dataclass_options(p, defaults, "teacher sampling and distillation")
-    add_dataclass_options(p, defaults.sft, "student training (defaults: the paper's distillation settings)")
+    add_dataclass_options(p, defaults.sft, "student training (defaults: the paper's distillation settings)",
+                          section="sft")
+    add_config_options(p, "distill")
     p.set_defaults(func=handler)
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from thinkrl import config as config_mod
+from thinkrl.cli.options import add_config_options, resolve_config
 from thinkrl.data.loaders import DataError
 
 TRAIN_HELP = """\
@@ -23,7 +24,7 @@ Options (section.name=value on the command line, or nested in the YAML):
 def _train(args) -> int:
     from transformers.utils import logging as hf_logging
 
-    from thinkrl.trainers.grpo_job import train_run  # heavy imports only when training
+    from thinkrl.trainers.loop import train_run  # heavy imports only when training
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bars between the job's own lines
 
@@ -124,6 +125,7 @@ def _add_eval(sub) -> None:
     ev.add_argument("--batch-prompts", type=int, default=16, metavar="N", help="problems generated together")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed (and the arithmetic set's seed)")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
+    add_config_options(ev, "eval")
     ev.set_defaults(func=_eval)
 
 
@@ -135,6 +137,7 @@ def _add_check_rewards(sub) -> None:
     cr.add_argument("--benchmark", required=True, help="math500, gsm8k (test split) or aime24")
     cr.add_argument("--data-dir", metavar="DIR", help="benchmark data folder (default $THINKRL_DATA_DIR or ../shared/data)")
     cr.add_argument("--limit", type=int, metavar="N", help="first N problems")
+    add_config_options(cr, "check")
     cr.set_defaults(func=_check_rewards)
 
 
@@ -222,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        resolve_config(args)  # --config / section.name=value of the flag commands
         return args.func(args)
     except (config_mod.ConfigError, DataError, FileNotFoundError) as e:
         print(f"thinkrl: error: {e}", file=sys.stderr)

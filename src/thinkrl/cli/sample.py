@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from thinkrl.cli.options import add_dataclass_options, config_from_args
+from thinkrl.cli.options import add_config_options, add_dataclass_options, config_from_args
 from thinkrl.config import ConfigError
 from thinkrl.data import loaders
 from thinkrl.data import problems as problems_mod
@@ -70,7 +70,8 @@ def add_parser(sub) -> None:
     p.add_argument("--output", required=True, metavar="FILE.jsonl", help="kept SFT rows; stats go next to it")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
     add_dataclass_options(p, SampleConfig, "sampling and set-level filters")
-    add_dataclass_options(p, FilterConfig, "per-sample filters")
+    add_dataclass_options(p, FilterConfig, "per-sample filters", section="filter")
+    add_config_options(p, "sample")
     p.set_defaults(func=main)
 
 

@@ -4,14 +4,16 @@ Every field of `SFTConfig` is a command-line option generated from the dataclass
 (`max_seq_len` -> `--max-seq-len`, booleans as `--packing / --no-packing`) with the field's
 help text (its meaning and the paper's value) and default, so the two cannot disagree.
 User errors raise ConfigError / DataError / FileNotFoundError, which the CLI turns into one
-`thinkrl: error:` line. Left out: YAML recipes for this command.
+`thinkrl: error:` line. Every option is also `section.name` in a `--config` YAML
+or a `section.name=value` word (`options.add_config_options`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from thinkrl.cli.options import add_dataclass_options, add_run_options, config_from_args, output_dir, resolve_device
+from thinkrl.cli.options import (add_config_options, add_dataclass_options, add_run_options, config_from_args,
+                                 output_dir, resolve_device)
 
 SFT_HELP = """\
 Supervised fine-tuning, loss on the response tokens only (R1 cold start, rejection-sampling
@@ -33,6 +35,7 @@ def add_sft_parser(sub, handler) -> None:
                                                                          "of long-CoT examples)")
     add_run_options(p)
     add_dataclass_options(p, SFTConfig(), "training (paper values in each help)")
+    add_config_options(p, "sft")
     p.set_defaults(func=handler)
 
 

@@ -9,7 +9,7 @@ test-only sets have only "test". `what` names the option the source came from (`
 
 Left out: which split a command defaults to (its own choice: `thinkrl eval` measures
 "test", `thinkrl sample` draws gsm8k's "train"), and carving a held-out part out of a
-test-only set for training (`trainers.grpo_job.train_heldout_problems`).
+test-only set for training (`trainers.loop.train_heldout_problems`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Skipping and resuming, per stage in order:
   its last checkpoint; anything else: the directory is emptied and the stage rerun.
 Keys chain configs, not file contents: edit a stage's outputs by hand and it is not noticed.
 
-Every stage that writes a model is evaluated the same way (`grpo_job.heldout_eval`, the numbers
+Every stage that writes a model is evaluated the same way (`loop.heldout_eval`, the numbers
 `thinkrl train` and `thinkrl eval` report): the held-out split of the task, K samples at
 temperature 0.6 / top-p 0.95, pass@1, cons@K, lengths. The report
 (`pipeline/report.py`): `report.json` (stage name -> summary), `report.md` (stage table,
@@ -264,7 +264,7 @@ SUMMARY_KEYS = ("pass@1", "cons@k", "mean_length", "p90_length", "format", "trun
 def evaluate_model(model_path: Path, p: PipelineConfig, stage_dir: Path) -> dict:
     """The pipeline's evaluation of one model; writes eval.json and eval.samples.jsonl; returns the summary."""
     from thinkrl.models.loading import load_model
-    from thinkrl.trainers.grpo_job import heldout_eval, save_eval, train_heldout_problems, prompt_builder
+    from thinkrl.trainers.loop import heldout_eval, save_eval, train_heldout_problems, prompt_builder
 
     cfg = task_config(p)
     cfg.data.eval_size, cfg.grpo.max_new_tokens = p.eval.problems, p.eval.max_new_tokens

@@ -14,7 +14,7 @@ stage's own directory and returns a `StageResult`. Kinds (DeepSeek-R1 §2.3–2.
   (synthetic R1-format traces `<think> worked steps </think> <answer> x </answer>` built
   from the training problems' solutions), an earlier stage that wrote data (rejection
   sampling), or a JSONL file. `sft:` holds `SFTConfig` fields. Writes `final_model/`.
-- `grpo`: reasoning RL, `trainers.grpo_job.train_run` with `model.path` = `from`'s model; the stage's
+- `grpo`: reasoning RL, `trainers.loop.train_run` with `model.path` = `from`'s model; the stage's
   `grpo:`, `rewards:`, `data:`, `run:` sections override `Config`. Checkpoints every
   `run.checkpoint_every` steps (default 10), and an interrupted stage resumes from the
   last one (`run.output_dir`, `run.progress`, `run.threads` come from the pipeline).
@@ -94,7 +94,7 @@ def task_config(p, train_size: int = 1) -> Config:
 
 def task_problems(p, n: int) -> list:
     """The first n training problems of the pipeline's dataset (never the held-out ones)."""
-    from thinkrl.trainers.grpo_job import train_heldout_problems
+    from thinkrl.trainers.loop import train_heldout_problems
 
     train, _ = train_heldout_problems(task_config(p, train_size=n))
     if len(train) < n:
@@ -267,7 +267,7 @@ def _parse_grpo(options: dict, p, where: str) -> Config:
 def _run_grpo(ctx: StageContext, resolved: Config) -> StageResult:
     from thinkrl.trainers import checkpoint
     from thinkrl.trainers.report import read_metrics
-    from thinkrl.trainers.grpo_job import train_run
+    from thinkrl.trainers.loop import train_run
 
     cfg = copy.deepcopy(resolved)
     run_dir = ctx.dir / "run"

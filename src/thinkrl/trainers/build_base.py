@@ -56,7 +56,7 @@ def build(cfg: BaseModelConfig, out_dir: Path, command: str = "", progress: bool
 
     from thinkrl.engine.cpu import cpu_class
     from thinkrl.models.loading import load_model
-    from thinkrl.trainers.grpo_job import heldout_eval, train_heldout_problems, prompt_builder
+    from thinkrl.trainers.loop import heldout_eval, train_heldout_problems, prompt_builder
     from thinkrl.models.tiny import build_with_progress
 
     out_dir = Path(out_dir)

@@ -38,7 +38,7 @@ import torch
 
 from thinkrl import rewards
 from thinkrl.engine import cast_cache
-from thinkrl.algos import grpo
+from thinkrl.algos import grpo, registry
 from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
 from thinkrl.data.templates import encode_prompts
@@ -200,7 +200,7 @@ def _micro_batch_loss(logp, old, adv, mask, ref, g, num_seqs, num_tokens):
     """The GRPO loss (and stats) of one micro-batch's logp (m, L); old None: π_old = π_θ, detached."""
     return grpo.grpo_loss(logp, logp.detach() if old is None else old, adv, mask, ref, g.beta, g.epsilon_low,
                           g.epsilon_high, g.kl_estimator, g.loss_aggregation, g.max_new_tokens, num_seqs=num_seqs,
-                          num_tokens=num_tokens)
+                          num_tokens=num_tokens, policy_loss=g.policy_loss)
 
 
 def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, ref_logp, g, micro: int,
@@ -274,7 +274,8 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
                                {"accuracy": {"timeout": cfg.rewards.verify_timeout}})
         valid = torch.tensor([r is not None for r in scored.total])  # (N,)
         r = torch.tensor([x if x is not None else 0.0 for x in scored.total])  # (N,)
-        adv = grpo.group_advantages(r, G, g.advantage_scale, valid).to(ro.completion_ids.device)  # (N,)
+        estimator = registry.get_advantage(g.advantage_estimator)
+        adv = estimator(r, G, scale=g.advantage_scale, valid=valid).to(ro.completion_ids.device)  # (N,)
         state.counters["reward_none"] += int((~valid).sum())
 
     N, lengths = len(ro.texts), ro.lengths

@@ -1,6 +1,8 @@
-"""`thinkrl train`, top to bottom: model, data, evaluate, GRPO, evaluate, report.
+"""`thinkrl train`, top to bottom: model, data, evaluate, train, evaluate, report.
 
-With the default config this is the quickstart, R1-Zero in miniature: load the tiny base
+The loop knows the run directory, resume, evaluation, checkpoints and the summary; what one
+training step does is the `step_fn` it is given (`StepFn`; default `trainers.grpo.grpo_step`),
+so another RL objective brings its own step and reuses the rest. With the default config this is the quickstart, R1-Zero in miniature: load the tiny base
 model shipped with the package (`tiny.SHIPPED_BASE`), measure it on held-out problems,
 train it with GRPO on accuracy + format rewards only, measure again, and write the run
 directory:
@@ -18,6 +20,7 @@ import json
 import time
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -38,6 +41,11 @@ from thinkrl.rewards.verify import verify_many
 from thinkrl.engine.sampler import SamplingParams
 from thinkrl.models.tiny import SHIPPED_BASE
 from thinkrl.trainers.grpo import PromptStream, TrainState, grpo_step, make_optimizer, set_deterministic
+
+# One training step: (state, cfg, build_prompt: question -> prompt text, completion_prefix) ->
+# the step's metrics (a flat dict with at least "reward/total", "accuracy", "length/mean" and
+# "time/step"); it advances `state.step` by one.
+StepFn = Callable[[TrainState, Config, Callable[[str], str], str], dict]
 
 
 def train_heldout_problems(cfg: Config) -> tuple[list[loaders.Problem], list[loaders.Problem]]:
@@ -86,8 +94,8 @@ def _new_run_dir(cfg: Config) -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
-    """Run (or resume) a whole training job; returns the run directory."""
+def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn = grpo_step) -> Path:
+    """Run (or resume) a whole training job whose steps are `step_fn`; returns the run directory."""
     start = time.time()
     if resume:
         run_dir = Path(resume)
@@ -132,9 +140,10 @@ def train_run(cfg: Config, resume: str | None = None, log=print) -> Path:
         log_file.truncate_after(state.step)
         log(f"resumed from {ckpt} at step {state.step}")
 
-    bar = tqdm(total=g.steps, initial=state.step, desc="GRPO", disable=not cfg.run.progress)
+    name = getattr(step_fn, "__name__", "train").removesuffix("_step").upper()  # grpo_step -> GRPO
+    bar = tqdm(total=g.steps, initial=state.step, desc=name, disable=not cfg.run.progress)
     while state.step < g.steps:
-        m = grpo_step(state, cfg, build, prefix)
+        m = step_fn(state, cfg, build, prefix)
         if cfg.run.eval_every and state.step % cfg.run.eval_every == 0 and state.step < g.steps:
             mid = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed + state.step)
             m["eval/accuracy"], m["eval/mean_length"] = mid["accuracy"], mid["mean_length"]
