@@ -41,6 +41,9 @@ class DataConfig:
     template: str = opt("r1_zero", "Prompt template: r1_zero (paper Table 1, verbatim), chat (the model's chat template), plain.")
     suffix: str = opt("", "Text appended to the question (e.g. the paper's math suffix for chat models).")
     force_think: bool = opt(False, "End the prompt with <think> so completions start inside the reasoning.")
+    few_shot: list = opt([], "Worked exchanges [[question, response], ...] shown before each question as earlier chat "
+                             "turns (template chat only), in training and evaluation alike. Paper: none (R1-Zero's "
+                             "template states the format); a 135M instruct model needs one to write a final answer.")
     train_size: int = opt(4000, "Number of training problems (synthetic: generated; benchmarks: first N, 0 = all).")
     eval_size: int = opt(100, "Held-out problems for evaluation before/after (and during) training.")
 
@@ -284,6 +287,10 @@ def validate(cfg: Config) -> Config:
     if cfg.run.precision == "bf16" and not cpu_has_fast_bf16():
         raise ConfigError("run.precision=bf16: this CPU has no bf16 matrix instructions (AVX512_BF16 or AMX), so bf16 "
                           "products would run ~100x slower than fp32 here; use run.precision=fp32 (the default)")
+    shots = cfg.data.few_shot
+    if shots and (cfg.data.template != "chat" or not all(
+            isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(t, str) for t in x) for x in shots)):
+        raise ConfigError("data.few_shot: a list of [question, response] string pairs, with data.template=chat")
     if g.micro_batch_size < 0:
         raise ConfigError(f"grpo.micro_batch_size={g.micro_batch_size}; must be 0 (whole mini-batch) or positive")
     if g.group_size < 2:

@@ -101,12 +101,12 @@ def test_bad_input_names_the_option(argv, message):
 
 def test_every_flag_command_takes_config_and_words(tmp_path, monkeypatch):
     f = tmp_path / "eval.yaml"
-    f.write_text("eval: {model: some/dir, benchmark: arithmetic, samples: 2, top_p: 0.9}\n")
+    f.write_text("eval: {model: some/dir, benchmark: arithmetic, samples: 2, top_p: 0.9, few_shot: [[Q1, A1]]}\n")
     seen = {}
     monkeypatch.setattr("thinkrl.cli.eval.main", lambda args: seen.update(vars(args)) or 0)
     assert cli.main(["eval", "--config", str(f), "eval.limit=5", "--seed", "3"]) == 0
     assert (seen["model"], seen["benchmark"], seen["samples"], seen["top_p"], seen["limit"], seen["seed"],
-            seen["temperature"]) == ("some/dir", "arithmetic", 2, 0.9, 5, 3, 0.6)
+            seen["temperature"], seen["few_shot"]) == ("some/dir", "arithmetic", 2, 0.9, 5, 3, 0.6, [("Q1", "A1")])
     for command, words, expected in [
         ("sample", ["sample.model=m", "sample.data=arithmetic", "sample.output=o.jsonl", "sample.samples=3",
                     "filter.max_repeated_line_share=0.25"], {"samples": 3, "max_repeated_line_share": 0.25}),

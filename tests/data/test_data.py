@@ -68,6 +68,27 @@ def test_chat_prompt_with_tiny_tokenizer():
     assert build_prompt("chat", "Q?", tokenizer=tok) == "<|user|>Q?<|end|><|assistant|>"
 
 
+def test_chat_prompt_few_shot_turns_come_first():
+    tok = _tiny_tokenizer(TINY_TEMPLATE)
+    out = chat_prompt(tok, "Q?", system="S", suffix="X", examples=[("1+1?", "2"), ("2+2?", "4")])
+    assert out == ("<|system|>S<|end|><|user|>1+1?\nX<|end|><|assistant|>2<|end|>"
+                   "<|user|>2+2?\nX<|end|><|assistant|>4<|end|><|user|>Q?\nX<|end|><|assistant|>")
+
+
+def test_few_shot_config_is_checked_before_loading():
+    from thinkrl.config import Config, ConfigError, validate
+
+    cfg = Config()
+    cfg.data.few_shot = [["What is 1 + 2?", "\\boxed{3}"]]
+    with pytest.raises(ConfigError, match="data.few_shot.*data.template=chat"):
+        validate(cfg)  # the quickstart's r1_zero template has no earlier turns
+    cfg.data.template = "chat"
+    validate(cfg)
+    cfg.data.few_shot = [["only a question"]]
+    with pytest.raises(ConfigError, match="data.few_shot"):
+        validate(cfg)
+
+
 def test_chat_prompt_does_not_double_think():
     tok = _tiny_tokenizer(TINY_TEMPLATE + "{% if add_generation_prompt %}<think>\n{% endif %}")
     assert chat_prompt(tok, "Q?", force_think=True).endswith("<|assistant|><think>\n")

@@ -219,3 +219,28 @@ def test_bad_input_gives_one_line_and_exit_2(case, message, model_dir, tmp_path,
     assert _run_eval(model, tmp_path / "out", *args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("thinkrl: error:") and message in err and len(err.splitlines()) == 1, err
+
+
+def test_eval_few_shot_turns_reach_the_prompt(model_dir, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    assert _run_eval(model_dir, tmp_path / "e0", "--benchmark", "arithmetic", "--limit", "2",
+                     "--few-shot", '[["What is 142 + 35?", "177"]]') == 2  # no chat template: refused
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tok.save_pretrained(model_dir)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_evaluate(model, tokenizer, problems, build, *a, **k):
+        seen["prompt"] = build(problems[0].question)
+        raise Stop
+
+    monkeypatch.setattr("thinkrl.cli.eval.evaluate", fake_evaluate)
+    with pytest.raises(Stop):
+        _run_eval(model_dir, tmp_path / "e1", "--benchmark", "arithmetic", "--limit", "2", "--no-suffix",
+                  "--few-shot", '[["What is 142 + 35?", "177"]]')
+    assert seen["prompt"].startswith("<|user|>What is 142 + 35?<|end|><|assistant|>177<|end|><|user|>Fill in")

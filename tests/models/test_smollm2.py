@@ -18,8 +18,10 @@ pytestmark = [
 ]
 
 
-def test_two_grpo_steps_on_smollm2():
-    cfg = load_config("recipes/smollm2_arith.yaml", ["grpo.max_new_tokens=24", "grpo.group_size=4", "grpo.lr=1e-5"])
+@pytest.mark.parametrize("recipe", ["recipes/smollm2_addition.yaml", "recipes/smollm2_arith.yaml"])
+def test_two_grpo_steps_on_smollm2(recipe):
+    cfg = load_config(recipe, ["grpo.max_new_tokens=24", "grpo.group_size=4", "grpo.prompts_per_step=2",
+                               "grpo.lr=1e-5"])
     model, tok = load_model(cfg.model.path, cfg.model.gguf_file, cfg.model.dtype)
     train, _ = train_heldout_problems(cfg)
     build, prefix = prompt_builder(cfg, tok)
@@ -39,8 +41,12 @@ def test_two_grpo_steps_on_smollm2():
         for _ in range(2):
             m = grpo_step(state, cfg, build, prefix)
             assert math.isfinite(m["loss"]) and m["skipped_updates"] == 0
+            assert 0.0 <= m["reward/accuracy"] <= 1.0 and "reward/test_len_smol" in m  # rewards logged
     finally:
         rewards.REWARDS.pop("test_len_smol")
     changed = sum(not torch.equal(before[n], p) for n, p in model.named_parameters())
     assert changed > 0
-    assert "<|im_start|>assistant" in build("What is 1 + 2 ?")  # its own chat template
+    prompt = build("What is 1 + 2 ?")
+    assert "<|im_start|>assistant" in prompt  # its own chat template
+    for question, response in cfg.data.few_shot:  # the recipe's worked exchange, as earlier turns
+        assert prompt.index(question) < prompt.index(response) < prompt.index("What is 1 + 2 ?")

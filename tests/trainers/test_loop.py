@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from thinkrl.config import load_config
 from thinkrl.trainers import loop
 
@@ -24,4 +26,8 @@ def test_loop_runs_the_given_step_function(tmp_path):
     assert [m["step"] for m in logged] == [1, 2, 3] and logged[-1]["length/mean"] == 13.0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["train_length_last_10pct"] == 13.0
+    samples = [json.loads(line) for line in (run_dir / "eval_after.samples.jsonl").read_text().splitlines()]
+    answered = [r for r in samples if r["extracted"] is not None]
+    assert summary["final_answered"] == len(answered) / len(samples)
+    assert summary["final_accuracy"] == pytest.approx(summary["final_answered"] * summary["final_accuracy_when_answered"])
     assert (run_dir / "final_model").is_dir() and (run_dir / "eval_after.json").exists()

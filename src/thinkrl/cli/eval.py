@@ -141,7 +141,10 @@ def run_eval(args) -> dict:
     model, tokenizer = load_model(args.model, args.gguf_file or "")
     model.to(device)
     template, suffix = choose_prompt(args, tokenizer)
-    build = partial(build_prompt, template, tokenizer=tokenizer, suffix=suffix)
+    if args.few_shot and template != "chat":
+        raise ConfigError(f"--few-shot needs the chat template (got --template {template})")
+    shots = {"examples": args.few_shot} if args.few_shot else {}
+    build = partial(build_prompt, template, tokenizer=tokenizer, suffix=suffix, **shots)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, stop_strings=STOP_STRINGS)
 
@@ -163,7 +166,8 @@ def run_eval(args) -> dict:
         "config": {
             "model": args.model, "model_dir": str(resolve_model_path(args.model).resolve()),
             "gguf_file": args.gguf_file or None, "benchmark": args.benchmark, "data": source,
-            "limit": args.limit, "template": template, "suffix": suffix, "samples": args.samples,
+            "limit": args.limit, "template": template, "suffix": suffix, "few_shot": args.few_shot,
+            "samples": args.samples,
             "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
             "stop_strings": list(STOP_STRINGS), "seed": args.seed, "batch_prompts": args.batch_prompts,
             "device": device, "question_field": args.question_field, "answer_field": args.answer_field,

@@ -14,7 +14,7 @@ Train a model with GRPO. With no arguments: the quickstart (R1-Zero in miniature
 tiny base model shipped with thinkrl, a few minutes on 2 CPU cores).
 
   thinkrl train                                   # the quickstart
-  thinkrl train --config recipes/smollm2_arith.yaml grpo.steps=2
+  thinkrl train --config recipes/smollm2_addition.yaml grpo.steps=2
   thinkrl train --resume runs/20261127-101500     # continue from the last checkpoint
 
 Options (section.name=value on the command line, or nested in the YAML):
@@ -97,6 +97,17 @@ def _check_rewards(args) -> int:
     return check_main(args)
 
 
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """--few-shot: a JSON / YAML list of [question, response] string pairs."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if not (isinstance(value, list) and all(isinstance(x, list) and len(x) == 2 and all(isinstance(t, str) for t in x)
+                                            for x in value)):
+        raise argparse.ArgumentTypeError("expected a list of [question, response] string pairs")
+    return [tuple(x) for x in value]
+
+
 def _add_eval(sub) -> None:
     from thinkrl.data.templates import PROMPT_BUILDERS
 
@@ -119,6 +130,9 @@ def _add_eval(sub) -> None:
     suffix.add_argument("--suffix", metavar="TEXT",
                         help="text after the question (default: the paper's boxed-answer instruction for chat/plain)")
     suffix.add_argument("--no-suffix", action="store_true", help="no text after the question")
+    ev.add_argument("--few-shot", type=_pairs, metavar="JSON",
+                    help='worked exchanges shown first as earlier chat turns, e.g. \'[["What is 142 + 35?", '
+                         '"142 + 35 = 177. The answer is \\\\boxed{177}."]]\' (as data.few_shot in training)')
     ev.add_argument("--gguf-file", metavar="F", help="GGUF file inside the model directory / package")
     ev.add_argument("--question-field", default="question", metavar="F", help="question field of a .jsonl benchmark")
     ev.add_argument("--answer-field", default="answer", metavar="F", help="gold answer field of a .jsonl benchmark")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -135,8 +136,8 @@ def _option_value(action, value, key: str):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
-    if isinstance(value, (list, tuple)):
-        value = ",".join(map(str, value))
+    if isinstance(value, (list, tuple, dict)):  # a comma list's items, or structured text (JSON is YAML)
+        value = ",".join(map(str, value)) if action.type is _comma_list else json.dumps(value)
     text = "none" if value is None else str(value)
     try:
         value = action.type(text) if action.type else text

@@ -10,13 +10,16 @@ force_think: the prompt ends with an opened "<think>" tag, so the completion sta
 inside the reasoning. The completion then lacks its opening tag, and the trainer /
 evaluator must prepend "<think>" to each completion before scoring the format reward.
 
-What it leaves out: tokenisation, truncation, few-shot examples, and reward parsing
-(see thinkrl.rewards).
+examples (chat only): worked exchanges rendered as earlier user / assistant turns before the
+question (few-shot), e.g. one that shows a small instruct model how to write its final answer.
+
+What it leaves out: tokenisation, truncation, few-shot for the r1_zero / plain templates,
+and reward parsing (see thinkrl.rewards).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 # Verbatim from DeepSeek-R1 v1 Table 1; `prompt` is replaced by {question}.
 R1_ZERO_TEMPLATE = (
@@ -62,8 +65,12 @@ def chat_prompt(
     system: str | None = None,
     suffix: str | None = None,
     force_think: bool = False,
+    examples: Sequence[Sequence[str]] = (),
 ) -> str:
     """Render `question` with the tokenizer's chat template, ready for generation.
+
+    `examples`: (question, response) pairs put before it as earlier user / assistant turns
+    (their questions get the same suffix).
 
     `suffix` (e.g. MATH_SUFFIX) goes on a new line after the question. With force_think,
     "<think>\\n" is appended unless the template already opened a think block (as the
@@ -79,6 +86,8 @@ def chat_prompt(
     messages: list[dict[str, str]] = []
     if system:
         messages.append({"role": "system", "content": system})
+    for q, response in examples:
+        messages += [{"role": "user", "content": _with_suffix(q, suffix)}, {"role": "assistant", "content": response}]
     messages.append({"role": "user", "content": _with_suffix(question, suffix)})
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if force_think and not prompt.rstrip().endswith(THINK_OPEN):

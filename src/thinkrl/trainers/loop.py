@@ -67,6 +67,8 @@ def train_heldout_problems(cfg: Config) -> tuple[list[loaders.Problem], list[loa
 def prompt_builder(cfg: Config, tokenizer):
     """question -> prompt text, and the prefix to put back on completions for the rewards."""
     kw = {"force_think": cfg.data.force_think, "suffix": cfg.data.suffix or None}
+    if cfg.data.few_shot:
+        kw["examples"] = [tuple(x) for x in cfg.data.few_shot]
     build = partial(build_prompt, cfg.data.template, tokenizer=tokenizer, **kw)
     return build, (THINK_OPEN if cfg.data.force_think else "")
 
@@ -78,6 +80,10 @@ def heldout_eval(model, tokenizer, problems, build, prefix, cfg: Config, seed: i
     # the very metrics `thinkrl eval` reports: pass@k, cons@k, p90 length, reflective words
     result.update({k: v for k, v in summarize(result["samples"], cfg.run.eval_samples, verify_many).items()
                    if k not in result})
+    # a gain that is only learning to write an answer shows here as such
+    answered = [s for s in result["samples"] if s["extracted"] is not None]
+    result["answered"] = len(answered) / max(len(result["samples"]), 1)
+    result["accuracy_when_answered"] = sum(s["correct"] for s in answered) / max(len(answered), 1)
     return result
 
 
@@ -175,6 +181,9 @@ def outcome_text(s: dict, run_dir: Path) -> str:
         f"On {n} held-out problems never seen in training ({k} samples each, temperature 0.6):",
         f"  correct answers  {100 * s['base_accuracy']:5.1f}% before RL -> {100 * s['final_accuracy']:5.1f}% after "
         f"({gain:+.1f} points)",
+        *([f"  answer given     {100 * s['base_answered']:5.1f}% -> {100 * s['final_answered']:5.1f}% of samples; "
+           f"correct among them {100 * s['base_accuracy_when_answered']:.1f}% -> "
+           f"{100 * s['final_accuracy_when_answered']:.1f}%"] if s.get("base_answered") is not None else []),
         f"  response length  {s['base_mean_length']:5.1f} tokens -> {s['final_mean_length']:5.1f} tokens "
         f"({'longer' if longer > 0 else 'shorter' if longer < 0 else 'unchanged'}: "
         f"{'the model now reasons more before it answers' if longer > 0 else 'no more reasoning than before'})",
@@ -220,6 +229,9 @@ def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, w
         "base_mean_length": before["mean_length"], "final_mean_length": after["mean_length"],
         "train_length_first_10pct": sum(first) / len(first), "train_length_last_10pct": sum(last) / len(last),
         "base_format": before["format"], "final_format": after["format"],
+        "base_answered": before.get("answered"), "final_answered": after.get("answered"),
+        "base_accuracy_when_answered": before.get("accuracy_when_answered"),
+        "final_accuracy_when_answered": after.get("accuracy_when_answered"),
         "base_cons@k": before.get("cons@k"), "final_cons@k": after.get("cons@k"),
         "base_reflective_per_1k": before.get("reflective_per_1k_tokens", {}).get("total"),
         "final_reflective_per_1k": after.get("reflective_per_1k_tokens", {}).get("total"),
