@@ -193,7 +193,8 @@ def main() -> None:
             if t_ours is not None else f"time_to_TRL_final: thinkrl=never TRL={t_trl:.0f} ratio=inf")
     print(line)
     machine = machine_name("cpu")
-    record = {"recipe": a.recipe, "budget_s": a.budget, "every_s": a.every, "started": started, "cpu": machine,
+    recipe = Path(a.recipe).resolve()
+    record = {"recipe": str(recipe.relative_to(HERE.parent)) if recipe.is_relative_to(HERE.parent) else str(recipe), "budget_s": a.budget, "every_s": a.every, "started": started, "cpu": machine,
               **git_commit(), "curves": curves, "evals": evals, "target_pass@1": target, "result": line}
     dest = HERE / "results" / machine / f"learning-{Path(a.recipe).stem}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
