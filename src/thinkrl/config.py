@@ -210,16 +210,22 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return cfg
 
 
+def read_yaml_mapping(path: Path, what: str, expected: str) -> dict:
+    """A YAML file that must hold a mapping; ConfigError naming the file otherwise."""
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected {expected}")
+    return data
+
+
 def read_sections(path: str | Path | None) -> dict[str, typing.Any]:
     """A YAML file of sections (`section: {name: value}`) as {"section.name": value}; {} for no path."""
     if not path:
         return {}
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of sections")
+    data = read_yaml_mapping(p, "config", "a mapping of sections")
     out = {}
     for section, values in data.items():
         if not isinstance(values, dict):

@@ -40,9 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from thinkrl.config import ConfigError, opt
+from thinkrl.config import ConfigError, opt, read_yaml_mapping
 from thinkrl.data.templates import PROMPT_BUILDERS
 from thinkrl.pipeline.stages import COLD_START, KINDS, StageContext, task_config, update_dataclass
 
@@ -177,12 +175,7 @@ def _check_ref(where: str, key: str, ref: str, is_data: bool, earlier: dict[str,
 def load_pipeline(path: str | Path, output_dir: str | None = None) -> PipelineConfig:
     """Parse and check a pipeline YAML (every stage's options resolved and validated); nothing runs."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"pipeline file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with output_dir, eval, stages, ...")
-    data = dict(data)
+    data = dict(read_yaml_mapping(path, "pipeline", "a mapping with output_dir, eval, stages, ..."))
     raw_stages = data.pop("stages", None)
     if not isinstance(raw_stages, list) or not raw_stages:
         raise ConfigError(f"{path}: `stages` must be a non-empty list")
