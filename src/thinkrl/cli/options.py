@@ -27,6 +27,8 @@ from typing import Any, Callable
 
 import yaml
 
+from thinkrl.config import ConfigError, parse_overrides, read_sections
+
 
 def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
@@ -110,8 +112,6 @@ def resolve_config(args) -> None:
     surface = getattr(args, "config_surface", None)
     if surface is None:
         return
-    from thinkrl.config import ConfigError, parse_overrides, read_sections
-
     given = {**read_sections(args.config), **dict(parse_overrides(args.overrides))}
     for key in given:
         if key not in surface:
@@ -129,8 +129,6 @@ def resolve_config(args) -> None:
 
 def _option_value(action, value, key: str):
     """A YAML value or a `name=value` string read the way the flag reads its text."""
-    from thinkrl.config import ConfigError
-
     if action.nargs == 0:  # a switch (--x, --x/--no-x)
         value = yaml.safe_load(value) if isinstance(value, str) else value
         if not isinstance(value, bool):
@@ -141,7 +139,7 @@ def _option_value(action, value, key: str):
     text = "none" if value is None else str(value)
     try:
         value = action.type(text) if action.type else text
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
         raise ConfigError(f"{key}: expected {action.metavar or getattr(action.type, '__name__', 'a value')}, "
                           f"got {text!r}") from None
     if action.choices is not None and value not in action.choices:
@@ -161,7 +159,6 @@ def resolve_device(name: str) -> str:
     """auto | cpu | cuda -> a torch device name; cuda without a device is a ConfigError."""
     import torch
 
-    from thinkrl.config import ConfigError
     from thinkrl.cli.eval import DEVICES
 
     device = DEVICES[name]()
