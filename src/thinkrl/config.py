@@ -64,10 +64,15 @@ class GRPOConfig:
     epsilon_high: float = opt(0.2, "Upper clip range ε_high. Equal to ε_low in the paper; DAPO clip-higher: 0.28.")
     mu: int = opt(1, "μ, updates (passes) over each batch of samples. Paper R1-Zero: 1.")
     minibatches: int = opt(1, "Mini-batches each batch of samples is split into (one optimizer step each). Paper R1-Zero: 16.")
+    loss_type: str = opt("", "Shortcut with TRL's names, setting loss_aggregation, advantage_scale and policy_loss: "
+                             "grpo (the paper's), bnpo, dapo (TRL's default), dr_grpo, gspo, cispo; empty = those "
+                             "three as given. Paper: grpo.")
     advantage_estimator: str = opt("grpo", "Advantage estimator by name (`thinkrl.algos.registry`): grpo (the paper's "
-                                           "group-relative advantage, scaled per `advantage_scale`).")
+                                           "group-relative advantage, scaled per `advantage_scale`), rloo (leave-one-out), "
+                                           "reinforce_pp (group mean, then batch whitening). Paper: grpo.")
     policy_loss: str = opt("clip", "Policy loss by name (`thinkrl.algos.registry`): clip (the paper's clipped surrogate, "
-                                   "DeepSeekMath Eq. 3).")
+                                   "DeepSeekMath Eq. 3), gspo (sequence ratio; GSPO's ε: 3e-4 / 4e-4), cispo (clipped, "
+                                   "detached IS weight x log π). Paper: clip.")
     advantage_scale: str = opt("group", "Advantage normalisation: group (paper: group std), batch, none (Dr. GRPO).")
     loss_aggregation: str = opt("seq_mean_group_mean", "seq_mean_group_mean (paper), token_mean (DAPO, TRL), seq_sum_const (Dr. GRPO).")
     temperature: float = opt(1.0, "Sampling temperature for rollouts (π is the tempered softmax). Paper R1-Zero: 1.0.")
@@ -253,6 +258,13 @@ def validate(cfg: Config) -> Config:
     from thinkrl.engine.cpu import cpu_has_fast_bf16
 
     g = cfg.grpo
+    if g.loss_type:
+        if g.loss_type not in registry.LOSS_TYPES:
+            raise ConfigError(f"grpo.loss_type={g.loss_type!r}; choose one of {', '.join(registry.LOSS_TYPES)}")
+        g.loss_aggregation, g.advantage_scale, g.policy_loss = registry.LOSS_TYPES[g.loss_type]
+    if g.advantage_estimator == "gae":
+        raise ConfigError("grpo.advantage_estimator=gae needs a value model (PPO); GRPO's estimators: grpo, rloo, "
+                          "reinforce_pp")
     choices = {
         "grpo.advantage_estimator": (g.advantage_estimator, tuple(sorted(registry.ADVANTAGE_ESTIMATORS))),
         "grpo.policy_loss": (g.policy_loss, tuple(sorted(registry.POLICY_LOSSES))),

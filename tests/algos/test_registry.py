@@ -51,12 +51,12 @@ def test_grpo_loss_uses_the_named_policy_loss(halved_clip):
 def test_config_names_are_checked_against_the_registry(halved_clip):
     cfg = Config()
     cfg.grpo.policy_loss = "nosuch"
-    with pytest.raises(ConfigError, match="grpo.policy_loss='nosuch'; choose one of clip"):
+    with pytest.raises(ConfigError, match="grpo.policy_loss='nosuch'; choose one of cispo, clip, gspo"):
         validate(cfg)
     cfg.grpo.policy_loss = halved_clip
     validate(cfg)  # a registered name is accepted
     cfg.grpo.advantage_estimator = "nosuch"
-    with pytest.raises(ConfigError, match="grpo.advantage_estimator='nosuch'; choose one of grpo"):
+    with pytest.raises(ConfigError, match="grpo.advantage_estimator='nosuch'; choose one of gae, grpo, reinforce_pp, rloo"):
         validate(cfg)
 
 

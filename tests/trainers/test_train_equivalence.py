@@ -167,3 +167,52 @@ def test_prompt_activations_held_one_prompt_at_a_time(monkeypatch):
     assert loss == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
     for a, b in zip(fast, grads(model)):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
+
+
+def reference_objective_loss(model, ro, adv, old_logp, policy_loss, eps, temperature, aggregation):
+    """-J of GSPO or CISPO, one sequence at a time through the full model (β = 0)."""
+    per_seq, token_terms, n_tok = [], [], 0
+    for n in range(len(ro.texts)):
+        prompt, c = ro.prompt_ids[int(ro.group[n])], ro.completion_ids[n, : ro.lengths[n]].tolist()
+        logits = model(input_ids=torch.tensor([prompt + c])).logits[0, len(prompt) - 1 : -1].float()  # (C, V)
+        logp = F.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(c)[:, None])[:, 0]  # (C,)
+        old = old_logp[n, : len(c)]
+        if policy_loss == "gspo":
+            s = torch.exp((logp - old).mean())  # the sequence's ratio (GSPO)
+            terms = torch.minimum(s * adv[n], s.clamp(1 - eps, 1 + eps) * adv[n]).expand(len(c))  # (C,)
+        else:  # cispo: detached, clipped weight times log π
+            terms = torch.exp(logp - old).detach().clamp(1 - eps, 1 + eps) * adv[n] * logp  # (C,)
+        per_seq.append(terms.mean())
+        token_terms.append(terms.sum())
+        n_tok += len(c)
+    J = torch.stack(per_seq).mean() if aggregation == "seq_mean_group_mean" else torch.stack(token_terms).sum() / n_tok
+    return -J
+
+
+@pytest.mark.parametrize("policy_loss,aggregation", [("gspo", "seq_mean_group_mean"), ("cispo", "token_mean"),
+                                                     ("cispo", "seq_mean_group_mean")])
+def test_other_policy_losses_through_the_optimised_path(policy_loss, aggregation):
+    """GSPO (not token-separable: the head's backward left to autograd) and CISPO through
+    micro-batches, shared prompts and chunked log-softmax equal the plain reference."""
+    model, ro = tiny(), make_rollout()
+    adv = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.5, -0.5, 1.5, 0.0, -1.5, 0.0])
+    g = GRPOConfig(beta=0.0, loss_aggregation=aggregation, temperature=0.8, logprob_chunk=3, micro_batch_size=3,
+                   max_new_tokens=7, policy_loss=policy_loss, epsilon_low=0.2, epsilon_high=0.2)
+    with torch.no_grad():
+        own = trainer._score(trainer._Logprobs(ro, g, PAD), model, len(ro.texts), 5, ro.logprobs)
+    gen = torch.Generator().manual_seed(3)
+    shift = torch.tensor([0.0, 0.0, 0.0, 0.0, -0.4, 0.4, 0.05, -0.05, 0.3, 0.0, 0.1, 0.0])[:, None]  # (N, 1) per row
+    old_logp = own + shift + (torch.rand(own.shape, generator=gen) - 0.5) * 0.2  # π_old near π_θ: some ratios clipped
+    model.zero_grad(set_to_none=True)
+    stats = {"clip_frac": [], "entropy": [], "kl": []}
+    loss, _ = trainer.minibatch_gradients(
+        model, trainer._Logprobs(ro, g, PAD), ro, torch.arange(len(ro.texts)), adv, old_logp, None, g, 3,
+        skip_zero=True, forward_context=lambda: trainer.precision(model, False, True), stats=stats)
+    fast = grads(model)
+    assert 0 < sum(stats["clip_frac"]) / len(stats["clip_frac"]) < 1  # both branches exercised
+    model.zero_grad(set_to_none=True)
+    ref = reference_objective_loss(model, ro, adv, old_logp, policy_loss, 0.2, 0.8, aggregation)
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    for a, b in zip(fast, grads(model)):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)

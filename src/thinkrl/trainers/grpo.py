@@ -237,7 +237,10 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
                                             num_seqs=len(mb), ref=None if ref_logp is None else ref_logp[part, :L],
                                             num_tokens=n_tok)
                 fill = torch.zeros_like(mask, dtype=torch.float32) if old is None else old  # (m, L)
-                hint = grpo.token_gradients(loss_of, fill)  # lets the LM head run its backward in its forward
+                # lets the LM head run its backward in its forward; for a loss whose token terms depend on
+                # other tokens (GSPO's sequence ratio) the hint would be wrong (the backward would notice
+                # and recompute), so none is built
+                hint = grpo.token_gradients(loss_of, fill) if registry.is_token_separable(g.policy_loss) else None
                 with forward_context():
                     logp, ent = logprobs_of(model, part, L, want_entropy=True, states=states,
                                             grad_hint=hint)  # (m, L) each
