@@ -250,6 +250,12 @@ def parse_overrides(overrides: typing.Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def is_few_shot(value) -> bool:
+    """A list of [question, response] string pairs (`data.few_shot`, `thinkrl eval --few-shot`)."""
+    return isinstance(value, list) and all(
+        isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(t, str) for t in x) for x in value)
+
+
 def validate(cfg: Config) -> Config:
     """Check choices before anything expensive runs; raises ConfigError naming the option."""
     from thinkrl import rewards
@@ -305,9 +311,7 @@ def validate(cfg: Config) -> Config:
     if cfg.run.precision == "bf16" and not cpu_has_fast_bf16():
         raise ConfigError("run.precision=bf16: this CPU has no bf16 matrix instructions (AVX512_BF16 or AMX), so bf16 "
                           "products would run ~100x slower than fp32 here; use run.precision=fp32 (the default)")
-    shots = cfg.data.few_shot
-    if shots and (cfg.data.template != "chat" or not all(
-            isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(t, str) for t in x) for x in shots)):
+    if cfg.data.few_shot and (cfg.data.template != "chat" or not is_few_shot(cfg.data.few_shot)):
         raise ConfigError("data.few_shot: a list of [question, response] string pairs, with data.template=chat")
     if g.micro_batch_size < 0:
         raise ConfigError(f"grpo.micro_batch_size={g.micro_batch_size}; must be 0 (whole mini-batch) or positive")

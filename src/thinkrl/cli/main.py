@@ -102,8 +102,7 @@ def _pairs(text: str) -> list[tuple[str, str]]:
     import yaml
 
     value = yaml.safe_load(text)
-    if not (isinstance(value, list) and all(isinstance(x, list) and len(x) == 2 and all(isinstance(t, str) for t in x)
-                                            for x in value)):
+    if not config_mod.is_few_shot(value):
         raise argparse.ArgumentTypeError("expected a list of [question, response] string pairs")
     return [tuple(x) for x in value]
 
