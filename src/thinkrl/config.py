@@ -92,6 +92,21 @@ class GRPOConfig:
                                    "loss keeps the mini-batch's denominators). Micro-batches hold whole prompts' rows (a prompt with "
                                    "more rows spans several, and runs once for all of them) and group rows of similar length. "
                                    "0 = the whole mini-batch at once. Smaller = less memory. Paper: not stated (engineering).")
+    dynamic_sampling: bool = opt(False, "DAPO's dynamic sampling: drop groups whose rewards are all equal (no "
+                                         "signal) and sample more prompts until B groups with a spread are in hand "
+                                         "or `dynamic_sampling_max_rounds` extra rounds ran. Paper: not used (DAPO: on).")
+    dynamic_sampling_max_rounds: int = opt(4, "Cap on the extra sampling rounds of a step (B prompts each); after it "
+                                              "the step trains the groups with a spread it has (the first round as "
+                                              "drawn, if none has). verl's DAPO recipe: 10.")
+    mask_truncated: bool = opt(False, "Leave completions cut at max_new_tokens out of the loss (DAPO's overlong "
+                                      "filtering; TRL's mask_truncated_completions); they still count in their "
+                                      "group's advantages. Paper: not used.")
+    sampler_correction: str = opt("none", "Importance-sampling correction for the sampler/trainer log-prob gap "
+                                          "(TRL's vllm_importance_sampling_mode): none, token_truncate, token_mask, "
+                                          "sequence_truncate, sequence_mask (`algos/sampler_correction.py`). "
+                                          "The gap is logged every step either way (mismatch/*). Paper: not stated.")
+    sampler_correction_max: float = opt(3.0, "C_max of the sampler correction: truncate at, or mask above (TRL: 3.0).")
+    sampler_correction_min: float = opt(0.0, "C_min of the sampler correction: truncate at, or mask below (TRL: none).")
     skip_zero_advantage: bool = opt(True, "With no KL term (β = 0), don't run rows whose advantage is 0 (all-equal groups) "
                                           "through forward/backward: their gradient is exactly 0; they still count in the "
                                           "loss's denominators. Paper: not stated (exact either way).")
@@ -101,6 +116,9 @@ class GRPOConfig:
 class RewardConfig:
     weights: dict = opt({"accuracy": 1.0, "format": 1.0}, "Reward name -> weight. Paper R1-Zero: accuracy + format, equal weights.")
     verify_timeout: float = opt(5.0, "Seconds allowed to check one math answer (worker process, killed on overrun).")
+    overlong_cache: int = opt(0, "L_cache of the `overlong` reward (DAPO's soft overlong punishment): the last this "
+                                 "many tokens before grpo.max_new_tokens are punished linearly, down to -1. 0 = a fifth "
+                                 "of max_new_tokens (DAPO: 4,096 of 20,480).")
 
 
 @dataclass
@@ -259,7 +277,7 @@ def is_few_shot(value) -> bool:
 def validate(cfg: Config) -> Config:
     """Check choices before anything expensive runs; raises ConfigError naming the option."""
     from thinkrl import rewards
-    from thinkrl.algos import grpo, registry
+    from thinkrl.algos import grpo, registry, sampler_correction
     from thinkrl.data.templates import PROMPT_BUILDERS
     from thinkrl.engine.cpu import cpu_has_fast_bf16
 
@@ -313,6 +331,17 @@ def validate(cfg: Config) -> Config:
                           "products would run ~100x slower than fp32 here; use run.precision=fp32 (the default)")
     if cfg.data.few_shot and (cfg.data.template != "chat" or not is_few_shot(cfg.data.few_shot)):
         raise ConfigError("data.few_shot: a list of [question, response] string pairs, with data.template=chat")
+    if g.sampler_correction not in sampler_correction.CORRECTIONS:
+        raise ConfigError(f"grpo.sampler_correction={g.sampler_correction!r}; choose one of "
+                          f"{', '.join(sampler_correction.CORRECTIONS)}")
+    if not 0 <= g.sampler_correction_min < g.sampler_correction_max:
+        raise ConfigError(f"grpo.sampler_correction_min={g.sampler_correction_min}, _max={g.sampler_correction_max}: "
+                          "need 0 <= min < max")
+    if g.dynamic_sampling_max_rounds < 0:
+        raise ConfigError(f"grpo.dynamic_sampling_max_rounds={g.dynamic_sampling_max_rounds}; must be >= 0")
+    if not 0 <= cfg.rewards.overlong_cache <= g.max_new_tokens:
+        raise ConfigError(f"rewards.overlong_cache={cfg.rewards.overlong_cache}; must be in [0, grpo.max_new_tokens="
+                          f"{g.max_new_tokens}] (0 = a fifth of it)")
     if g.micro_batch_size < 0:
         raise ConfigError(f"grpo.micro_batch_size={g.micro_batch_size}; must be 0 (whole mini-batch) or positive")
     if g.group_size < 2:

@@ -37,6 +37,10 @@ def test_help_lists_every_option_with_paper_values(capsys):
     (["grpo.beta=-1"], "grpo.beta=-1.0; must be >= 0"),
     (["run.eval_top_p=0"], "run.eval_top_p=0.0; must be in (0, 1]"),
     (["rewards.verify_timeout=0"], "rewards.verify_timeout=0.0; must be > 0"),
+    (["grpo.sampler_correction=tis"], "grpo.sampler_correction='tis'; choose one of none, token_truncate"),
+    (["grpo.sampler_correction_max=0.5", "grpo.sampler_correction_min=1"], "need 0 <= min < max"),
+    (["grpo.dynamic_sampling_max_rounds=-1"], "grpo.dynamic_sampling_max_rounds=-1; must be >= 0"),
+    (["rewards.overlong_cache=100"], "rewards.overlong_cache=100; must be in [0, grpo.max_new_tokens=64]"),
 ])
 def test_bad_options_get_one_clear_line(args, message, capsys, tmp_path):
     assert cli.main(["train", "--output-dir", str(tmp_path / "run"), *args]) == 2

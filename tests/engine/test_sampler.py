@@ -256,6 +256,40 @@ def test_min_new_tokens_masks_eos_and_stop_strings():
     assert TOK.eos_token_id not in r.completion_ids[0, :4].tolist()
 
 
+@pytest.mark.parametrize("engine", ["lean", "hf"])
+def test_min_new_tokens_stores_the_policys_logprobs(engine):
+    """Under min_new_tokens the draw excludes EOS, but the stored log-probs are the unmasked
+    policy's, as the trainer computes π_old: otherwise the first ratio is 1 − P(EOS), not 1."""
+    model = MODELS["llama"]()
+    with torch.no_grad():
+        model.lm_head.weight[TOK.eos_token_id] += 0.5  # EOS likely (P ~ 0.3): masking it shifts log-probs a lot
+    prompts = [enc(p) for p in PROMPTS]
+    r = sample(model, TOK, prompts, 2, SamplingParams(max_new_tokens=8, temperature=0.8, min_new_tokens=8),
+               torch.Generator().manual_seed(0), engine=engine)
+    assert (r.lengths == 8).all()
+    for n in range(6):
+        ref = full_forward_logprobs(model, prompts[n // 2], r.completion_ids[n].tolist(), 0.8)
+        torch.testing.assert_close(r.logprobs[n], ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.5, 1.0), (2.0, 1.0), (0.5, 0.9)])
+def test_draws_follow_the_reported_tempered_distribution(temperature, top_p):
+    """Tokens are drawn from the distribution whose log-probs are reported: softmax(logits / T)
+    (renormalised over the nucleus with top-p), not at T = 1."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, 1.5]]).repeat(40000, 1)  # (n, 6)
+    tok, logp = rollout._next_token(logits, SamplingParams(temperature=temperature, top_p=top_p),
+                                    torch.Generator().manual_seed(0))
+    p = torch.softmax(logits[0] / temperature, -1)  # (6,) the tempered policy
+    torch.testing.assert_close(logp, p.log()[tok])  # what is reported
+    if top_p < 1:  # the nucleus: the most likely tokens until their mass reaches top_p, renormalised
+        order = p.argsort(descending=True)
+        keep = order[: int((p[order].cumsum(0) - p[order] < top_p).sum())]
+        p = torch.zeros_like(p).index_fill(0, keep, 1.0) * p
+        p = p / p.sum()
+    freq = torch.bincount(tok, minlength=6).float() / len(tok)
+    torch.testing.assert_close(freq, p, atol=0.01, rtol=0)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_bf16_engine_close_to_fp32(arch):
     """Sampling with bf16 layer matrices: log-probs of the sampled tokens near the fp32 policy's."""
@@ -336,3 +370,24 @@ def test_nucleus_equals_the_full_sort(scale, top_p):
         assert int((probs[r] > 0).sum()) == n
         assert set(ids[r, :n].tolist()) == set(sorted_idx[r, :n].tolist())
         torch.testing.assert_close(probs[r, :n], p[r, :n])
+
+
+def test_take_groups_and_concat_keep_each_rows_samples():
+    """Groups picked from two rollouts and joined: every row keeps its prompt, tokens, mask,
+    log-probs, text and length; shorter parts are padded with the pad id."""
+    model = MODELS["llama"]()
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, stop_strings=("a",))
+    a = sample(model, TOK, [enc(p) for p in PROMPTS], 2, params, torch.Generator().manual_seed(0))
+    b = sample(model, TOK, [enc("hello"), enc("x")], 2, SamplingParams(max_new_tokens=3), torch.Generator().manual_seed(1))
+    joined = rollout.concat_rollouts([rollout.take_groups(a, [2, 0]), rollout.take_groups(b, [1])], TOK.pad_token_id)
+    check_shapes(joined, 3, 2)
+    sources = [(a, 4), (a, 5), (a, 0), (a, 1), (b, 2), (b, 3)]  # (rollout, row) of each joined row
+    assert joined.prompt_ids == [a.prompt_ids[2], a.prompt_ids[0], b.prompt_ids[1]]
+    for n, (src, r) in enumerate(sources):
+        k = int(src.lengths[r])
+        assert joined.texts[n] == src.texts[r] and joined.lengths[n] == k and joined.truncated[n] == src.truncated[r]
+        assert joined.prompt_ids[int(joined.group[n])] == src.prompt_ids[int(src.group[r])]
+        assert torch.equal(joined.completion_ids[n, :k], src.completion_ids[r, :k])
+        assert torch.equal(joined.logprobs[n, :k], src.logprobs[r, :k])
+        assert joined.completion_mask[n].sum() == k
+        assert (joined.completion_ids[n, k:] == TOK.pad_token_id).all()

@@ -248,6 +248,9 @@ def test_score_passes_a_reward_its_own_options_over_columns(monkeypatch):
     ("<think>r</think><answer>4</answer> and more text", 0.0),       # trailing junk
     ("<think>r</think><answer>4</answer><|endoftext|>junk", 0.0),
     ("<answer>4</answer>", 0.0),                                     # missing think
+    ("<think>r <answer>4</answer>", 0.0),                            # reasoning never closed
+    ("<think>r\n<answer>4</answer><|endoftext|>", 0.0),
+    ("<think>r</think <answer>4</answer>", 0.0),                     # broken closing tag
     ("<answer>4</answer><think>r</think>", 0.0),                     # out of order
     ("</think>r<think><answer>4</answer>", 0.0),
     ("preamble <think>r</think><answer>4</answer>", 0.0),            # text before think
@@ -404,3 +407,23 @@ def test_sentence_period_is_dropped(text, want):
 def test_latex_answer_with_period_is_correct():
     from thinkrl.rewards.math_reward import accuracy_reward
     assert accuracy_reward(["<answer>3\\sqrt{13}.</answer>"], answer=["3\\sqrt{13}"]) == [1.0]
+
+
+# ------------------------------------------------------------------ overlong (DAPO's soft punishment)
+@pytest.mark.parametrize("length, expected", [
+    (0, 0.0), (6, 0.0),          # up to L_max - L_cache = 6: no punishment
+    (7, -0.25), (8, -0.5),       # linear inside the cache: (6 - |y|) / 4
+    (10, -1.0),                  # at L_max: -1
+    (11, -1.0),                  # beyond L_max (a longer sampler than the reward was told of)
+])
+def test_overlong(length, expected):
+    assert get_reward("overlong")(["x"], completion_length=[length], max_length=10, cache_length=4) == [expected]
+
+
+def test_overlong_through_score_and_its_bad_settings():
+    out = score(["a", "b"], {"completion_length": [3, 9]}, {"overlong": 1.0},
+                {"overlong": {"max_length": 10, "cache_length": 4}})
+    assert out.total == [0.0, -0.75]
+    from thinkrl.rewards.length_reward import overlong_penalty
+    with pytest.raises(ValueError, match="cache_length"):
+        overlong_penalty(5, 10, 0)

@@ -90,9 +90,133 @@ def test_rewards_see_problem_columns(tiny_model, tiny_tokenizer):
     assert seen["start"][0] == seen["start"][3] and isinstance(seen["ops"][0], list)
 
 
-def test_beta_zero_loads_no_reference(tiny_model, tiny_tokenizer):
-    _, state = _state(tiny_model, tiny_tokenizer, beta=0.0)
-    assert state.ref_model is None
+def test_train_state_loads_a_reference_only_for_a_kl_term(tiny_model, tiny_tokenizer):
+    """What `train_run` builds: β = 0 loads no π_ref; β > 0 a frozen copy of the policy."""
+    cfg = Config()
+    cfg.grpo.beta = 0.0
+    assert run_mod.new_train_state(tiny_model, tiny_tokenizer, cfg, sample_problems(4, "train", 0)).ref_model is None
+    cfg.grpo.beta = 0.04
+    ref = run_mod.new_train_state(tiny_model, tiny_tokenizer, cfg, sample_problems(4, "train", 0)).ref_model
+    assert ref is not None and ref is not tiny_model and not any(p.requires_grad for p in ref.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), tiny_model.parameters()))
+
+
+def test_sampler_generator_lives_on_the_models_device(tiny_model, tiny_tokenizer, monkeypatch):
+    """The sampler draws with `torch.rand(..., device=model's, generator=gen)`, which needs the
+    generator on that device (a CPU generator with a CUDA model raises)."""
+    made = []
+    real = torch.Generator
+    monkeypatch.setattr(run_mod.torch, "Generator", lambda *a, **k: made.append(k.get("device")) or real(*a, **k))
+    run_mod.new_train_state(tiny_model, tiny_tokenizer, Config(), sample_problems(4, "train", 0))
+    assert made == [next(tiny_model.parameters()).device]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_step_on_cuda(tiny_model, tiny_tokenizer, length_reward):
+    model = tiny_model.cuda()
+    cfg = Config()
+    cfg.grpo.prompts_per_step, cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 4, 10
+    cfg.rewards.weights = {length_reward: 1.0}
+    state = run_mod.new_train_state(model, tiny_tokenizer, cfg, sample_problems(8, "train", 0))
+    assert grpo_step(state, cfg, lambda q: q)["step"] == 1
+
+
+def test_reference_reset_every_n_steps(tiny_model, tiny_tokenizer, length_reward):
+    """π_ref is replaced by π_θ every `ref_reset_every` steps (R1-Zero: 400), and only then."""
+    cfg, state = _state(tiny_model, tiny_tokenizer, beta=0.04)
+    cfg.rewards.weights, cfg.grpo.ref_reset_every = {length_reward: 1.0}, 2
+    same = lambda: all(torch.equal(a, b) for a, b in zip(state.ref_model.parameters(), tiny_model.parameters()))  # noqa: E731
+    grpo_step(state, cfg, lambda q: q)
+    assert not same()  # step 1 moved π_θ away from π_ref
+    grpo_step(state, cfg, lambda q: q)
+    assert same()  # step 2: reset
+    grpo_step(state, cfg, lambda q: q)
+    assert not same()
+
+
+def test_later_updates_use_the_sampling_policy_as_pi_old(tiny_model, tiny_tokenizer, length_reward):
+    """With μ = 2, the second pass's ratio π_θ / π_old is no longer 1 (π_old is the policy that
+    sampled, not π_θ detached), so a tight ε clips some tokens."""
+    cfg, state = _state(tiny_model, tiny_tokenizer)
+    cfg.rewards.weights = {length_reward: 1.0}
+    cfg.grpo.mu, cfg.grpo.lr, cfg.grpo.epsilon_low, cfg.grpo.epsilon_high = 2, 0.05, 0.01, 0.01
+    assert grpo_step(state, cfg, lambda q: q)["clip_frac"] > 0
+
+
+def test_mismatch_gap_is_logged(tiny_model, tiny_tokenizer, length_reward, monkeypatch):
+    """mismatch/* compares the trainer's log-probs before the first update with the sampler's:
+    ~0 in fp32, and exactly a planted offset when the sampler's are shifted by it."""
+    cfg, state = _state(tiny_model, tiny_tokenizer)
+    cfg.rewards.weights = {length_reward: 1.0}
+    cfg.grpo.skip_zero_advantage = False
+    m = grpo_step(state, cfg, lambda q: q)
+    assert 0 <= m["mismatch/mean_abs"] <= m["mismatch/max_abs"] < 1e-4
+    from thinkrl.trainers import rollouts
+    real = rollouts.sample
+
+    def shifted(*a, **k):
+        ro = real(*a, **k)
+        ro.logprobs = ro.logprobs - 0.25 * ro.completion_mask
+        return ro
+
+    monkeypatch.setattr(rollouts, "sample", shifted)
+    m = grpo_step(state, cfg, lambda q: q)
+    assert m["mismatch/mean_abs"] == pytest.approx(0.25, abs=1e-4)
+    assert m["mismatch/max_abs"] == pytest.approx(0.25, abs=1e-4)
+
+
+@pytest.fixture()
+def odd_answers_reward():
+    """Spread only for problems with an odd answer (completion length); 1.0 for every sample otherwise."""
+    @rewards.register("test_odd")
+    def _odd(completions, answer, **_):
+        return [float(len(c)) if int(a) % 2 else 1.0 for c, a in zip(completions, answer)]
+    yield "test_odd"
+    rewards.REWARDS.pop("test_odd")
+
+
+def test_dynamic_sampling_fills_the_batch_with_groups_that_differ(tiny_model, tiny_tokenizer, odd_answers_reward,
+                                                                    monkeypatch):
+    cfg, state = _state(tiny_model, tiny_tokenizer)
+    cfg.rewards.weights = {odd_answers_reward: 1.0}
+    state.stream = PromptStream(sample_problems(64, "train", 0), 0)
+    cfg.grpo.prompts_per_step, cfg.grpo.dynamic_sampling, cfg.grpo.dynamic_sampling_max_rounds = 4, True, 20
+    from thinkrl.trainers import grpo as trainer
+    seen = {}
+    real = trainer.minibatch_gradients
+    monkeypatch.setattr(trainer, "minibatch_gradients", lambda *a, **k: seen.update(ro=a[2], adv=a[4]) or real(*a, **k))
+    m = grpo_step(state, cfg, lambda q: q)
+    rounds = 1 + m["dynamic/extra_rounds"]
+    assert m["dynamic/extra_rounds"] >= 1  # 4 prompts with odd answers rarely come in one draw
+    assert state.stream.position == 4 * rounds  # each round drew B prompts
+    assert m["dynamic/trained_groups"] == 4 and m["dynamic/dropped_groups"] == 4 * rounds - 4
+    ro, adv = seen["ro"], seen["adv"]
+    assert len(ro.prompt_ids) == 4 and ro.completion_ids.shape[0] == 16
+    assert (adv.reshape(4, 4) != 0).any(dim=1).all()  # every trained group carries a signal
+
+
+def test_dynamic_sampling_stops_at_its_cap(tiny_model, tiny_tokenizer, monkeypatch):
+    cfg, state = _state(tiny_model, tiny_tokenizer)
+    cfg.rewards.weights = {"format": 1.0}  # a random model never formats: no group differs
+    cfg.grpo.dynamic_sampling, cfg.grpo.dynamic_sampling_max_rounds = True, 2
+    m = grpo_step(state, cfg, lambda q: q)
+    assert m["dynamic/extra_rounds"] == 2 and state.stream.position == 2 * 3
+    assert m["dynamic/trained_groups"] == 2 and m["trained_rows"] == 0  # the first round, all advantages 0
+
+
+def test_mask_truncated_leaves_cut_completions_out_of_the_loss(tiny_model, tiny_tokenizer, length_reward,
+                                                              monkeypatch):
+    cfg, state = _state(tiny_model, tiny_tokenizer)
+    cfg.rewards.weights, cfg.grpo.mask_truncated, cfg.grpo.skip_zero_advantage = {length_reward: 1.0}, True, False
+    cfg.grpo.stop_strings = ["e"]  # some completions stop early, the others run into max_new_tokens
+    from thinkrl.trainers import grpo as trainer
+    seen = {}
+    real = trainer.minibatch_gradients
+    monkeypatch.setattr(trainer, "minibatch_gradients", lambda *a, **k: seen.update(ro=a[2], mb=a[3]) or real(*a, **k))
+    grpo_step(state, cfg, lambda q: q)
+    truncated = seen["ro"].truncated
+    assert 0 < int(truncated.sum()) < len(truncated)  # both kinds present
+    assert sorted(seen["mb"].tolist()) == (~truncated).nonzero().flatten().tolist()
 
 
 EXTRA: list = []

@@ -216,3 +216,52 @@ def test_other_policy_losses_through_the_optimised_path(policy_loss, aggregation
     assert loss == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
     for a, b in zip(fast, grads(model)):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
+
+
+def reference_corrected_loss(model, ro, adv, old_logp, mode, cap, eps, temperature):
+    """-J with the sampler correction written out: per-token weight min(π_old/μ, C) (truncate) or
+    that ratio, 0 above C (mask), per token or as the sequence's product; token mean."""
+    token_terms, n_tok = [], 0
+    for n in range(len(ro.texts)):
+        prompt, c = ro.prompt_ids[int(ro.group[n])], ro.completion_ids[n, : ro.lengths[n]].tolist()
+        logits = model(input_ids=torch.tensor([prompt + c])).logits[0, len(prompt) - 1 : -1].float()  # (C, V)
+        logp = F.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(c)[:, None])[:, 0]  # (C,)
+        old = logp.detach() if old_logp is None else old_logp[n, : len(c)]
+        log_ratio = old - ro.logprobs[n, : len(c)]  # (C,) π_old / μ
+        if mode.startswith("sequence"):
+            log_ratio = log_ratio.sum().expand(len(c))
+        w = torch.exp(log_ratio)
+        w = w.clamp(max=cap) if mode.endswith("truncate") else torch.where(w > cap, 0.0, w)
+        ratio = torch.exp(logp - old)
+        token_terms.append((w * torch.minimum(ratio * adv[n], ratio.clamp(1 - eps, 1 + eps) * adv[n])).sum())
+        n_tok += len(c)
+    return -torch.stack(token_terms).sum() / n_tok
+
+
+@pytest.mark.parametrize("mode,detach_old", [("token_truncate", True), ("token_mask", False),
+                                             ("sequence_truncate", True), ("sequence_mask", False)])
+def test_sampler_correction_through_the_optimised_path(mode, detach_old):
+    """The importance weights (π_old from the trainer, μ the sampler's log-probs) through
+    micro-batches, shared prompts and the head's forward-built gradients equal the plain
+    reference; with π_old = π_θ detached and a sequence weight, no gradient hint is built."""
+    model, ro = tiny(), make_rollout()
+    adv = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.5, -0.5, 1.5, 0.0, -1.5, 0.0])
+    g = GRPOConfig(beta=0.0, loss_aggregation="token_mean", temperature=0.8, logprob_chunk=3, micro_batch_size=3,
+                   max_new_tokens=7, sampler_correction=mode, sampler_correction_max=1.2)
+    with torch.no_grad():
+        own = trainer._score(trainer._Logprobs(ro, g, PAD), model, len(ro.texts), 5, ro.logprobs)
+    gen = torch.Generator().manual_seed(4)
+    ro.logprobs = (own + (torch.rand(own.shape, generator=gen) - 0.5) * 0.6) * ro.completion_mask  # the sampler's μ
+    old_logp = None if detach_old else own + (torch.rand(own.shape, generator=gen) - 0.5) * 0.1
+    model.zero_grad(set_to_none=True)
+    stats = {"clip_frac": [], "entropy": [], "kl": []}
+    loss, _ = trainer.minibatch_gradients(
+        model, trainer._Logprobs(ro, g, PAD), ro, torch.arange(len(ro.texts)), adv, old_logp, None, g, 3,
+        skip_zero=True, forward_context=lambda: trainer.precision(model, False, True), stats=stats)
+    fast = grads(model)
+    model.zero_grad(set_to_none=True)
+    ref = reference_corrected_loss(model, ro, adv, old_logp, mode, 1.2, 0.2, 0.8)
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    for a, b in zip(fast, grads(model)):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)

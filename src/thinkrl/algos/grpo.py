@@ -84,12 +84,17 @@ def _has_spread(r: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return hi > lo  # False for all-equal groups and groups with < 2 valid samples
 
 
-def zero_variance_share(rewards: torch.Tensor, group_size: int, valid: torch.Tensor | None = None) -> float:
-    """Share of groups that carry no signal (valid rewards all equal). rewards, valid: (N,)."""
+def groups_with_spread(rewards: torch.Tensor, group_size: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) bool: the group's valid rewards differ (it carries a signal; DAPO's dynamic sampling
+    keeps exactly these). rewards, valid: (N,); a group with < 2 valid samples has none."""
     r = rewards.float().reshape(-1, group_size)  # (B, G)
     v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.reshape(-1, group_size).bool()
-    r = torch.where(v, r, torch.zeros_like(r))
-    return (~_has_spread(r, v)).float().mean().item()
+    return _has_spread(torch.where(v, r, torch.zeros_like(r)), v)
+
+
+def zero_variance_share(rewards: torch.Tensor, group_size: int, valid: torch.Tensor | None = None) -> float:
+    """Share of groups that carry no signal (valid rewards all equal). rewards, valid: (N,)."""
+    return (~groups_with_spread(rewards, group_size, valid)).float().mean().item()
 
 
 @register_policy_loss("clip")
@@ -188,6 +193,7 @@ def grpo_loss(
     num_seqs: int | None = None,
     num_tokens: float | None = None,
     policy_loss: str = "clip",
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss -J(θ) for one (mini)batch and its diagnostics.
 
@@ -198,11 +204,12 @@ def grpo_loss(
     valid tokens whose clipped branch was active), ratio_mean — all detached, over these N rows.
     num_seqs / num_tokens: the mini-batch's counts when these rows are one micro-batch
     of it (see `aggregate_loss`). policy_loss: a name in `registry.POLICY_LOSSES` ("clip":
-    the paper's clipped surrogate).
+    the paper's clipped surrogate). is_weight (N, T), no gradient: a per-token factor on the
+    policy term only, not the KL (the sampler correction, `sampler_correction.importance_weights`).
     """
     surrogate, was_clipped = get_policy_loss(policy_loss)(
         logp, old_logp, advantages, mask=mask, eps_low=eps_low, eps_high=eps_high)  # (N, T) each
-    token_loss = surrogate
+    token_loss = surrogate if is_weight is None else surrogate * is_weight
     m = mask.float()  # (N, T)
     n_tok = m.sum().clamp(min=1.0)
     stats: dict[str, torch.Tensor] = {}

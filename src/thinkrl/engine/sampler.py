@@ -19,7 +19,9 @@ Algorithm
    or once its decoded completion contains a stop string; the finishing token is kept
    (mask 1). Finished rows are dropped from the decode batch (their cache rows too),
    so they stop costing compute. `min_new_tokens` masks EOS out (and ignores stop
-   strings) until that many tokens exist, as transformers' option of that name.
+   strings) until that many tokens exist, as transformers' option of that name; the
+   log-probs stored for those tokens are still the unmasked policy's (the trainer's π_old has
+   no such mask: otherwise the first update's ratio would be 1 − P(EOS), not 1).
    Stop strings are checked incrementally: only the last `max(len(stop)) + 2` completion
    tokens of each live row are decoded (enough while every token decodes to >= 1 char).
 
@@ -69,6 +71,39 @@ class Rollout:
     truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS or stop string
     texts: list[str]  # decoded completions (see `sample` for what is included)
     lengths: torch.Tensor  # (N,) long: number of completion tokens
+
+
+def take_groups(ro: Rollout, groups: list[int]) -> Rollout:
+    """The rows of prompts `groups` (indices into ro.prompt_ids, in that order), renumbered 0.. ."""
+    G = len(ro.texts) // len(ro.prompt_ids)
+    idx = torch.tensor(groups, dtype=torch.long, device=ro.group.device)  # (b,)
+    rows = (idx[:, None] * G + torch.arange(G, device=idx.device)).reshape(-1)  # (b*G,)
+    L = int(ro.lengths[rows].max()) if len(rows) else 0
+    r = rows.tolist()
+    return Rollout(prompt_ids=[ro.prompt_ids[b] for b in groups],
+                   group=torch.arange(len(groups), device=idx.device).repeat_interleave(G),
+                   completion_ids=ro.completion_ids[rows, :L], completion_mask=ro.completion_mask[rows, :L],
+                   logprobs=ro.logprobs[rows, :L], truncated=ro.truncated[rows], texts=[ro.texts[i] for i in r],
+                   lengths=ro.lengths[rows])
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """One rollout holding `parts`' prompts in order (same G), completions right-padded with pad_id."""
+    L = max(p.completion_ids.shape[1] for p in parts)
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:  # (n, l) -> (n, L)
+        return F.pad(t, (0, L - t.shape[1]), value=value)
+
+    offsets = [0]
+    for p in parts[:-1]:
+        offsets.append(offsets[-1] + len(p.prompt_ids))
+    return Rollout(prompt_ids=[ids for p in parts for ids in p.prompt_ids],
+                   group=torch.cat([p.group + o for p, o in zip(parts, offsets)]),
+                   completion_ids=torch.cat([pad(p.completion_ids, pad_id) for p in parts]),
+                   completion_mask=torch.cat([pad(p.completion_mask, False) for p in parts]),
+                   logprobs=torch.cat([pad(p.logprobs, 0.0) for p in parts]),
+                   truncated=torch.cat([p.truncated for p in parts]), texts=[t for p in parts for t in p.texts],
+                   lengths=torch.cat([p.lengths for p in parts]))
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
@@ -205,6 +240,12 @@ def _next_token(
     return tok, tok_logp
 
 
+def _logp_at(logits: torch.Tensor, tok: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log_softmax(logits (n, V) / T) at tok (n,), T = 0 read as 1 (as `_next_token` reports greedy tokens)."""
+    scaled = logits if temperature in (0, 1.0) else logits / temperature  # (n, V)
+    return F.log_softmax(scaled, dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # (n,)
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -267,9 +308,11 @@ def sample(
 
             # ---- 3. decode, dropping finished rows
             for step in range(M):
-                if step < params.min_new_tokens:
-                    logits = logits.index_fill(-1, eos_t, float("-inf"))  # (n, V) EOS not yet allowed
-                tok, tok_logp = _next_token(logits, params, generator)  # (n,), (n,)
+                if step < params.min_new_tokens:  # EOS not yet allowed; the log-prob is the policy's own
+                    tok, _ = _next_token(logits.index_fill(-1, eos_t, float("-inf")), params, generator)  # (n,)
+                    tok_logp = _logp_at(logits, tok, params.temperature)  # (n,)
+                else:
+                    tok, tok_logp = _next_token(logits, params, generator)  # (n,), (n,)
                 tokens[at, step] = tok
                 logprobs[at, step] = tok_logp
                 done = is_eos(tok)  # (n,)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from . import code_reward as _code_reward  # noqa: F401  (registers "code", "code_fraction")
 from . import format_reward as _format_reward  # noqa: F401  (registers "format")
 from . import language_reward as _language_reward  # noqa: F401  (registers "language")
+from . import length_reward as _length_reward  # noqa: F401  (registers "overlong")
 from . import math_reward as _math_reward  # noqa: F401  (registers "accuracy")
 from .registry import REWARDS, RewardFn, get_reward, register
 

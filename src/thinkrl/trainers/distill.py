@@ -149,7 +149,7 @@ def _prompt_ids(tokenizer, question: str, template: str, suffix: str) -> list[in
 
 def teacher_samples(teacher, tokenizer, problems: list[Problem], cfg: DistillConfig, log=print) -> list[dict]:
     """K samples per problem: dicts with problem, prompt_ids, completion_ids, text, truncated, reward, correct."""
-    from thinkrl.trainers.grpo import reward_columns  # the trainer's per-sample reward columns
+    from thinkrl.trainers.rollouts import reward_columns  # the trainer's per-sample reward columns
 
     template = resolve_template(cfg.sft.template, tokenizer)
     K = cfg.samples_per_prompt

@@ -36,16 +36,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from thinkrl import rewards
-from thinkrl.engine import cast_cache
-from thinkrl.algos import grpo, registry
+from thinkrl.algos import grpo, registry, sampler_correction
 from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
-from thinkrl.data.templates import encode_prompts
-from thinkrl.engine.logprobs import PromptStates, build_batch, completion_logprobs, grouped_completion_logprobs
-from thinkrl.trainers.metrics import PhaseTimer, mean, peak_rss_gib
+from thinkrl.engine import cast_cache
 from thinkrl.engine.cpu_kernels import fused_rms_norms, gqa_attention, onednn_linears, sparse_tied_embedding
-from thinkrl.engine.sampler import SamplingParams, sample
+from thinkrl.engine.logprobs import PromptStates, build_batch, completion_logprobs, grouped_completion_logprobs
+from thinkrl.trainers import rollouts
+from thinkrl.trainers.metrics import PhaseTimer, mean, peak_rss_gib
 
 
 @dataclass
@@ -88,21 +86,6 @@ def make_optimizer(model, lr: float, weight_decay: float, warmup_steps: int):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
     return opt, sched
-
-
-def reward_columns(problems: list[Problem], group_size: int) -> dict[str, list]:
-    """Per-sample reward columns: `answer`, plus every `meta` field all problems share
-    (e.g. HumanEval's prompt / test / entry_point for the `code` reward)."""
-    shared = set.intersection(*(set(p.meta) for p in problems)) if problems else set()
-    columns = {k: [p.meta[k] for p in problems for _ in range(group_size)] for k in sorted(shared)}
-    columns["answer"] = [p.answer for p in problems for _ in range(group_size)]
-    return columns
-
-
-def _sampling(cfg: Config) -> SamplingParams:
-    g = cfg.grpo
-    return SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                          stop_strings=tuple(g.stop_strings), min_new_tokens=g.min_new_tokens)
 
 
 def set_deterministic(enabled: bool) -> None:
@@ -196,15 +179,27 @@ def _score(logprobs_of: _Logprobs, net, N: int, micro: int, like: torch.Tensor) 
     return out
 
 
-def _micro_batch_loss(logp, old, adv, mask, ref, g, num_seqs, num_tokens):
-    """The GRPO loss (and stats) of one micro-batch's logp (m, L); old None: π_old = π_θ, detached."""
-    return grpo.grpo_loss(logp, logp.detach() if old is None else old, adv, mask, ref, g.beta, g.epsilon_low,
-                          g.epsilon_high, g.kl_estimator, g.loss_aggregation, g.max_new_tokens, num_seqs=num_seqs,
-                          num_tokens=num_tokens, policy_loss=g.policy_loss)
+def _micro_batch_loss(logp, old, adv, mask, ref, g, num_seqs, num_tokens, sampler_logp):
+    """The GRPO loss (and stats) of one micro-batch's logp (m, L); old None: π_old = π_θ, detached.
+    sampler_logp (m, L): the sampler's log-probs, for `grpo.sampler_correction`."""
+    old = logp.detach() if old is None else old
+    weight = None if g.sampler_correction == "none" else sampler_correction.importance_weights(
+        old, sampler_logp, mask, g.sampler_correction, g.sampler_correction_max, g.sampler_correction_min)
+    return grpo.grpo_loss(logp, old, adv, mask, ref, g.beta, g.epsilon_low, g.epsilon_high, g.kl_estimator,
+                          g.loss_aggregation, g.max_new_tokens, num_seqs=num_seqs, num_tokens=num_tokens,
+                          policy_loss=g.policy_loss, is_weight=weight)
+
+
+def _separable(g, old_given: bool) -> bool:
+    """Each token's loss term depends on its own log-prob alone (the LM head may build its
+    gradient in its forward): not for GSPO's sequence ratio, nor for a sequence-level sampler
+    correction whose π_old is π_θ itself (its weight then depends on the other tokens' log-probs)."""
+    return registry.is_token_separable(g.policy_loss) and (old_given or not g.sampler_correction.startswith("sequence"))
 
 
 def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, ref_logp, g, micro: int,
-                        skip_zero: bool, forward_context, stats: dict) -> tuple[float, int]:
+                        skip_zero: bool, forward_context, stats: dict,
+                        gaps: list | None = None) -> tuple[float, int]:
     """Accumulate into .grad the gradient of the GRPO loss of mini-batch `mb` (rows of the rollout).
 
     Rows are cut into chunks of whole prompts (`_prompt_chunks`), each chunk into
@@ -216,7 +211,8 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
     `skip_zero`, zero-advantage rows are left out (exact when there is no KL term). The loss's
     per-token gradient is handed to the LM head (`grpo.token_gradients`), which then needs no
     second product in backward.
-    old_logp None: π_old = π_θ (detached), exact for a single update per batch.
+    old_logp None: π_old = π_θ (detached), exact for a single update per batch. gaps: a list to
+    append each micro-batch's |log π_θ − log μ_sampler| over its tokens (n_tok,) to, or None.
     Returns (mini-batch loss, rows run); appends stats.
     """
     rows = mb[adv[mb] != 0] if skip_zero else mb  # zero-advantage rows: exactly zero gradient
@@ -235,17 +231,19 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
                 old = None if old_logp is None else old_logp[part, :L]
                 loss_of = functools.partial(_micro_batch_loss, old=old, adv=adv[part], mask=mask, g=g,
                                             num_seqs=len(mb), ref=None if ref_logp is None else ref_logp[part, :L],
-                                            num_tokens=n_tok)
+                                            num_tokens=n_tok, sampler_logp=ro.logprobs[part, :L])
                 fill = torch.zeros_like(mask, dtype=torch.float32) if old is None else old  # (m, L)
                 # lets the LM head run its backward in its forward; for a loss whose token terms depend on
                 # other tokens (GSPO's sequence ratio) the hint would be wrong (the backward would notice
                 # and recompute), so none is built
-                hint = grpo.token_gradients(loss_of, fill) if registry.is_token_separable(g.policy_loss) else None
+                hint = grpo.token_gradients(loss_of, fill) if _separable(g, old is not None) else None
                 with forward_context():
                     logp, ent = logprobs_of(model, part, L, want_entropy=True, states=states,
                                             grad_hint=hint)  # (m, L) each
                 loss, s = loss_of(logp)
                 loss.backward()
+                if gaps is not None:
+                    gaps.append(sampler_correction.token_gaps(logp, ro.logprobs[part, :L], mask).cpu())  # (n_tok,)
                 loss_sum += loss.item()
                 stats["clip_frac"].append(s["clip_frac"].item())
                 stats["entropy"].append(((ent * mask).sum() / mask.sum().clamp(min=1)).item())
@@ -259,33 +257,34 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
     return loss_sum, len(rows)
 
 
+def _old_logprobs_source(g, bf16: bool) -> str:
+    """Where π_old's log-probs come from: "detach" (π_θ itself, one update per batch), "sampler"
+    (the sampler's, fp32), or "recompute" (a scoring pass: asked for, bf16 sampling, or a sampler
+    correction, which needs the trainer's π_old beside the sampler's)."""
+    single_update = g.mu == 1 and g.minibatches == 1
+    if single_update and not g.recompute_old_logprobs:
+        return "detach"
+    if g.recompute_old_logprobs or bf16 or g.sampler_correction != "none":
+        return "recompute"
+    return "sampler"
+
+
 def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: str = "") -> dict:
-    """One GRPO step on the next B questions. Returns the step's metrics."""
+    """One GRPO step on the next B questions (more with dynamic sampling). Returns the step's metrics."""
     g, model = cfg.grpo, state.model
     timer = PhaseTimer()
-    problems = state.stream.next(g.prompts_per_step)
-    prompts = encode_prompts(state.tokenizer, build_prompt, [p.question for p in problems])
     G = g.group_size
+    batch = rollouts.collect(state, cfg, build_prompt, completion_prefix, timer)
+    ro = batch.ro
+    with timer("reward"):
+        estimator = registry.get_advantage(g.advantage_estimator)
+        adv = estimator(batch.rewards, G, scale=g.advantage_scale, valid=batch.valid).to(ro.completion_ids.device)  # (N,)
+        state.counters["reward_none"] += int((~batch.drawn_valid).sum())
 
     bf16 = cfg.run.precision == "bf16"
-    with timer("sample"):
-        ro = sample(model, state.tokenizer, prompts, G, _sampling(cfg), state.generator,
-                    engine_dtype=torch.bfloat16 if bf16 else None)
-    with timer("reward"):
-        texts = [completion_prefix + t for t in ro.texts]
-        scored = rewards.score(texts, reward_columns(problems, G), cfg.rewards.weights,
-                               {"accuracy": {"timeout": cfg.rewards.verify_timeout}})
-        valid = torch.tensor([r is not None for r in scored.total])  # (N,)
-        r = torch.tensor([x if x is not None else 0.0 for x in scored.total])  # (N,)
-        estimator = registry.get_advantage(g.advantage_estimator)
-        adv = estimator(r, G, scale=g.advantage_scale, valid=valid).to(ro.completion_ids.device)  # (N,)
-        state.counters["reward_none"] += int((~valid).sum())
-
-    N, lengths = len(ro.texts), ro.lengths
+    N = len(ro.texts)
     logprobs_of = _Logprobs(ro, g, state.tokenizer.pad_token_id)
-    single_update = g.mu == 1 and g.minibatches == 1
-    old_source = ("recompute" if g.recompute_old_logprobs or (bf16 and not single_update)
-                  else "detach" if single_update else "sampler")
+    old_source = _old_logprobs_source(g, bf16)
     micro = g.micro_batch_size or N
     with timer("score"), torch.no_grad(), precision(model, bf16, cfg.run.onednn):
         old_logp = _score(logprobs_of, model, N, micro, ro.logprobs) if old_source == "recompute" else ro.logprobs
@@ -293,16 +292,21 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
 
     skip_zero = g.skip_zero_advantage and ref_logp is None
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip_frac": [], "grad_norm": [], "entropy": []}
+    gaps: list[torch.Tensor] = []  # |log π_θ − log μ_sampler| per token, before the step's first update
+    train_rows = torch.arange(N, device=ro.completion_ids.device)  # (N,)
+    if g.mask_truncated:
+        train_rows = train_rows[~ro.truncated]  # DAPO's overlong filtering: out of the loss and its denominators
     trained_rows = 0
     with timer("train"):
         model.train()
         for _ in range(g.mu):
-            order = torch.randperm(N, generator=state.generator, device=state.generator.device)
-            for mb in order.chunk(g.minibatches):
+            perm = torch.randperm(len(train_rows), generator=state.generator, device=state.generator.device)
+            for mb in train_rows[perm.to(train_rows.device)].chunk(g.minibatches):
                 state.optimizer.zero_grad(set_to_none=True)
                 loss_sum, trained = minibatch_gradients(
                     model, logprobs_of, ro, mb, adv, None if old_source == "detach" else old_logp, ref_logp, g,
-                    micro, skip_zero, lambda: precision(model, bf16, cfg.run.onednn), stats)
+                    micro, skip_zero, lambda: precision(model, bf16, cfg.run.onednn), stats,
+                    gaps if not stats["loss"] else None)
                 trained_rows += trained
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.max_grad_norm)
                 if not (math.isfinite(loss_sum) and torch.isfinite(norm)):
@@ -319,28 +323,34 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
     if state.ref_model is not None and g.ref_reset_every and state.step % g.ref_reset_every == 0:
         state.ref_model.load_state_dict(model.state_dict())
 
-    lengths = ro.lengths.float()
+    drawn = batch.drawn
+    lengths = batch.drawn_lengths.float()  # (M,) every sample drawn
+    gap = torch.cat(gaps) if gaps else torch.zeros(0)
     step_time = sum(timer.seconds.values())
-    tokens = int(ro.lengths.sum()) + sum(len(prompts[b]) for b in ro.group.tolist())
+    tokens = int(batch.drawn_lengths.sum()) + batch.drawn_prompt_tokens
     metrics = {
         "step": state.step,
-        "reward/total": mean(scored.total),
-        **{f"reward/{k}": mean(v) for k, v in scored.per_reward.items()},
-        "accuracy": mean(scored.per_reward.get("accuracy", [])),
+        "reward/total": mean(drawn.total),
+        **{f"reward/{k}": mean(v) for k, v in drawn.per_reward.items()},
+        "accuracy": mean(drawn.per_reward.get("accuracy", [])),
         "length/mean": lengths.mean().item(),
         "length/max": lengths.max().item(),
-        "length/truncated": ro.truncated.float().mean().item(),
-        "zero_variance_groups": grpo.zero_variance_share(r, G, valid),
+        "length/truncated": batch.drawn_truncated.float().mean().item(),
+        "zero_variance_groups": grpo.zero_variance_share(batch.drawn_rewards, G, batch.drawn_valid),
         "trained_rows": trained_rows / g.mu,
-        "reward_none": int((~valid).sum()),
-        **{f"reward_failures/{k}": v for k, v in scored.failures.items() if v},
+        "reward_none": int((~batch.drawn_valid).sum()),
+        **{f"reward_failures/{k}": v for k, v in drawn.failures.items() if v},
         **{k: mean(v) for k, v in stats.items()},
+        "mismatch/mean_abs": gap.mean().item() if gap.numel() else 0.0,
+        "mismatch/max_abs": gap.max().item() if gap.numel() else 0.0,
+        **({"dynamic/extra_rounds": batch.extra_rounds, "dynamic/dropped_groups": batch.dropped_groups,
+            "dynamic/trained_groups": len(batch.problems)} if g.dynamic_sampling else {}),
         "lr": state.scheduler.get_last_lr()[0],
         "skipped_updates": state.counters["skipped_updates"],
         **{f"time/{k}": v for k, v in timer.seconds.items()},
         "time/step": step_time,
         "tokens_per_s": tokens / step_time if step_time else math.nan,
-        "generated_tokens_per_s": int(ro.lengths.sum()) / timer.seconds["sample"],
+        "generated_tokens_per_s": int(batch.drawn_lengths.sum()) / timer.seconds["sample"],
         "peak_rss_gib": peak_rss_gib(),
     }
     return metrics

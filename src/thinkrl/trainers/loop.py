@@ -100,6 +100,17 @@ def _new_run_dir(cfg: Config) -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
+def new_train_state(model, tokenizer, cfg: Config, train_problems) -> TrainState:
+    """A fresh run's state: AdamW and its schedule, the prompt stream, the sampler's generator
+    on the model's device (the sampler draws on that device), and π_ref (only when β > 0)."""
+    g = cfg.grpo
+    optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps)
+    device = next(model.parameters()).device
+    return TrainState(model, tokenizer, optimizer, scheduler, PromptStream(train_problems, cfg.run.seed),
+                      torch.Generator(device=device).manual_seed(cfg.run.seed),
+                      ref_model=frozen_copy(model) if g.beta > 0 else None)
+
+
 def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn = grpo_step) -> Path:
     """Run (or resume) a whole training job whose steps are `step_fn`; returns the run directory."""
     start = time.time()
@@ -136,10 +147,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     log(f"base model: held-out accuracy {before['accuracy']:.3f}, mean length {before['mean_length']:.1f} tokens")
 
     g = cfg.grpo
-    optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps)
-    state = TrainState(model, tokenizer, optimizer, scheduler, PromptStream(train_problems, cfg.run.seed),
-                       torch.Generator().manual_seed(cfg.run.seed),
-                       ref_model=frozen_copy(model) if g.beta > 0 else None)
+    state = new_train_state(model, tokenizer, cfg, train_problems)
     log_file = JsonlLog(run_dir / "metrics.jsonl")
     if ckpt is not None:
         restore(state, ckpt)

@@ -9,7 +9,7 @@ on the ~600k survivors. :func:`run_rejection_sampling` does this for a list of p
    dropped before any sampling (``thinkrl.data.contamination``);
 2. K samples per prompt, prompts in batches (``thinkrl.engine.sampler.sample``; the prompt is the
    R1-Zero template or the model's chat template, as in ``thinkrl eval``);
-3. correctness by the training reward code (``rewards.score`` on ``trainer.reward_columns``:
+3. correctness by the training reward code (``rewards.score`` on ``rollouts.reward_columns``:
    ``accuracy`` for math, the sandboxed ``code`` reward for code problems); a check that
    timed out is dropped as ``unverified``, never kept;
 4. the per-sample filters of ``thinkrl.data.filters`` in order, the first that fires drops;
@@ -148,7 +148,7 @@ def _prompt_setup(cfg: SampleConfig, tokenizer) -> tuple[str, dict[str, str | No
 
 def _correctness(chunk: list[loaders.Problem], texts: list[str], K: int) -> list[float | None]:
     """The deciding reward per sample (1.0 = correct, None = could not be checked)."""
-    from thinkrl.trainers.grpo import reward_columns  # heavy (torch): the CLI parser imports this module
+    from thinkrl.trainers.rollouts import reward_columns  # heavy (torch): the CLI parser imports this module
     out: list[float | None] = [None] * len(texts)
     by_kind: dict[str, list[int]] = defaultdict(list)
     for b, p in enumerate(chunk):
