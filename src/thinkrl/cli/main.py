@@ -16,6 +16,7 @@ tiny base model shipped with thinkrl, a few minutes on 2 CPU cores).
   thinkrl train                                   # the quickstart
   thinkrl train --config recipes/smollm2_addition.yaml grpo.steps=2
   thinkrl train --resume runs/20261127-101500     # continue from the last checkpoint
+  thinkrl train --nproc 2                         # 2 data-parallel processes (torchrun, gloo on CPU)
 
 Options (section.name=value on the command line, or nested in the YAML):
 """
@@ -24,6 +25,8 @@ Options (section.name=value on the command line, or nested in the YAML):
 def _train(args) -> int:
     from transformers.utils import logging as hf_logging
 
+    from thinkrl.distributed import env as dist_env
+    from thinkrl.distributed import launch
     from thinkrl.trainers.loop import train_run  # heavy imports only when training
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bars between the job's own lines
@@ -34,7 +37,17 @@ def _train(args) -> int:
     config_mod.validate(cfg)
     if args.resume and (args.config or args.overrides):
         raise config_mod.ConfigError("--resume takes the run's saved config; drop --config and overrides")
-    train_run(cfg, resume=args.resume)
+    if args.nproc < 1:
+        raise config_mod.ConfigError(f"--nproc={args.nproc}; must be at least 1")
+    if args.nproc > 1 and not dist_env.launched():  # checked above, now the same command under torchrun
+        argv = ["train", *(["--config", args.config] if args.config else []),
+                *(["--output-dir", args.output_dir] if args.output_dir else []),
+                *(["--resume", args.resume] if args.resume else []), *args.overrides]
+        return launch.relaunch(args.nproc, argv)
+    try:
+        train_run(cfg, resume=args.resume)
+    finally:
+        dist_env.shutdown()
     return 0
 
 
@@ -211,6 +224,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML recipe with sections model/data/grpo/rewards/run/base")
     train.add_argument("--output-dir", help="run directory (default runs/<timestamp>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last complete checkpoint")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="data-parallel processes on this machine (torchrun; grpo.prompts_per_step is per process)")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="override one option (see below)")
     train.set_defaults(func=_train)
     _add_build_base(sub)

@@ -6,7 +6,9 @@ format, loadable by `from_pretrained`), the reference model's weights when β > 
 generator), the data position, the step and counters, plus `config.json`. It is written
 to a temporary sibling directory, fsynced, marked complete, then renamed into place; the
 previous checkpoint is deleted only after that. A crash at any moment therefore leaves
-the last complete checkpoint intact. Left out: sharded/distributed state.
+the last complete checkpoint intact. Under data parallelism rank 0 writes it (every rank holds
+the same weights and optimizer state) with each rank's RNG states (`loop.save`).
+Left out: sharded (FSDP) state and `torch.distributed.checkpoint`.
 """
 
 from __future__ import annotations

@@ -22,8 +22,10 @@ per-token gradient (`grpo.token_gradients`); float32 linears on oneDNN, fused RM
 bf16 autocast (`run.precision`) with float32 master weights and optimizer.
 
 A non-finite loss or gradient norm skips that optimizer step (weights and optimizer state
-untouched); it is counted and logged. Left out: distributed data parallel, vLLM sampling,
-process supervision, and value models (GRPO has none).
+untouched); it is counted and logged. Under torchrun (`thinkrl.distributed`) each rank trains
+its share of the prompts: advantages over every rank's rewards, the global mini-batch's
+denominators, gradients summed over ranks, metrics reduced. Left out: FSDP sharding, vLLM
+sampling, process supervision, and value models (GRPO has none).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ import torch
 from thinkrl.algos import grpo, registry, sampler_correction
 from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
+from thinkrl.distributed import data_parallel as dp
+from thinkrl.distributed.env import current as current_world
 from thinkrl.engine import cast_cache
 from thinkrl.engine.cpu_kernels import fused_rms_norms, gqa_attention, onednn_linears, sparse_tied_embedding
 from thinkrl.engine.logprobs import PromptStates, build_batch, completion_logprobs, grouped_completion_logprobs
@@ -199,7 +203,7 @@ def _separable(g, old_given: bool) -> bool:
 
 def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, ref_logp, g, micro: int,
                         skip_zero: bool, forward_context, stats: dict,
-                        gaps: list | None = None) -> tuple[float, int]:
+                        gaps: list | None = None, counts: tuple[int, float] | None = None) -> tuple[float, int]:
     """Accumulate into .grad the gradient of the GRPO loss of mini-batch `mb` (rows of the rollout).
 
     Rows are cut into chunks of whole prompts (`_prompt_chunks`), each chunk into
@@ -213,10 +217,12 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
     second product in backward.
     old_logp None: π_old = π_θ (detached), exact for a single update per batch. gaps: a list to
     append each micro-batch's |log π_θ − log μ_sampler| over its tokens (n_tok,) to, or None.
+    counts: (sequences, tokens) of the whole mini-batch when `mb` is one rank's share of it
+    (data parallelism: the denominators are global); default: `mb`'s own.
     Returns (mini-batch loss, rows run); appends stats.
     """
     rows = mb[adv[mb] != 0] if skip_zero else mb  # zero-advantage rows: exactly zero gradient
-    n_tok = float(ro.completion_mask[mb].sum())
+    num_seqs, n_tok = counts or (len(mb), float(ro.completion_mask[mb].sum()))
     loss_sum = 0.0
     with cast_cache.fixed_weights():  # no update inside: the bf16 head copy made once for all micro-batches
         for chunk in _prompt_chunks(rows, ro.group, micro):
@@ -230,7 +236,7 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
                 mask = ro.completion_mask[part, :L]  # (m, L)
                 old = None if old_logp is None else old_logp[part, :L]
                 loss_of = functools.partial(_micro_batch_loss, old=old, adv=adv[part], mask=mask, g=g,
-                                            num_seqs=len(mb), ref=None if ref_logp is None else ref_logp[part, :L],
+                                            num_seqs=num_seqs, ref=None if ref_logp is None else ref_logp[part, :L],
                                             num_tokens=n_tok, sampler_logp=ro.logprobs[part, :L])
                 fill = torch.zeros_like(mask, dtype=torch.float32) if old is None else old  # (m, L)
                 # lets the LM head run its backward in its forward; for a loss whose token terms depend on
@@ -278,8 +284,10 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
     ro = batch.ro
     with timer("reward"):
         estimator = registry.get_advantage(g.advantage_estimator)
-        adv = estimator(batch.rewards, G, scale=g.advantage_scale, valid=batch.valid).to(ro.completion_ids.device)  # (N,)
-        state.counters["reward_none"] += int((~batch.drawn_valid).sum())
+        (rewards_all, valid_all), start = dp.all_gather_rows(batch.rewards, batch.valid)  # every rank's rows
+        adv = estimator(rewards_all, G, scale=g.advantage_scale, valid=valid_all)  # (N_all,) batch statistics global
+        adv = adv[start : start + len(batch.rewards)].to(ro.completion_ids.device)  # (N,) this rank's rows
+        state.counters["reward_none"] += int(dp.all_reduce_sum(int((~batch.drawn_valid).sum())))
 
     bf16 = cfg.run.precision == "bf16"
     N = len(ro.texts)
@@ -297,16 +305,24 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
     if g.mask_truncated:
         train_rows = train_rows[~ro.truncated]  # DAPO's overlong filtering: out of the loss and its denominators
     trained_rows = 0
+    world = current_world()
     with timer("train"):
         model.train()
         for _ in range(g.mu):
             perm = torch.randperm(len(train_rows), generator=state.generator, device=state.generator.device)
-            for mb in train_rows[perm.to(train_rows.device)].chunk(g.minibatches):
+            minibatches = list(train_rows[perm.to(train_rows.device)].chunk(g.minibatches))
+            if world.size > 1:  # every rank steps the optimizer the same number of times, some with no rows
+                minibatches += [train_rows[:0]] * (g.minibatches - len(minibatches))
+            for mb in minibatches:
                 state.optimizer.zero_grad(set_to_none=True)
+                counts = None if world.size == 1 else (  # the global mini-batch's denominators
+                    int(dp.all_reduce_sum(len(mb))), dp.all_reduce_sum(float(ro.completion_mask[mb].sum())))
                 loss_sum, trained = minibatch_gradients(
                     model, logprobs_of, ro, mb, adv, None if old_source == "detach" else old_logp, ref_logp, g,
                     micro, skip_zero, lambda: precision(model, bf16, cfg.run.onednn), stats,
-                    gaps if not stats["loss"] else None)
+                    gaps if not stats["loss"] else None, counts)
+                dp.all_reduce_gradients(model.parameters())  # summed: each rank's loss has the global denominators
+                loss_sum = dp.all_reduce_sum(loss_sum)
                 trained_rows += trained
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.max_grad_norm)
                 if not (math.isfinite(loss_sum) and torch.isfinite(norm)):
@@ -353,4 +369,4 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
         "generated_tokens_per_s": int(batch.drawn_lengths.sum()) / timer.seconds["sample"],
         "peak_rss_gib": peak_rss_gib(),
     }
-    return metrics
+    return dp.reduce_metrics(metrics)  # over ranks (one process: as is)

@@ -31,6 +31,8 @@ from thinkrl.trainers import checkpoint
 from thinkrl.config import Config
 from thinkrl.data import loaders, problems
 from thinkrl.data.templates import THINK_OPEN, build_prompt
+from thinkrl.distributed import data_parallel as dp
+from thinkrl.distributed import env as dist_env
 from thinkrl.evaluation.evaluate import evaluate
 from thinkrl.engine.cpu import cpu_class
 from thinkrl.trainers.metrics import JsonlLog, peak_rss_gib
@@ -102,18 +104,28 @@ def _new_run_dir(cfg: Config) -> Path:
 
 def new_train_state(model, tokenizer, cfg: Config, train_problems) -> TrainState:
     """A fresh run's state: AdamW and its schedule, the prompt stream, the sampler's generator
-    on the model's device (the sampler draws on that device), and π_ref (only when β > 0)."""
+    on the model's device (the sampler draws on that device; its seed differs per rank), and π_ref
+    (only when β > 0)."""
     g = cfg.grpo
     optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps)
     device = next(model.parameters()).device
     return TrainState(model, tokenizer, optimizer, scheduler, PromptStream(train_problems, cfg.run.seed),
-                      torch.Generator(device=device).manual_seed(cfg.run.seed),
+                      torch.Generator(device=device).manual_seed(sampler_seed(cfg.run.seed, dist_env.current().rank)),
                       ref_model=frozen_copy(model) if g.beta > 0 else None)
 
 
+def sampler_seed(seed: int, rank: int) -> int:
+    """The sampling generator's seed on `rank` (rank 0: the run's seed, as in one process)."""
+    return seed + 1_000_003 * rank
+
+
 def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn = grpo_step) -> Path:
-    """Run (or resume) a whole training job whose steps are `step_fn`; returns the run directory."""
+    """Run (or resume) a whole training job whose steps are `step_fn`; returns the run directory.
+    Under torchrun every rank runs this; rank 0 alone evaluates, writes files and logs."""
     start = time.time()
+    world = dist_env.init()
+    if not world.is_main:
+        log = _quiet
     if resume:
         run_dir = Path(resume)
         ckpt = checkpoint.latest_checkpoint(run_dir)
@@ -121,12 +133,13 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
             raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from")
         cfg = config_mod.load_config(run_dir / "config.yaml")
     else:
-        run_dir = _new_run_dir(cfg)
-        if (run_dir / "metrics.jsonl").exists() or checkpoint.latest_checkpoint(run_dir) is not None:
-            raise config_mod.ConfigError(f"{run_dir} already holds a run (metrics.jsonl or a checkpoint): continue it "
-                                         f"with --resume {run_dir}, or choose another --output-dir")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
+        run_dir = Path(dp.broadcast_object(str(_new_run_dir(cfg))))  # rank 0's choice (the time stamp)
+        if world.is_main:
+            if (run_dir / "metrics.jsonl").exists() or checkpoint.latest_checkpoint(run_dir) is not None:
+                raise config_mod.ConfigError(f"{run_dir} already holds a run (metrics.jsonl or a checkpoint): "
+                                             f"continue it with --resume {run_dir}, or choose another --output-dir")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
         ckpt = None
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -140,43 +153,55 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     model, tokenizer = load_model(str(ckpt) if ckpt else model_path, "" if ckpt else cfg.model.gguf_file, cfg.model.dtype)
     build, prefix = prompt_builder(cfg, tokenizer)
 
-    if ckpt is None or not (run_dir / "eval_before.json").exists():
+    if world.is_main and (ckpt is None or not (run_dir / "eval_before.json").exists()):
         before = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed)
         save_eval(run_dir / "eval_before.json", before)
-    before = json.loads((run_dir / "eval_before.json").read_text())
-    log(f"base model: held-out accuracy {before['accuracy']:.3f}, mean length {before['mean_length']:.1f} tokens")
+    dp.barrier()  # the other ranks wait for rank 0's evaluation
+    if world.is_main:
+        before = json.loads((run_dir / "eval_before.json").read_text())
+        log(f"base model: held-out accuracy {before['accuracy']:.3f}, mean length {before['mean_length']:.1f} tokens")
 
     g = cfg.grpo
     state = new_train_state(model, tokenizer, cfg, train_problems)
-    log_file = JsonlLog(run_dir / "metrics.jsonl")
+    log_file = JsonlLog(run_dir / "metrics.jsonl") if world.is_main else None
     if ckpt is not None:
-        restore(state, ckpt)
-        log_file.truncate_after(state.step)
+        restore(state, ckpt, cfg.run.seed)
+        if log_file:
+            log_file.truncate_after(state.step)
         log(f"resumed from {ckpt} at step {state.step}")
 
     name = getattr(step_fn, "__name__", "train").removesuffix("_step").upper()  # grpo_step -> GRPO
-    bar = tqdm(total=g.steps, initial=state.step, desc=name, disable=not cfg.run.progress)
+    bar = tqdm(total=g.steps, initial=state.step, desc=name, disable=not (cfg.run.progress and world.is_main))
     while state.step < g.steps:
-        m = step_fn(state, cfg, build, prefix)
+        m = step_fn(state, cfg, build, prefix)  # metrics already reduced over ranks
         if cfg.run.eval_every and state.step % cfg.run.eval_every == 0 and state.step < g.steps:
-            mid = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed + state.step)
-            m["eval/accuracy"], m["eval/mean_length"] = mid["accuracy"], mid["mean_length"]
-        log_file.write(m)
+            if world.is_main:
+                mid = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed + state.step)
+                m["eval/accuracy"], m["eval/mean_length"] = mid["accuracy"], mid["mean_length"]
+            dp.barrier()
+        if log_file:
+            log_file.write(m)
         bar.update(1)
         bar.set_postfix(reward=f"{m['reward/total']:.2f}", acc=f"{m['accuracy']:.2f}", len=f"{m['length/mean']:.0f}")
         if (cfg.run.checkpoint_every and state.step % cfg.run.checkpoint_every == 0) or state.step == g.steps:
             save(state, run_dir, cfg)
     bar.close()
 
-    after = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed)
-    save_eval(run_dir / "eval_after.json", after)
-    model.save_pretrained(run_dir / "final_model")
-    tokenizer.save_pretrained(run_dir / "final_model")
-    summary = write_summary(run_dir, before, after, state, time.time() - start, cfg.rewards.weights)
-    write_report(run_dir, summary=summary, samples_before=_read_samples(run_dir / "eval_before.samples.jsonl"),
-                 samples_after=after["samples"][:4])
-    log(outcome_text(summary, run_dir.resolve()))
+    if world.is_main:
+        after = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed)
+        save_eval(run_dir / "eval_after.json", after)
+        model.save_pretrained(run_dir / "final_model")
+        tokenizer.save_pretrained(run_dir / "final_model")
+        summary = write_summary(run_dir, before, after, state, time.time() - start, cfg.rewards.weights)
+        write_report(run_dir, summary=summary, samples_before=_read_samples(run_dir / "eval_before.samples.jsonl"),
+                     samples_after=after["samples"][:4])
+        log(outcome_text(summary, run_dir.resolve()))
+    dp.barrier()
     return run_dir
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    """The log of ranks other than 0."""
 
 
 def outcome_text(s: dict, run_dir: Path) -> str:
@@ -206,21 +231,33 @@ def _read_samples(path: Path, n: int = 4) -> list[dict]:
         return [json.loads(line) for _, line in zip(range(n), f)]
 
 
-def save(state: TrainState, run_dir: Path, cfg: Config) -> Path:
-    payload = {"step": state.step, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-               "rng": checkpoint.rng_state(state.generator), "data_position": state.stream.position,
-               "counters": dict(state.counters)}
-    return checkpoint.save_checkpoint(run_dir, state.step, state.model, state.tokenizer, payload, state.ref_model,
-                                      config_mod.to_dict(cfg))
+def save(state: TrainState, run_dir: Path, cfg: Config) -> None:
+    """Every rank calls this: rank 0 writes the checkpoint (the model and optimizer are the same on
+    every rank) with each rank's RNG states, the others wait until it is complete."""
+    rngs = dp.gather_objects(checkpoint.rng_state(state.generator))  # (world,) rank order
+    if dist_env.current().is_main:
+        payload = {"step": state.step, "optimizer": state.optimizer.state_dict(),
+                   "scheduler": state.scheduler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
+                   "data_position": state.stream.position, "counters": dict(state.counters)}
+        checkpoint.save_checkpoint(run_dir, state.step, state.model, state.tokenizer, payload, state.ref_model,
+                                   config_mod.to_dict(cfg))
+    dp.barrier()
 
 
-def restore(state: TrainState, ckpt: Path) -> None:
-    """Load everything but the policy weights (already loaded from the checkpoint directory)."""
+def restore(state: TrainState, ckpt: Path, seed: int) -> None:
+    """Load everything but the policy weights (already loaded from the checkpoint directory).
+    RNG states: this rank's, when the checkpoint has the same number of ranks; otherwise (a
+    resume on another world size) each rank's sampler is re-seeded from (seed, step, rank)."""
     payload = checkpoint.load_state(ckpt)
     state.step = payload["step"]
     state.optimizer.load_state_dict(payload["optimizer"])
     state.scheduler.load_state_dict(payload["scheduler"])
-    checkpoint.set_rng_state(payload["rng"], state.generator)
+    world = dist_env.current()
+    saved = payload.get("rng_per_rank") or [payload["rng"]]
+    if len(saved) == world.size:
+        checkpoint.set_rng_state(saved[world.rank], state.generator)
+    else:
+        state.generator.manual_seed(sampler_seed(seed + 7919 * state.step, world.rank))
     state.stream.position = payload["data_position"]
     state.counters.update(payload["counters"])
     if state.ref_model is not None:

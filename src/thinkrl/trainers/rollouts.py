@@ -8,6 +8,9 @@ drawn, up to `grpo.dynamic_sampling_max_rounds` extra rounds, until B groups wit
 in hand; the first B of them (in draw order) are trained. If the cap is hit first, the step
 trains the groups with a spread it has; if none has, the first round as drawn (all its
 advantages are 0). The metrics cover every sample drawn; the `Batch` holds the trained ones.
+Under data parallelism each rank draws its share of every round's prompts (`dp.shard` of one
+global stream) and keeps its own first B groups with a spread; a rank short of B keeps the
+job drawing rounds (the decision is all-reduced, so the ranks stay in step).
 Left out: carrying surplus groups over to the next step (DAPO discards them too).
 """
 
@@ -22,6 +25,8 @@ from thinkrl.algos import grpo
 from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
 from thinkrl.data.templates import encode_prompts
+from thinkrl.distributed import data_parallel as dp
+from thinkrl.distributed.env import current
 from thinkrl.engine.sampler import Rollout, SamplingParams, concat_rollouts, sample, take_groups
 from thinkrl.trainers.metrics import PhaseTimer
 
@@ -69,7 +74,7 @@ def reward_options(cfg: Config) -> dict[str, dict]:
 def _draw(state, cfg: Config, build_prompt, completion_prefix: str, timer: PhaseTimer):
     """One round: the stream's next B problems, G samples each, scored. -> (problems, rollout, ScoreResult)."""
     g = cfg.grpo
-    problems = state.stream.next(g.prompts_per_step)
+    problems = dp.shard(state.stream.next(g.prompts_per_step * current().size), current())  # this rank's share
     prompts = encode_prompts(state.tokenizer, build_prompt, [p.question for p in problems])
     with timer("sample"):
         ro = sample(state.model, state.tokenizer, prompts, g.group_size, sampling_params(cfg), state.generator,
@@ -102,9 +107,9 @@ def collect(state, cfg: Config, build_prompt, completion_prefix: str, timer: Pha
         rounds.append(_draw(state, cfg, build_prompt, completion_prefix, timer))
         r, v = _totals(rounds[-1][2])
         spread.append(grpo.groups_with_spread(r, G, v))
-        if (not g.dynamic_sampling or int(sum(s.sum() for s in spread)) >= g.prompts_per_step
-                or len(rounds) > g.dynamic_sampling_max_rounds):
-            break
+        short = int(int(sum(s.sum() for s in spread)) < g.prompts_per_step)  # this rank still lacks groups
+        if not g.dynamic_sampling or len(rounds) > g.dynamic_sampling_max_rounds or not dp.all_reduce_sum(short):
+            break  # (every rank decides alike: the rounds stay in step across ranks)
     drawn = _merge_scores([s for _, _, s in rounds])
     drawn_r, drawn_v = _totals(drawn)
     pad_id = state.tokenizer.pad_token_id if state.tokenizer.pad_token_id is not None else state.tokenizer.eos_token_id

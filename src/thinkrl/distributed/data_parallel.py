@@ -1,0 +1,125 @@
+"""The collectives data-parallel training needs, each a no-op in a one-process world.
+
+Data parallelism as DistributedDataParallel does it: every rank holds the whole model,
+computes the gradient of its share of the batch, and the gradients are summed across ranks
+(one flat all-reduce per optimizer step) before clipping and the optimizer step, so every
+rank applies the same update. The trainers divide each rank's loss by the *global*
+denominators (`all_reduce_sum` of the local counts), so the summed gradient is exactly the
+one-process gradient of the whole batch. The DDP module wrapper itself is not used: the
+training forward calls the model's submodules directly (prompt sharing, the chunked LM head),
+and DDP synchronises only through its own `forward`.
+Left out: overlapping the all-reduce with the backward (DDP's buckets), FSDP2 sharding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from thinkrl.distributed.env import World, current
+
+SUMMED = ("reward_none", "trained_rows", "dynamic/trained_groups", "dynamic/dropped_groups")
+
+
+def shard(items: list, world: World) -> list:
+    """This rank's contiguous share of `items` (len divisible by the world size)."""
+    n, extra = divmod(len(items), world.size)
+    if extra:
+        raise ValueError(f"{len(items)} items do not split over {world.size} ranks")
+    return items[world.rank * n : (world.rank + 1) * n]
+
+
+def all_reduce_sum(x: float) -> float:
+    """The sum of a number over ranks (float64 on the wire)."""
+    if current().size == 1:
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's `t` (same shape on all), concatenated along dim 0 in rank order."""
+    world = current()
+    if world.size == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world.size)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def all_gather_rows(*tensors: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], int]:
+    """Every rank's rows of `tensors` (equal lengths on one rank, any across ranks), concatenated
+    in rank order, and the index where this rank's rows start."""
+    world = current()
+    if world.size == 1:
+        return tensors, 0
+    every: list = [None] * world.size
+    dist.all_gather_object(every, [t.cpu() for t in tensors])
+    start = sum(len(e[0]) for e in every[: world.rank])
+    return tuple(torch.cat([e[i] for e in every]) for i in range(len(tensors))), start
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order: [obj] in a one-process world."""
+    world = current()
+    if world.size == 1:
+        return [obj]
+    every: list = [None] * world.size
+    dist.all_gather_object(every, obj)
+    return every
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank."""
+    if current().size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in a one-process world)."""
+    if current().size > 1:
+        dist.barrier()
+
+
+def all_reduce_gradients(params) -> None:
+    """Sum every parameter's .grad over ranks, in place, as one flat all-reduce (a missing
+    gradient counts as zeros; sparse ones are made dense first)."""
+    if current().size == 1:
+        return
+    params = [p for p in params if p.requires_grad]
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        elif p.grad.is_sparse:
+            p.grad = p.grad.to_dense()
+        grads.append(p.grad)
+    flat = torch.cat([g.reshape(-1) for g in grads])  # (total,)
+    dist.all_reduce(flat)
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
+
+
+def reduce_metrics(metrics: dict) -> dict:
+    """One step's metrics over ranks: counts (`SUMMED`, `reward_failures/*`) summed, maxima
+    (`*max*`, peak memory) the largest, everything else the mean of the ranks' values."""
+    world = current()
+    if world.size == 1:
+        return metrics
+    every = gather_objects(metrics)
+    out = {}
+    for key in every[0]:
+        values = [m[key] for m in every if key in m]
+        if not all(isinstance(v, (int, float)) for v in values):
+            out[key] = values[0]
+        elif key in SUMMED or key.startswith("reward_failures/"):
+            out[key] = sum(values)
+        elif "max" in key or key == "peak_rss_gib":
+            out[key] = max(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out

@@ -1,0 +1,202 @@
+"""Data parallelism on torch.distributed (gloo, 2 ranks spawned here) equals one process
+with the whole batch: the same prompts, samples, advantages, loss, gradients and update."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from thinkrl import rewards
+from thinkrl.config import Config
+from thinkrl.data.synthetic import sample_problems
+from thinkrl.distributed import data_parallel as dp
+from thinkrl.distributed.env import World
+from thinkrl.models import tiny
+from thinkrl.trainers import loop, rollouts
+from thinkrl.trainers.grpo import grpo_step
+
+CASES = [  # (beta, loss aggregation, advantage scale, mu)
+    (0.0, "seq_mean_group_mean", "group", 1),
+    (0.04, "seq_mean_group_mean", "group", 1),
+    (0.0, "token_mean", "batch", 1),
+    (0.04, "seq_sum_const", "none", 2),
+]
+B, G = 2, 4  # prompts per rank, samples per prompt
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fake_sample(model, tokenizer, prompts, group_size, params, generator=None, engine_dtype=None, engine="auto"):
+    """Completions that depend on the prompt alone (not on the rank, the batch or a generator),
+    so one process and two ranks train on the same samples."""
+    from thinkrl.engine.sampler import Rollout
+
+    L = params.max_new_tokens
+    ids, lengths = [], []
+    for p in prompts:
+        g = torch.Generator().manual_seed(sum((i + 1) * t for i, t in enumerate(p)) % 100_003)
+        for _ in range(group_size):
+            lengths.append(int(torch.randint(2, L + 1, (1,), generator=g)))
+            ids.append(torch.randint(5, len(tokenizer), (L,), generator=g))
+    lengths = torch.tensor(lengths)
+    mask = torch.arange(L)[None] < lengths[:, None]  # (N, L)
+    ids = torch.stack(ids).masked_fill(~mask, tokenizer.pad_token_id)  # (N, L)
+    return Rollout(prompt_ids=[list(p) for p in prompts], group=torch.arange(len(prompts)).repeat_interleave(group_size),
+                   completion_ids=ids, completion_mask=mask, logprobs=-1.0 * mask, truncated=lengths == L,
+                   texts=tokenizer.batch_decode([r[:n].tolist() for r, n in zip(ids, lengths)]), lengths=lengths)
+
+
+def _initial_model():
+    base = tiny.BaseModelConfig(corpus_size=300, vocab_size=300, reason_share=0.5)
+    tok = tiny.build_tokenizer(tiny.build_corpus(base), base.vocab_size)
+    torch.manual_seed(0)
+    return tiny.build_model(tiny.BaseModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64), tok), tok
+
+
+def run_cases(prompts_per_step: int) -> list[dict]:
+    """One GRPO step per case from the same initial model; the updated parameters and the loss."""
+    real = rollouts.sample
+    rollouts.sample = _fake_sample
+    rewards.register("test_dp_length")(_length_reward)
+    try:
+        out = []
+        for beta, aggregation, scale, mu in CASES:
+            model, tok = _initial_model()
+            cfg = Config()
+            g = cfg.grpo
+            g.prompts_per_step, g.group_size, g.max_new_tokens, g.lr = prompts_per_step, G, 8, 1e-2
+            g.beta, g.loss_aggregation, g.advantage_scale, g.mu, g.micro_batch_size = beta, aggregation, scale, mu, 3
+            cfg.rewards.weights = {"test_dp_length": 1.0}
+            state = loop.new_train_state(model, tok, cfg, sample_problems(16, "train", 0))
+            # plain SGD: the update is lr x the gradient, so parameters compare as tightly as gradients
+            # (Adam's first step, ~lr x sign(g), would turn a 1e-9 difference in a near-zero gradient into 1e-2)
+            state.optimizer = torch.optim.SGD(model.parameters(), lr=g.lr)
+            state.scheduler = torch.optim.lr_scheduler.LambdaLR(state.optimizer, lambda s: 1.0)
+            grads = []
+            state.optimizer.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in model.parameters()]))
+            m = grpo_step(state, cfg, lambda q: q)
+            out.append({"params": [p.detach().clone() for p in model.parameters()], "grads": grads, "loss": m["loss"],
+                        "reward": m["reward/total"], "rows": m["trained_rows"]})
+        return out
+    finally:
+        rollouts.sample = real
+        rewards.REWARDS.pop("test_dp_length")
+
+
+def _length_reward(completions, **_):
+    return [float(len(c) % 7) for c in completions]
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from thinkrl.distributed import env
+
+    env.init()
+    try:
+        torch.save(run_cases(B), Path(out) / f"rank{rank}.pt")
+    finally:
+        env.shutdown()
+
+
+def test_two_ranks_equal_one_process_with_the_whole_batch(tmp_path):
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn", join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.set_num_threads(1)
+    single = run_cases(2 * B)
+    for case, one, r0, r1 in zip(CASES, single, *ranks):
+        assert len(one["grads"]) == len(r0["grads"]) == len(r1["grads"]) == case[3]  # μ optimizer steps
+        for step_one, step_r0, step_r1 in zip(one["grads"], r0["grads"], r1["grads"]):
+            for a, b, c in zip(step_one, step_r0, step_r1):
+                assert torch.equal(b, c), case  # the summed gradient is the same on every rank
+                torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=lambda m: f"{case}: {m}")
+        for a, b, c in zip(one["params"], r0["params"], r1["params"]):
+            assert torch.equal(b, c), case  # every rank applied the same update
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=lambda m: f"{case}: {m}")
+        assert r0["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-7), case
+        assert r0["reward"] == pytest.approx(one["reward"]) and r0["rows"] == one["rows"], case
+    initial = [p.detach() for p in _initial_model()[0].parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(initial, single[0]["params"]))  # the step moved the weights
+
+
+def test_helpers_in_a_one_process_world():
+    assert dp.shard(list(range(6)), World(1, 3)) == [2, 3]
+    with pytest.raises(ValueError, match="do not split"):
+        dp.shard(list(range(5)), World(0, 2))
+    assert dp.all_reduce_sum(2.5) == 2.5 and dp.reduce_metrics({"a": 1}) == {"a": 1}
+
+
+RAISER = """
+import os, time, torch.distributed as dist
+from thinkrl.distributed import env
+env.init()
+if env.current().rank == 1:
+    raise RuntimeError("rank 1 failed on purpose")
+dist.barrier()  # rank 0 waits here for a rank that will never come
+time.sleep(600)
+"""
+
+
+def test_a_failing_rank_ends_the_job_quickly(tmp_path):
+    script = tmp_path / "raiser.py"
+    script.write_text(RAISER)
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and time.monotonic() - start < 60
+    assert "rank 1 failed on purpose" in out.stderr + out.stdout
+
+
+NODE = """
+import torch, torch.distributed as dist
+from thinkrl.distributed import data_parallel as dp, env
+world = env.init()
+print("sum", dp.all_reduce_sum(world.rank + 1), "of", world.size, flush=True)
+env.shutdown()
+"""
+
+
+def test_two_nodes_on_localhost(tmp_path):
+    """Multi-node is torchrun's rendezvous: two 'nodes' of one process each on this machine."""
+    script = tmp_path / "node.py"
+    script.write_text(NODE)
+    port = _free_port()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={i}",
+                               "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                               "--rdzv-id=thinkrl-test", str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    outs = [n.communicate(timeout=120) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs
+    assert all("sum 3.0 of 2" in out for out, _ in outs)
+
+
+def test_train_nproc_2_end_to_end(tmp_path):
+    """`thinkrl train --nproc 2`: one run directory written by rank 0, metrics once per step,
+    a checkpoint and a final model, exit 0."""
+    from thinkrl.models.tiny import SHIPPED_BASE
+
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "thinkrl", "train", "--nproc", "2", "--output-dir", str(run),
+                          f"model.path={SHIPPED_BASE}", "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.group_size=4",
+                          "grpo.max_new_tokens=16", "data.eval_size=4", "run.eval_samples=1", "run.progress=false"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    assert (run / "final_model").is_dir() and (run / "checkpoints/step-000002/COMPLETE").exists()
+    assert out.stdout.count("Done in") == 1  # rank 0 alone reports
