@@ -99,6 +99,24 @@ def _length_reward(completions, **_):
     return [float(len(c) % 7) for c in completions]
 
 
+def run_sft(out: Path) -> dict:
+    """Two epochs of SFT (steps of 5 examples: the ranks get 3 and 2) with plain SGD; parameters and losses."""
+    from thinkrl.trainers.sft import SFTConfig, train_sft
+
+    model, tok = _initial_model()
+    examples = [{"prompt": f"{i} + {i % 3} =", "response": f" {i + i % 3}" * (1 + i % 4)} for i in range(9)]
+    cfg = SFTConfig(template="plain", epochs=2, batch_size=5, micro_batch_size=2, lr=1e-2, min_lr=1e-3,
+                    eos_check_prompts=0)
+    adamw = torch.optim.AdamW
+    torch.optim.AdamW = lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr)  # see run_cases
+    try:
+        summary = train_sft(model, tok, examples, cfg, out, log=lambda *_: None)
+    finally:
+        torch.optim.AdamW = adamw
+    return {"params": [p.detach().clone() for p in model.parameters()], "loss_first": summary["loss_first_step"],
+            "loss_last": summary["loss_last_step"]}
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     import os
 
@@ -109,14 +127,34 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     env.init()
     try:
-        torch.save(run_cases(B), Path(out) / f"rank{rank}.pt")
+        torch.save({"grpo": run_cases(B), "sft": run_sft(Path(out) / "sft")}, Path(out) / f"rank{rank}.pt")
     finally:
         env.shutdown()
 
 
-def test_two_ranks_equal_one_process_with_the_whole_batch(tmp_path):
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn", join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Every job run once on 2 gloo ranks: {job: [rank 0's result, rank 1's]}."""
+    out = tmp_path_factory.mktemp("ranks")
+    mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, start_method="spawn", join=True)
+    results = [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    assert (out / "sft/final_model").is_dir() and (out / "sft/summary.json").exists()  # written once, by rank 0
+    return {job: [r[job] for r in results] for job in results[0]}
+
+
+def test_sft_on_two_ranks_equals_one_process(two_ranks, tmp_path):
+    torch.set_num_threads(1)
+    one = run_sft(tmp_path)
+    r0, r1 = two_ranks["sft"]
+    assert r0["loss_first"] == pytest.approx(one["loss_first"], rel=1e-5)
+    assert r0["loss_last"] == pytest.approx(one["loss_last"], rel=1e-5) and r0["loss_last"] != one["loss_first"]
+    for a, b, c in zip(one["params"], r0["params"], r1["params"]):
+        assert torch.equal(b, c)
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
+def test_two_ranks_equal_one_process_with_the_whole_batch(two_ranks):
+    ranks = two_ranks["grpo"]
     torch.set_num_threads(1)
     single = run_cases(2 * B)
     for case, one, r0, r1 in zip(CASES, single, *ranks):
@@ -200,3 +238,18 @@ def test_train_nproc_2_end_to_end(tmp_path):
     assert [json.loads(x)["step"] for x in lines] == [1, 2]
     assert (run / "final_model").is_dir() and (run / "checkpoints/step-000002/COMPLETE").exists()
     assert out.stdout.count("Done in") == 1  # rank 0 alone reports
+
+
+def test_sft_nproc_2_end_to_end(tmp_path):
+    """`thinkrl sft --nproc 2`: rank 0 writes the model, metrics (one line per step) and summary."""
+    from thinkrl.models.tiny import SHIPPED_BASE
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "response": f"{i + 1}"}) + "\n" for i in range(6)))
+    out = subprocess.run([sys.executable, "-m", "thinkrl", "sft", "--nproc", "2", "--model", str(SHIPPED_BASE),
+                          "--data", str(data), "--output-dir", str(tmp_path / "sft"), "--template", "plain",
+                          "--batch-size", "4", "--epochs", "1", "--eos-check-prompts", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [json.loads(x)["step"] for x in (tmp_path / "sft/metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (tmp_path / "sft/final_model").is_dir() and out.stdout.count("wrote ") == 1

@@ -37,13 +37,8 @@ def _train(args) -> int:
     config_mod.validate(cfg)
     if args.resume and (args.config or args.overrides):
         raise config_mod.ConfigError("--resume takes the run's saved config; drop --config and overrides")
-    if args.nproc < 1:
-        raise config_mod.ConfigError(f"--nproc={args.nproc}; must be at least 1")
     if args.nproc > 1 and not dist_env.launched():  # checked above, now the same command under torchrun
-        argv = ["train", *(["--config", args.config] if args.config else []),
-                *(["--output-dir", args.output_dir] if args.output_dir else []),
-                *(["--resume", args.resume] if args.resume else []), *args.overrides]
-        return launch.relaunch(args.nproc, argv)
+        return launch.relaunch(args.nproc, launch.without_nproc(args.argv))
     try:
         train_run(cfg, resume=args.resume)
     finally:
@@ -252,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # for `--nproc`, which re-runs it under torchrun
     try:
+        if getattr(args, "nproc", 1) < 1:
+            raise config_mod.ConfigError(f"--nproc={args.nproc}; must be at least 1")
         resolve_config(args)  # --config / section.name=value of the flag commands
         return args.func(args)
     except (config_mod.ConfigError, DataError, FileNotFoundError) as e:

@@ -34,6 +34,8 @@ def add_sft_parser(sub, handler) -> None:
     p.add_argument("--data", required=True, metavar="FILE.jsonl", help="training rows (paper cold start: thousands "
                                                                          "of long-CoT examples)")
     add_run_options(p)
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine (torchrun; each step's examples split over them)")
     add_dataclass_options(p, SFTConfig(), "training (paper values in each help)")
     add_config_options(p, "sft")
     p.set_defaults(func=handler)
@@ -46,11 +48,19 @@ def sft_main(args) -> int:
     from thinkrl.models.loading import load_model
     from thinkrl.trainers.sft import SFTConfig, load_sft_examples, train_sft, validate_config
 
+    from thinkrl.distributed import env as dist_env
+    from thinkrl.distributed import launch
+
     cfg = config_from_args(SFTConfig, args)
     validate_config(cfg)
     examples = load_sft_examples(args.data)  # before the model: bad data fails fast
+    if args.nproc > 1 and not dist_env.launched():
+        return launch.relaunch(args.nproc, launch.without_nproc(args.argv))
     device = resolve_device(args.device)
     hf_logging.disable_progress_bar()
     model, tokenizer = load_model(args.model, args.gguf_file or "", args.dtype)
-    train_sft(model.to(device), tokenizer, examples, cfg, output_dir(args, "sft"))
+    try:
+        train_sft(model.to(device), tokenizer, examples, cfg, output_dir(args, "sft"))
+    finally:
+        dist_env.shutdown()
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -45,11 +46,29 @@ def init(device: str = "cpu", timeout_s: float = 1800.0) -> World:
     return current()
 
 
+def refuse_launched(what: str) -> None:
+    """Raise a ConfigError when torchrun started this process: `what` runs in one process only."""
+    if launched():
+        from thinkrl.config import ConfigError
+
+        raise ConfigError(f"{what} runs in one process; data parallelism covers `thinkrl train` and `thinkrl sft` "
+                          "(run it without torchrun / --nproc)")
+
+
 def current() -> World:
     """This process's place in the job (World() when no group exists)."""
     if not (dist.is_available() and dist.is_initialized()):
         return World()
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def main_only(log: Callable) -> Callable:
+    """`log` on rank 0, a function that prints nothing on the other ranks."""
+    return log if current().is_main else _silent
+
+
+def _silent(*_args, **_kwargs) -> None:
+    pass
 
 
 def shutdown() -> None:

@@ -354,9 +354,11 @@ def run_pipeline(p: PipelineConfig, log: Callable[[str], None] = print) -> Path:
     import torch
     from transformers.utils import logging as hf_logging
 
+    from thinkrl.distributed.env import refuse_launched
     from thinkrl.trainers.metrics import peak_rss_gib
     from thinkrl.pipeline.report import write_pipeline_report
 
+    refuse_launched("thinkrl pipeline")  # stages write shared files; run them one process each
     start = time.time()
     hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load
     if p.threads:

@@ -49,6 +49,7 @@ from thinkrl import rewards
 from thinkrl.algos import kd
 from thinkrl.config import ConfigError, opt
 from thinkrl.data.loaders import DataError, Problem, write_jsonl
+from thinkrl.distributed.env import refuse_launched
 from thinkrl.engine.sampler import SamplingParams, sample
 from thinkrl.trainers.sft import SFTConfig, fit, response_logits, train_sft
 from thinkrl.trainers.sft import validate_config as validate_sft_config
@@ -306,6 +307,7 @@ def distill(teacher, student, tokenizer, problems: list[Problem], cfg: DistillCo
     """
     start = time.time()
     validate_config(cfg)
+    refuse_launched("thinkrl distill")  # every rank would sample the teacher and write the same files
     teacher_tok = teacher_tokenizer if teacher_tokenizer is not None else tokenizer
     if cfg.method == "logit_kd":
         if teacher_tokenizer is not None:

@@ -124,8 +124,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     Under torchrun every rank runs this; rank 0 alone evaluates, writes files and logs."""
     start = time.time()
     world = dist_env.init()
-    if not world.is_main:
-        log = _quiet
+    log = dist_env.main_only(log)
     if resume:
         run_dir = Path(resume)
         ckpt = checkpoint.latest_checkpoint(run_dir)
@@ -198,10 +197,6 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
         log(outcome_text(summary, run_dir.resolve()))
     dp.barrier()
     return run_dir
-
-
-def _quiet(*_args, **_kwargs) -> None:
-    """The log of ranks other than 0."""
 
 
 def outcome_text(s: dict, run_dir: Path) -> str:

@@ -27,7 +27,10 @@ Algorithm
 `fit` (steps 2–6) takes the per-micro-batch loss as a function, so logit distillation
 (`trainers/distill.py`) reuses the loop with a KD loss.
 
-Left out: gradient checkpointing, mixed precision, LoRA, multi-GPU, resume, logit
+Under torchrun (`thinkrl sft --nproc N`) each rank runs every N-th example of each step; the
+step's token count and the gradients are summed over ranks, so the update is one process's;
+rank 0 checks EOS and writes the files.
+Left out: gradient checkpointing, mixed precision, LoRA, FSDP, resume, logit
 soft-capping (the LM head is applied to the hidden states directly, as in `engine/logprobs.py`).
 """
 
@@ -49,6 +52,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from thinkrl.distributed import data_parallel as dp
+from thinkrl.distributed import env as dist_env
 from thinkrl.trainers.checkpoint import fsync_dir
 from thinkrl.config import ConfigError, opt
 from thinkrl.data.loaders import DataError
@@ -212,9 +217,10 @@ def save_model_atomic(model, tokenizer, dest: Path) -> Path:
 
 # ---- the loop
 
-def _run_steps(model, encoded: list[Encoded], cfg: SFTConfig, micro_loss, pad_id: int, metrics: JsonlLog,
+def _run_steps(model, encoded: list[Encoded], cfg: SFTConfig, micro_loss, pad_id: int, metrics: JsonlLog | None,
                log: Callable[[str], None]) -> dict:
     n = len(encoded)
+    world = dist_env.current()
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_ratio * total)
@@ -230,9 +236,9 @@ def _run_steps(model, encoded: list[Encoded], cfg: SFTConfig, micro_loss, pad_id
             epoch_losses = []
             for s in range(0, n, cfg.batch_size):
                 t0 = time.perf_counter()
-                mbs = step_micro_batches(encoded, order[s:s + cfg.batch_size], cfg.packing, cfg.max_seq_len,
-                                         cfg.micro_batch_size, pad_id)
-                n_tok = sum(int((mb.labels[:, 1:] != IGNORE).sum()) for mb in mbs)
+                mine = order[s:s + cfg.batch_size][world.rank::world.size]  # this rank's share of the step
+                mbs = step_micro_batches(encoded, mine, cfg.packing, cfg.max_seq_len, cfg.micro_batch_size, pad_id)
+                n_tok = int(dp.all_reduce_sum(sum(int((mb.labels[:, 1:] != IGNORE).sum()) for mb in mbs)))
                 cells = sum(mb.input_ids.numel() for mb in mbs)
                 real = sum(int((mb.segment_ids >= 0).sum()) for mb in mbs)
                 lr = cosine_lr(step, total, warmup, cfg.lr, cfg.min_lr)
@@ -244,7 +250,8 @@ def _run_steps(model, encoded: list[Encoded], cfg: SFTConfig, micro_loss, pad_id
                     part = micro_loss(model, mb)  # scalar: Σ over this micro-batch's loss positions
                     (part / n_tok).backward()
                     loss_sum += part.item()
-                loss = loss_sum / n_tok
+                dp.all_reduce_gradients(params)  # the whole step's gradient on every rank (global n_tok above)
+                loss = dp.all_reduce_sum(loss_sum) / n_tok
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 if math.isfinite(loss) and torch.isfinite(norm):
                     optimizer.step()
@@ -254,10 +261,11 @@ def _run_steps(model, encoded: list[Encoded], cfg: SFTConfig, micro_loss, pad_id
                 step += 1
                 losses.append(loss)
                 epoch_losses.append(loss)
-                metrics.write({"step": step, "epoch": epoch + 1, "loss": loss, "grad_norm": norm.item(), "lr": lr,
-                               "loss_tokens": n_tok, "rows": sum(mb.input_ids.shape[0] for mb in mbs),
-                               "padding": 1 - real / cells, "skipped_updates": skipped,
-                               "time/step": time.perf_counter() - t0, "peak_rss_gib": peak_rss_gib()})
+                if metrics is not None:
+                    metrics.write({"step": step, "epoch": epoch + 1, "loss": loss, "grad_norm": norm.item(), "lr": lr,
+                                   "loss_tokens": n_tok, "rows": sum(mb.input_ids.shape[0] for mb in mbs),
+                                   "padding": 1 - real / max(cells, 1), "skipped_updates": skipped,
+                                   "time/step": time.perf_counter() - t0, "peak_rss_gib": peak_rss_gib()})
                 if step % every == 0 or step == total:
                     log(f"step {step}/{total}  epoch {epoch + 1}  loss {loss:.4f}  lr {lr:.2e}")
             finite = [x for x in epoch_losses if math.isfinite(x)]
@@ -274,13 +282,19 @@ def fit(model, tokenizer, encoded: list[Encoded], cfg: SFTConfig, output_dir: Pa
     """Train on encoded examples with `micro_loss`, check EOS, save final_model and summary.json."""
     start = time.time()
     validate_config(cfg)
+    world = dist_env.init()  # under torchrun: each rank trains its share of every step; rank 0 writes
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.jsonl").unlink(missing_ok=True)
-    metrics = JsonlLog(output_dir / "metrics.jsonl")
+    metrics = None
+    if world.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        metrics = JsonlLog(output_dir / "metrics.jsonl")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     torch.manual_seed(cfg.seed)
-    stats = _run_steps(model, encoded, cfg, micro_loss, pad_id, metrics, log)
+    stats = _run_steps(model, encoded, cfg, micro_loss, pad_id, metrics, dist_env.main_only(log))
+    if not world.is_main:  # rank 0 checks EOS and writes the model and summary
+        dp.barrier()
+        return {**(extra or {}), "examples": len(encoded), **stats}
 
     eos = None
     if cfg.eos_check_prompts:
@@ -303,6 +317,7 @@ def fit(model, tokenizer, encoded: list[Encoded], cfg: SFTConfig, output_dir: Pa
                "wall_seconds": time.time() - start, "final_model": str(final), "sft_config": dataclasses.asdict(cfg)}
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log(f"wrote {final} and {output_dir / 'summary.json'}")
+    dp.barrier()
     return summary
 
 
