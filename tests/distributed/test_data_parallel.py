@@ -253,3 +253,52 @@ def test_sft_nproc_2_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert [json.loads(x)["step"] for x in (tmp_path / "sft/metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (tmp_path / "sft/final_model").is_dir() and out.stdout.count("wrote ") == 1
+
+
+def _worker_pid(mark: str, rank: int) -> int | None:
+    """The pid of the torchrun worker of `rank` whose environment carries `mark`."""
+    for d in Path("/proc").iterdir():
+        try:
+            env = (d / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if f"THINKRL_TEST_MARK={mark}".encode() in env and f"RANK={rank}".encode() in env and d.name.isdigit():
+            return int(d.name)
+    return None
+
+
+def test_sigkill_of_a_rank_leaves_the_last_checkpoint_usable(tmp_path):
+    """kill -9 of rank 1 mid-run: the job exits non-zero within seconds, the last complete
+    checkpoint is intact, and `--resume` finishes the run from it."""
+    import os
+    import signal
+    import uuid
+
+    from thinkrl.models.tiny import SHIPPED_BASE
+    from thinkrl.trainers.checkpoint import latest_checkpoint
+
+    run, mark = tmp_path / "run", uuid.uuid4().hex
+    cmd = [sys.executable, "-m", "thinkrl", "train", "--nproc", "2", "--output-dir", str(run),
+           f"model.path={SHIPPED_BASE}", "grpo.steps=60", "grpo.prompts_per_step=2", "grpo.group_size=4",
+           "grpo.max_new_tokens=16", "data.eval_size=4", "run.eval_samples=1", "run.checkpoint_every=2",
+           "run.progress=false"]
+    job = subprocess.Popen(cmd, env={**os.environ, "THINKRL_TEST_MARK": mark}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(run) is None or latest_checkpoint(run).name < "step-000004":
+        assert job.poll() is None and time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.2)
+    pid = _worker_pid(mark, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    job.wait(timeout=60)
+    assert job.returncode != 0 and time.monotonic() - start < 60
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None and (ckpt / "model.safetensors").exists()
+    done = int(ckpt.name.split("-")[1])
+    resumed = subprocess.run([sys.executable, "-m", "thinkrl", "train", "--nproc", "2", "--resume", str(run)],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 61)) and done >= 4
