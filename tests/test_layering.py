@@ -3,7 +3,7 @@
 1. No module imports another module's private (`_name`) name. A package's private
    submodules (`sandbox/_launcher.py`) may be imported inside that package only.
 2. Layers point one way: nothing under `algos/`, `engine/`, `data/`, `rewards/`, `sandbox/`,
-   `models/` or `distributed/` imports `trainers/`, `evaluation/`, `pipeline/` or `cli/`; `algos/` imports
+   `models/`, `distributed/` or `envs/` imports `trainers/`, `evaluation/`, `pipeline/` or `cli/`; `algos/` imports
    no other part of thinkrl at all (pure tensor math).
 3. Only `cli/` (and `__main__`) imports `cli/`: a job or the pipeline never reaches into a
    command-line module for a helper or a constant.
@@ -17,7 +17,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "thinkrl"
 
-LOWER = ("algos", "engine", "data", "rewards", "sandbox", "models", "distributed")
+LOWER = ("algos", "engine", "data", "rewards", "sandbox", "models", "distributed", "envs")
 UPPER = ("trainers", "evaluation", "pipeline", "cli")
 
 

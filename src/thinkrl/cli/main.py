@@ -174,6 +174,12 @@ def _add_sample(sub) -> None:
     add_parser(sub)
 
 
+def _add_gridworld(sub) -> None:
+    from thinkrl.cli.gridworld import add_gridworld_parser, gridworld_main  # the RL background's grid world
+
+    add_gridworld_parser(sub, gridworld_main)
+
+
 def _add_sft(sub) -> None:
     from thinkrl.cli.sft import add_sft_parser, sft_main  # `thinkrl sft`: supervised fine-tuning
 
@@ -208,6 +214,7 @@ DEFERRED = {
     "sft": ("supervised fine-tuning on prompt/response or chat rows (loss on responses)", _add_sft),
     "distill": ("distil a teacher into a student: trace SFT or logit KD", _add_distill),
     "pipeline": ("run the R1 pipeline's stages from one YAML (skips finished stages)", _add_pipeline),
+    "gridworld": ("the cat-and-meat grid world: REINFORCE, baseline, group, PPO (seconds)", _add_gridworld),
 }
 
 

@@ -1,0 +1,1 @@
+"""Small environments for the RL background (pure torch, nothing of thinkrl)."""
