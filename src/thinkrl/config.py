@@ -116,6 +116,8 @@ class GRPOConfig:
 class RewardConfig:
     weights: dict = opt({"accuracy": 1.0, "format": 1.0}, "Reward name -> weight. Paper R1-Zero: accuracy + format, equal weights.")
     verify_timeout: float = opt(5.0, "Seconds allowed to check one math answer (worker process, killed on overrun).")
+    reward_model_path: str = opt("", "Trained reward model (`thinkrl rm` -> DIR/final_model) for the `reward_model` "
+                                     "reward: scores prompt + completion. Paper: none (rule rewards only, against reward hacking).")
     overlong_cache: int = opt(0, "L_cache of the `overlong` reward (DAPO's soft overlong punishment): the last this "
                                  "many tokens before grpo.max_new_tokens are punished linearly, down to -1. 0 = a fifth "
                                  "of max_new_tokens (DAPO: 4,096 of 20,480).")
@@ -342,6 +344,9 @@ def validate(cfg: Config) -> Config:
     if not 0 <= cfg.rewards.overlong_cache <= g.max_new_tokens:
         raise ConfigError(f"rewards.overlong_cache={cfg.rewards.overlong_cache}; must be in [0, grpo.max_new_tokens="
                           f"{g.max_new_tokens}] (0 = a fifth of it)")
+    if "reward_model" in cfg.rewards.weights and not Path(cfg.rewards.reward_model_path or "/nonexistent").is_dir():
+        raise ConfigError(f"rewards.reward_model_path={cfg.rewards.reward_model_path!r}: the `reward_model` reward needs "
+                          "a reward model directory (thinkrl rm ... -> DIR/final_model)")
     if g.micro_batch_size < 0:
         raise ConfigError(f"grpo.micro_batch_size={g.micro_batch_size}; must be 0 (whole mini-batch) or positive")
     if g.group_size < 2:

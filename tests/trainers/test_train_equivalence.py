@@ -189,6 +189,16 @@ def reference_objective_loss(model, ro, adv, old_logp, policy_loss, eps, tempera
     return -J
 
 
+def optimised_gradients(model, ro, adv, old_logp, g):
+    """The trainer's path over the whole rollout in micro-batches of 3: (loss, gradients, stats)."""
+    model.zero_grad(set_to_none=True)
+    stats = {"clip_frac": [], "entropy": [], "kl": []}
+    loss, _ = trainer.minibatch_gradients(
+        model, trainer._Logprobs(ro, g, PAD), ro, torch.arange(len(ro.texts)), adv, old_logp, None, g, 3,
+        skip_zero=True, forward_context=lambda: trainer.precision(model, False, True), stats=stats)
+    return loss, grads(model), stats
+
+
 @pytest.mark.parametrize("policy_loss,aggregation", [("gspo", "seq_mean_group_mean"), ("cispo", "token_mean"),
                                                      ("cispo", "seq_mean_group_mean")])
 def test_other_policy_losses_through_the_optimised_path(policy_loss, aggregation):
@@ -203,12 +213,7 @@ def test_other_policy_losses_through_the_optimised_path(policy_loss, aggregation
     gen = torch.Generator().manual_seed(3)
     shift = torch.tensor([0.0, 0.0, 0.0, 0.0, -0.4, 0.4, 0.05, -0.05, 0.3, 0.0, 0.1, 0.0])[:, None]  # (N, 1) per row
     old_logp = own + shift + (torch.rand(own.shape, generator=gen) - 0.5) * 0.2  # π_old near π_θ: some ratios clipped
-    model.zero_grad(set_to_none=True)
-    stats = {"clip_frac": [], "entropy": [], "kl": []}
-    loss, _ = trainer.minibatch_gradients(
-        model, trainer._Logprobs(ro, g, PAD), ro, torch.arange(len(ro.texts)), adv, old_logp, None, g, 3,
-        skip_zero=True, forward_context=lambda: trainer.precision(model, False, True), stats=stats)
-    fast = grads(model)
+    loss, fast, stats = optimised_gradients(model, ro, adv, old_logp, g)
     assert 0 < sum(stats["clip_frac"]) / len(stats["clip_frac"]) < 1  # both branches exercised
     model.zero_grad(set_to_none=True)
     ref = reference_objective_loss(model, ro, adv, old_logp, policy_loss, 0.2, 0.8, aggregation)
@@ -253,12 +258,7 @@ def test_sampler_correction_through_the_optimised_path(mode, detach_old):
     gen = torch.Generator().manual_seed(4)
     ro.logprobs = (own + (torch.rand(own.shape, generator=gen) - 0.5) * 0.6) * ro.completion_mask  # the sampler's μ
     old_logp = None if detach_old else own + (torch.rand(own.shape, generator=gen) - 0.5) * 0.1
-    model.zero_grad(set_to_none=True)
-    stats = {"clip_frac": [], "entropy": [], "kl": []}
-    loss, _ = trainer.minibatch_gradients(
-        model, trainer._Logprobs(ro, g, PAD), ro, torch.arange(len(ro.texts)), adv, old_logp, None, g, 3,
-        skip_zero=True, forward_context=lambda: trainer.precision(model, False, True), stats=stats)
-    fast = grads(model)
+    loss, fast, stats = optimised_gradients(model, ro, adv, old_logp, g)
     model.zero_grad(set_to_none=True)
     ref = reference_corrected_loss(model, ro, adv, old_logp, mode, 1.2, 0.2, 0.8)
     ref.backward()

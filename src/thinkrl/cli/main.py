@@ -174,6 +174,12 @@ def _add_sample(sub) -> None:
     add_parser(sub)
 
 
+def _add_rm(sub) -> None:
+    from thinkrl.cli.rm import add_rm_parser, rm_main  # `thinkrl rm`: a Bradley-Terry reward model
+
+    add_rm_parser(sub, rm_main)
+
+
 def _add_gridworld(sub) -> None:
     from thinkrl.cli.gridworld import add_gridworld_parser, gridworld_main  # the RL background's grid world
 
@@ -214,6 +220,7 @@ DEFERRED = {
     "sft": ("supervised fine-tuning on prompt/response or chat rows (loss on responses)", _add_sft),
     "distill": ("distil a teacher into a student: trace SFT or logit KD", _add_distill),
     "pipeline": ("run the R1 pipeline's stages from one YAML (skips finished stages)", _add_pipeline),
+    "rm": ("train a Bradley-Terry reward model on preference pairs (or pairs it builds)", _add_rm),
     "gridworld": ("the cat-and-meat grid world: REINFORCE, baseline, group, PPO (seconds)", _add_gridworld),
 }
 

@@ -45,11 +45,10 @@ def sft_main(args) -> int:
     """`thinkrl sft`."""
     from transformers.utils import logging as hf_logging
 
-    from thinkrl.models.loading import load_model
-    from thinkrl.trainers.sft import SFTConfig, load_sft_examples, train_sft, validate_config
-
     from thinkrl.distributed import env as dist_env
     from thinkrl.distributed import launch
+    from thinkrl.models.loading import load_model
+    from thinkrl.trainers.sft import SFTConfig, load_sft_examples, train_sft, validate_config
 
     cfg = config_from_args(SFTConfig, args)
     validate_config(cfg)

@@ -22,6 +22,7 @@ from . import format_reward as _format_reward  # noqa: F401  (registers "format"
 from . import language_reward as _language_reward  # noqa: F401  (registers "language")
 from . import length_reward as _length_reward  # noqa: F401  (registers "overlong")
 from . import math_reward as _math_reward  # noqa: F401  (registers "accuracy")
+from . import model_reward as _model_reward  # noqa: F401  (registers "reward_model")
 from .registry import REWARDS, RewardFn, get_reward, register
 
 __all__ = ["REWARDS", "RewardFn", "register", "get_reward", "ScoreResult", "score"]

@@ -67,7 +67,7 @@ def sampling_params(cfg: Config) -> SamplingParams:
 def reward_options(cfg: Config) -> dict[str, dict]:
     """Each reward's own settings from the config (passed by `rewards.score` to that reward alone)."""
     g, r = cfg.grpo, cfg.rewards
-    return {"accuracy": {"timeout": r.verify_timeout},
+    return {"accuracy": {"timeout": r.verify_timeout}, "reward_model": {"path": r.reward_model_path},
             "overlong": {"max_length": g.max_new_tokens, "cache_length": r.overlong_cache or max(1, g.max_new_tokens // 5)}}
 
 
@@ -75,12 +75,14 @@ def _draw(state, cfg: Config, build_prompt, completion_prefix: str, timer: Phase
     """One round: the stream's next B problems, G samples each, scored. -> (problems, rollout, ScoreResult)."""
     g = cfg.grpo
     problems = dp.shard(state.stream.next(g.prompts_per_step * current().size), current())  # this rank's share
-    prompts = encode_prompts(state.tokenizer, build_prompt, [p.question for p in problems])
+    texts = [build_prompt(p.question) for p in problems]  # (B,) the prompts as the policy sees them
+    prompts = encode_prompts(state.tokenizer, lambda t: t, texts)
     with timer("sample"):
         ro = sample(state.model, state.tokenizer, prompts, g.group_size, sampling_params(cfg), state.generator,
                     engine_dtype=torch.bfloat16 if cfg.run.precision == "bf16" else None)
     with timer("reward"):
-        columns = {**reward_columns(problems, g.group_size), "completion_length": ro.lengths.tolist()}
+        columns = {**reward_columns(problems, g.group_size), "completion_length": ro.lengths.tolist(),
+                   "prompt_text": [t for t in texts for _ in range(g.group_size)]}
         scored = rewards.score([completion_prefix + t for t in ro.texts], columns, cfg.rewards.weights,
                                reward_options(cfg))
     return problems, ro, scored
