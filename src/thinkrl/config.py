@@ -67,6 +67,13 @@ class GRPOConfig:
     loss_type: str = opt("", "Shortcut with TRL's names, setting loss_aggregation, advantage_scale and policy_loss: "
                              "grpo (the paper's), bnpo, dapo (TRL's default), dr_grpo, gspo, cispo; empty = those "
                              "three as given. Paper: grpo.")
+    algo: str = opt("grpo", "grpo (the paper's: group-relative advantages, no critic), or ppo: a value model (a copy of "
+                            "the policy's backbone with a scalar head), per-token GAE advantages, the clipped value loss "
+                            "(`trainers/ppo.py`). Paper: grpo.")
+    gae_gamma: float = opt(1.0, "PPO: GAE's discount γ. InstructGPT / OpenRLHF: 1.0.")
+    gae_lambda: float = opt(0.95, "PPO: GAE's λ. OpenRLHF: 0.95.")
+    value_lr: float = opt(0.0, "PPO: the value model's AdamW learning rate (0 = grpo.lr).")
+    value_clip: float = opt(0.2, "PPO: the value loss's clip around the old values (verl critic.cliprange_value: 0.5).")
     advantage_estimator: str = opt("grpo", "Advantage estimator by name (`thinkrl.algos.registry`): grpo (the paper's "
                                            "group-relative advantage, scaled per `advantage_scale`), rloo (leave-one-out), "
                                            "reinforce_pp (group mean, then batch whitening). Paper: grpo.")
@@ -294,6 +301,7 @@ def validate(cfg: Config) -> Config:
     choices = {
         "grpo.advantage_estimator": (g.advantage_estimator, tuple(sorted(registry.ADVANTAGE_ESTIMATORS))),
         "grpo.policy_loss": (g.policy_loss, tuple(sorted(registry.POLICY_LOSSES))),
+        "grpo.algo": (g.algo, ("grpo", "ppo")),
         "grpo.advantage_scale": (g.advantage_scale, grpo.ADVANTAGE_SCALES),
         "grpo.loss_aggregation": (g.loss_aggregation, grpo.LOSS_AGGREGATIONS),
         "grpo.kl_estimator": (g.kl_estimator, grpo.KL_ESTIMATORS),
@@ -324,6 +332,10 @@ def validate(cfg: Config) -> Config:
         "grpo.lr": (g.lr, g.lr > 0, "> 0"),
         "grpo.max_grad_norm": (g.max_grad_norm, g.max_grad_norm > 0, "> 0"),
         "rewards.verify_timeout": (cfg.rewards.verify_timeout, cfg.rewards.verify_timeout > 0, "> 0"),
+        "grpo.gae_gamma": (g.gae_gamma, 0 <= g.gae_gamma <= 1, "in [0, 1]"),
+        "grpo.gae_lambda": (g.gae_lambda, 0 <= g.gae_lambda <= 1, "in [0, 1]"),
+        "grpo.value_lr": (g.value_lr, g.value_lr >= 0, ">= 0 (0 = grpo.lr)"),
+        "grpo.value_clip": (g.value_clip, g.value_clip > 0, "> 0"),
     }
     for key, (value, ok, allowed) in ranges.items():
         if not ok:

@@ -45,8 +45,10 @@ def fsync_dir(path: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, ref_model=None, config: dict | None = None) -> Path:
-    """Write checkpoint `step` atomically and delete older ones. `state` is torch-saveable."""
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, ref_model=None, config: dict | None = None,
+                    value_model=None) -> Path:
+    """Write checkpoint `step` atomically and delete older ones. `state` is torch-saveable;
+    `value_model` (PPO's critic) goes to value_model.safetensors."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -56,6 +58,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, ref
     tokenizer.save_pretrained(tmp)
     if ref_model is not None:
         save_model(ref_model, str(tmp / "ref_model.safetensors"))  # handles tied embeddings
+    if value_model is not None:
+        save_model(value_model, str(tmp / "value_model.safetensors"))
     torch.save(state, tmp / "state.pt")
     (tmp / "config.json.run").write_text(json.dumps(config or {}, indent=2))
     fsync_dir(tmp)
@@ -83,3 +87,7 @@ def load_state(ckpt: Path) -> dict:
 
 def load_ref_weights(ckpt: Path, ref_model) -> None:
     load_model(ref_model, str(ckpt / "ref_model.safetensors"))
+
+
+def load_value_weights(ckpt: Path, value_model) -> None:
+    load_model(value_model, str(ckpt / "value_model.safetensors"))

@@ -80,6 +80,8 @@ class TrainState:
     stream: PromptStream
     generator: torch.Generator
     ref_model: torch.nn.Module | None = None
+    value_model: torch.nn.Module | None = None  # PPO's critic (`trainers/ppo.py`); None for GRPO
+    value_optimizer: torch.optim.Optimizer | None = None
     step: int = 0
     counters: dict = field(default_factory=lambda: {"skipped_updates": 0, "reward_none": 0})
 
@@ -221,7 +223,7 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
     (data parallelism: the denominators are global); default: `mb`'s own.
     Returns (mini-batch loss, rows run); appends stats.
     """
-    rows = mb[adv[mb] != 0] if skip_zero else mb  # zero-advantage rows: exactly zero gradient
+    rows = mb[adv[mb] != 0] if skip_zero and adv.dim() == 1 else mb  # zero-advantage rows: exactly zero gradient
     num_seqs, n_tok = counts or (len(mb), float(ro.completion_mask[mb].sum()))
     loss_sum = 0.0
     with cast_cache.fixed_weights():  # no update inside: the bf16 head copy made once for all micro-batches
@@ -235,7 +237,8 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
                 L = int(ro.lengths[part].max())  # trim the padding of this micro-batch
                 mask = ro.completion_mask[part, :L]  # (m, L)
                 old = None if old_logp is None else old_logp[part, :L]
-                loss_of = functools.partial(_micro_batch_loss, old=old, adv=adv[part], mask=mask, g=g,
+                part_adv = adv[part] if adv.dim() == 1 else adv[part, :L]  # (m,) or (m, L) per token (PPO)
+                loss_of = functools.partial(_micro_batch_loss, old=old, adv=part_adv, mask=mask, g=g,
                                             num_seqs=num_seqs, ref=None if ref_logp is None else ref_logp[part, :L],
                                             num_tokens=n_tok, sampler_logp=ro.logprobs[part, :L])
                 fill = torch.zeros_like(mask, dtype=torch.float32) if old is None else old  # (m, L)
@@ -275,18 +278,26 @@ def _old_logprobs_source(g, bf16: bool) -> str:
     return "sampler"
 
 
-def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: str = "") -> dict:
-    """One GRPO step on the next B questions (more with dynamic sampling). Returns the step's metrics."""
+def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: str = "",
+              advantage_fn=None, after_update=None) -> dict:
+    """One GRPO step on the next B questions (more with dynamic sampling). Returns the step's metrics.
+
+    advantage_fn(state, batch) -> (N,) or (N, T) advantages replaces the group estimator, and
+    after_update(state, batch) -> metrics runs after the policy's updates: PPO's critic
+    (`trainers/ppo.py`) enters through these two."""
     g, model = cfg.grpo, state.model
     timer = PhaseTimer()
     G = g.group_size
     batch = rollouts.collect(state, cfg, build_prompt, completion_prefix, timer)
     ro = batch.ro
     with timer("reward"):
-        estimator = registry.get_advantage(g.advantage_estimator)
-        (rewards_all, valid_all), start = dp.all_gather_rows(batch.rewards, batch.valid)  # every rank's rows
-        adv = estimator(rewards_all, G, scale=g.advantage_scale, valid=valid_all)  # (N_all,) batch statistics global
-        adv = adv[start : start + len(batch.rewards)].to(ro.completion_ids.device)  # (N,) this rank's rows
+        if advantage_fn is not None:
+            adv = advantage_fn(state, batch).to(ro.completion_ids.device)  # (N,) or (N, T)
+        else:
+            estimator = registry.get_advantage(g.advantage_estimator)
+            (rewards_all, valid_all), start = dp.all_gather_rows(batch.rewards, batch.valid)  # every rank's rows
+            adv = estimator(rewards_all, G, scale=g.advantage_scale, valid=valid_all)  # (N_all,) global statistics
+            adv = adv[start : start + len(batch.rewards)].to(ro.completion_ids.device)  # (N,) this rank's rows
         state.counters["reward_none"] += int(dp.all_reduce_sum(int((~batch.drawn_valid).sum())))
 
     bf16 = cfg.run.precision == "bf16"
@@ -335,6 +346,7 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
                 stats["grad_norm"].append(norm.item())
         model.eval()
 
+    after = after_update(state, batch) if after_update is not None else {}
     state.step += 1
     if state.ref_model is not None and g.ref_reset_every and state.step % g.ref_reset_every == 0:
         state.ref_model.load_state_dict(model.state_dict())
@@ -368,5 +380,6 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
         "tokens_per_s": tokens / step_time if step_time else math.nan,
         "generated_tokens_per_s": int(batch.drawn_lengths.sum()) / timer.seconds["sample"],
         "peak_rss_gib": peak_rss_gib(),
+        **after,
     }
     return dp.reduce_metrics(metrics)  # over ranks (one process: as is)

@@ -1,7 +1,7 @@
 """`thinkrl train`, top to bottom: model, data, evaluate, train, evaluate, report.
 
 The loop knows the run directory, resume, evaluation, checkpoints and the summary; what one
-training step does is the `step_fn` it is given (`StepFn`; default `trainers.grpo.grpo_step`),
+training step does is the `step_fn` it is given (`StepFn`; default: `STEP_FUNCTIONS[grpo.algo]`),
 so another RL objective brings its own step and reuses the rest. With the default config this is the quickstart, R1-Zero in miniature: load the tiny base
 model shipped with the package (`tiny.SHIPPED_BASE`), measure it on held-out problems,
 train it with GRPO on accuracy + format rewards only, measure again, and write the run
@@ -43,6 +43,7 @@ from thinkrl.rewards.verify import verify_many
 from thinkrl.engine.sampler import SamplingParams
 from thinkrl.models.tiny import SHIPPED_BASE
 from thinkrl.trainers.grpo import PromptStream, TrainState, grpo_step, make_optimizer, set_deterministic
+from thinkrl.trainers.ppo import new_value_model, ppo_step
 
 # One training step: (state, cfg, build_prompt: question -> prompt text, completion_prefix) ->
 # the step's metrics (a flat dict with at least "reward/total", "accuracy", "length/mean" and
@@ -104,14 +105,19 @@ def _new_run_dir(cfg: Config) -> Path:
 
 def new_train_state(model, tokenizer, cfg: Config, train_problems) -> TrainState:
     """A fresh run's state: AdamW and its schedule, the prompt stream, the sampler's generator
-    on the model's device (the sampler draws on that device; its seed differs per rank), and π_ref
-    (only when β > 0)."""
+    on the model's device (the sampler draws on that device; its seed differs per rank), π_ref
+    (only when β > 0), and PPO's value model and its optimizer (grpo.algo=ppo)."""
     g = cfg.grpo
     optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps)
     device = next(model.parameters()).device
-    return TrainState(model, tokenizer, optimizer, scheduler, PromptStream(train_problems, cfg.run.seed),
-                      torch.Generator(device=device).manual_seed(sampler_seed(cfg.run.seed, dist_env.current().rank)),
-                      ref_model=frozen_copy(model) if g.beta > 0 else None)
+    state = TrainState(model, tokenizer, optimizer, scheduler, PromptStream(train_problems, cfg.run.seed),
+                       torch.Generator(device=device).manual_seed(sampler_seed(cfg.run.seed, dist_env.current().rank)),
+                       ref_model=frozen_copy(model) if g.beta > 0 else None)
+    if g.algo == "ppo":
+        state.value_model = new_value_model(model)
+        state.value_optimizer = torch.optim.AdamW(state.value_model.parameters(), lr=g.value_lr or g.lr,
+                                                  betas=(0.9, 0.99))
+    return state
 
 
 def sampler_seed(seed: int, rank: int) -> int:
@@ -119,7 +125,10 @@ def sampler_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank
 
 
-def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn = grpo_step) -> Path:
+STEP_FUNCTIONS: dict[str, StepFn] = {"grpo": grpo_step, "ppo": ppo_step}  # grpo.algo -> its step
+
+
+def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn | None = None) -> Path:
     """Run (or resume) a whole training job whose steps are `step_fn`; returns the run directory.
     Under torchrun every rank runs this; rank 0 alone evaluates, writes files and logs."""
     start = time.time()
@@ -169,6 +178,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
             log_file.truncate_after(state.step)
         log(f"resumed from {ckpt} at step {state.step}")
 
+    step_fn = step_fn or STEP_FUNCTIONS[g.algo]
     name = getattr(step_fn, "__name__", "train").removesuffix("_step").upper()  # grpo_step -> GRPO
     bar = tqdm(total=g.steps, initial=state.step, desc=name, disable=not (cfg.run.progress and world.is_main))
     while state.step < g.steps:
@@ -234,8 +244,10 @@ def save(state: TrainState, run_dir: Path, cfg: Config) -> None:
         payload = {"step": state.step, "optimizer": state.optimizer.state_dict(),
                    "scheduler": state.scheduler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
                    "data_position": state.stream.position, "counters": dict(state.counters)}
+        if state.value_optimizer is not None:
+            payload["value_optimizer"] = state.value_optimizer.state_dict()
         checkpoint.save_checkpoint(run_dir, state.step, state.model, state.tokenizer, payload, state.ref_model,
-                                   config_mod.to_dict(cfg))
+                                   config_mod.to_dict(cfg), state.value_model)
     dp.barrier()
 
 
@@ -257,6 +269,9 @@ def restore(state: TrainState, ckpt: Path, seed: int) -> None:
     state.counters.update(payload["counters"])
     if state.ref_model is not None:
         checkpoint.load_ref_weights(ckpt, state.ref_model)
+    if state.value_model is not None:
+        checkpoint.load_value_weights(ckpt, state.value_model)
+        state.value_optimizer.load_state_dict(payload["value_optimizer"])
 
 
 def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, wall: float, cfg_rewards: dict) -> dict:

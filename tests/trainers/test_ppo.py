@@ -1,0 +1,96 @@
+"""PPO on GRPO's step: per-token advantages through the optimised path, the critic's pieces, a step."""
+
+import pytest
+import torch
+
+from thinkrl import rewards
+from thinkrl.config import Config
+from thinkrl.data.synthetic import sample_problems
+from thinkrl.trainers import loop
+from thinkrl.trainers.ppo import outcome_on_last_token, ppo_step, token_values, whiten
+
+
+def test_outcome_sits_on_the_last_valid_token():
+    mask = torch.tensor([[True, True, False], [True, False, False], [True, True, True]])
+    out = outcome_on_last_token(torch.tensor([1.0, -2.0, 0.5]), mask)
+    torch.testing.assert_close(out, torch.tensor([[0.0, 1.0, 0.0], [-2.0, 0.0, 0.0], [0.0, 0.0, 0.5]]))
+
+
+def test_whiten_uses_the_masked_entries_only():
+    x = torch.tensor([[1.0, 3.0, 100.0]])
+    out = whiten(x, torch.tensor([[True, True, False]]))
+    s = torch.tensor([1.0, 3.0]).std()
+    torch.testing.assert_close(out, torch.tensor([[-1.0 / s, 1.0 / s, 0.0]]), rtol=1e-5, atol=1e-6)
+
+
+def test_values_are_the_states_before_each_completion_token(tiny_model, tiny_tokenizer):
+    """token_values on a batch equals the value model run on each prompt + completion alone."""
+    from thinkrl.engine.sampler import SamplingParams, sample
+    from thinkrl.trainers.ppo import new_value_model
+
+    torch.manual_seed(0)
+    vm = new_value_model(tiny_model).eval()
+    prompts = [tiny_tokenizer("1 + 2 =")["input_ids"], tiny_tokenizer("7 * 8 = ? , the")["input_ids"]]
+    ro = sample(tiny_model, tiny_tokenizer, prompts, 2, SamplingParams(max_new_tokens=6), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        v = token_values(vm, ro, torch.arange(4), tiny_tokenizer.pad_token_id)  # (4, L)
+        for n in range(4):
+            p, c = ro.prompt_ids[n // 2], ro.completion_ids[n, : ro.lengths[n]].tolist()
+            alone = vm(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1 : -1, 0]  # (C,)
+            torch.testing.assert_close(v[n, : len(c)], alone, atol=1e-5, rtol=1e-5)
+            assert (v[n, len(c):] == 0).all()
+
+
+@pytest.fixture()
+def length_reward():
+    @rewards.register("test_ppo_length")
+    def _length(completions, **_):
+        return [float(len(c) % 5) for c in completions]
+    yield "test_ppo_length"
+    rewards.REWARDS.pop("test_ppo_length")
+
+
+def test_ppo_step_trains_policy_and_critic(tiny_model, tiny_tokenizer, length_reward):
+    cfg = Config()
+    g = cfg.grpo
+    g.algo, g.prompts_per_step, g.group_size, g.max_new_tokens, g.lr, g.beta, g.mu = "ppo", 2, 4, 10, 1e-2, 0.04, 2
+    cfg.rewards.weights = {length_reward: 1.0}
+    state = loop.new_train_state(tiny_model, tiny_tokenizer, cfg, sample_problems(8, "train", 0))
+    policy0 = [p.detach().clone() for p in tiny_model.parameters()]
+    critic0 = [p.detach().clone() for p in state.value_model.parameters()]
+    m = ppo_step(state, cfg, lambda q: q)
+    assert any(not torch.equal(a, b) for a, b in zip(policy0, tiny_model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(critic0, state.value_model.parameters()))
+    for key in ("value/loss", "value/clip_frac", "value/explained_variance", "loss", "kl", "clip_frac"):
+        assert key in m and m[key] == m[key], key
+    assert state.step == 1
+
+
+def test_ppo_resume_restores_the_critic(tmp_path, length_reward):
+    """A PPO run cut after its step-2 checkpoint and resumed ends with the same policy and critic."""
+    from safetensors.torch import load_file
+
+    from thinkrl.config import load_config
+    from thinkrl.models.tiny import SHIPPED_BASE
+
+    def cfg(name):
+        return load_config(overrides=[
+            f"model.path={SHIPPED_BASE}", f"run.output_dir={tmp_path / name}", "grpo.algo=ppo", "grpo.steps=3",
+            "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.max_new_tokens=12", "grpo.mu=2",
+            "data.train_size=16", "data.eval_size=2", "run.eval_samples=1", "run.checkpoint_every=1",
+            "run.progress=false", f"rewards.weights={{{length_reward}: 1.0}}"])
+
+    straight = loop.train_run(cfg("straight"), log=lambda *_: None)
+
+    def crash_at_2(state, *a, **k):
+        if state.step == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return ppo_step(state, *a, **k)
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.train_run(cfg("resumed"), log=lambda *_: None, step_fn=crash_at_2)
+    resumed = loop.train_run(None, resume=str(tmp_path / "resumed"), log=lambda *_: None)
+    for name in ("model.safetensors", "value_model.safetensors"):
+        a = load_file(str(straight / "checkpoints/step-000003" / name))
+        b = load_file(str(resumed / "checkpoints/step-000003" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
