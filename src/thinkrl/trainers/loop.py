@@ -201,7 +201,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
         save_eval(run_dir / "eval_after.json", after)
         model.save_pretrained(run_dir / "final_model")
         tokenizer.save_pretrained(run_dir / "final_model")
-        summary = write_summary(run_dir, before, after, state, time.time() - start, cfg.rewards.weights)
+        summary = write_summary(run_dir, before, after, state, time.time() - start, cfg.rewards.weights, name)
         write_report(run_dir, summary=summary, samples_before=_read_samples(run_dir / "eval_before.samples.jsonl"),
                      samples_after=after["samples"][:4])
         log(outcome_text(summary, run_dir.resolve()))
@@ -215,7 +215,8 @@ def outcome_text(s: dict, run_dir: Path) -> str:
     gain = 100 * (s["final_accuracy"] - s["base_accuracy"])
     longer = s["final_mean_length"] - s["base_mean_length"]
     return "\n".join([
-        f"Done in {s['wall_seconds']:.0f} s ({s['steps']} GRPO steps, peak memory {s['peak_rss_gib']:.2f} GiB).",
+        f"Done in {s['wall_seconds']:.0f} s ({s['steps']} {s.get('algo', 'GRPO')} steps, peak memory "
+        f"{s['peak_rss_gib']:.2f} GiB).",
         f"On {n} held-out problems never seen in training ({k} samples each, temperature 0.6):",
         f"  correct answers  {100 * s['base_accuracy']:5.1f}% before RL -> {100 * s['final_accuracy']:5.1f}% after "
         f"({gain:+.1f} points)",
@@ -274,7 +275,8 @@ def restore(state: TrainState, ckpt: Path, seed: int) -> None:
         state.value_optimizer.load_state_dict(payload["value_optimizer"])
 
 
-def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, wall: float, cfg_rewards: dict) -> dict:
+def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, wall: float, cfg_rewards: dict,
+                  algo: str = "GRPO") -> dict:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     k = max(1, len(metrics) // 10)
     first = [m["length/mean"] for m in metrics[:k]]
@@ -291,7 +293,7 @@ def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, w
         "base_reflective_per_1k": before.get("reflective_per_1k_tokens", {}).get("total"),
         "final_reflective_per_1k": after.get("reflective_per_1k_tokens", {}).get("total"),
         "eval_problems": after["problems"], "eval_samples_per_problem": after["samples_per_problem"],
-        "steps": state.step, "wall_seconds": wall, "peak_rss_gib": peak_rss_gib(),
+        "algo": algo, "steps": state.step, "wall_seconds": wall, "peak_rss_gib": peak_rss_gib(),
         "skipped_updates": state.counters["skipped_updates"], "reward_none": state.counters["reward_none"],
         "mean_step_seconds": sum(m["time/step"] for m in metrics) / max(len(metrics), 1),
         "rewards": sorted(cfg_rewards), "cpu": cpu_class(),
