@@ -73,6 +73,8 @@ class GRPOConfig:
     gae_gamma: float = opt(1.0, "PPO: GAE's discount γ. InstructGPT / OpenRLHF: 1.0.")
     gae_lambda: float = opt(0.95, "PPO: GAE's λ. OpenRLHF: 0.95.")
     value_lr: float = opt(0.0, "PPO: the value model's AdamW learning rate (0 = grpo.lr).")
+    kl_in_reward: bool = opt(False, "PPO: put the KL to π_ref into the reward as -β (log π_old - log π_ref) per token "
+                                    "(InstructGPT / OpenRLHF) instead of the k3 term in the loss. Needs β > 0.")
     value_clip: float = opt(0.2, "PPO: the value loss's clip around the old values (verl critic.cliprange_value: 0.5).")
     advantage_estimator: str = opt("grpo", "Advantage estimator by name (`thinkrl.algos.registry`): grpo (the paper's "
                                            "group-relative advantage, scaled per `advantage_scale`), rloo (leave-one-out), "
@@ -359,6 +361,8 @@ def validate(cfg: Config) -> Config:
     if "reward_model" in cfg.rewards.weights and not Path(cfg.rewards.reward_model_path or "/nonexistent").is_dir():
         raise ConfigError(f"rewards.reward_model_path={cfg.rewards.reward_model_path!r}: the `reward_model` reward needs "
                           "a reward model directory (thinkrl rm ... -> DIR/final_model)")
+    if g.kl_in_reward and (g.algo != "ppo" or g.beta <= 0):
+        raise ConfigError("grpo.kl_in_reward=true needs grpo.algo=ppo and grpo.beta > 0 (β weighs the per-token penalty)")
     if g.micro_batch_size < 0:
         raise ConfigError(f"grpo.micro_batch_size={g.micro_batch_size}; must be 0 (whole mini-batch) or positive")
     if g.group_size < 2:

@@ -94,3 +94,39 @@ def test_ppo_resume_restores_the_critic(tmp_path, length_reward):
         a = load_file(str(straight / "checkpoints/step-000003" / name))
         b = load_file(str(resumed / "checkpoints/step-000003" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_kl_in_reward_moves_the_penalty_from_the_loss_to_the_advantages(tiny_model, tiny_tokenizer, length_reward,
+                                                                       monkeypatch):
+    """grpo.kl_in_reward: the advantages are GAE of (outcome − β (log π_old − log π_ref)) per token,
+    whitened, and the loss carries no KL term (β = 0 there)."""
+    import copy
+
+    from thinkrl.algos import grpo as grpo_math
+    from thinkrl.algos.advantages import gae_advantages
+    from thinkrl.trainers import grpo as trainer
+    from thinkrl.trainers.ppo import kl_penalty
+
+    cfg = Config()
+    g = cfg.grpo
+    g.algo, g.prompts_per_step, g.group_size, g.max_new_tokens, g.beta, g.kl_in_reward = "ppo", 2, 4, 10, 0.5, True
+    cfg.rewards.weights = {length_reward: 1.0}
+    state = loop.new_train_state(tiny_model, tiny_tokenizer, cfg, sample_problems(8, "train", 0))
+    with torch.no_grad():  # π_ref away from π_θ, so that the penalty is not 0
+        for p in state.ref_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    critic = copy.deepcopy(state.value_model)
+    seen, betas = {}, []
+    real_mb, real_loss = trainer.minibatch_gradients, grpo_math.grpo_loss
+    monkeypatch.setattr(trainer, "minibatch_gradients",
+                        lambda *a, **k: seen.update(ro=a[2], adv=a[4], ref=a[6]) or real_mb(*a, **k))
+    monkeypatch.setattr(grpo_math, "grpo_loss", lambda *a, **k: betas.append(a[5]) or real_loss(*a, **k))
+    ppo_step(state, cfg, lambda q: q)
+    ro, mask = seen["ro"], seen["ro"].completion_mask
+    with torch.no_grad():
+        values = token_values(critic, ro, torch.arange(len(ro.texts)), tiny_tokenizer.pad_token_id)
+    outcome = torch.tensor([float(len(t) % 5) for t in ro.texts])
+    rewards_t = outcome_on_last_token(outcome, mask) - 0.5 * kl_penalty(ro.logprobs, seen["ref"], mask)
+    adv, _ = gae_advantages(rewards_t, values=values, mask=mask, gamma=1.0, lam=0.95)
+    torch.testing.assert_close(seen["adv"], whiten(adv, mask), atol=1e-5, rtol=1e-4)
+    assert kl_penalty(ro.logprobs, seen["ref"], mask).abs().sum() > 0.1 and set(betas) == {0.0}

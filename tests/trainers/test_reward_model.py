@@ -73,3 +73,24 @@ def test_reward_model_needs_a_path(tmp_path, capsys):
     args = ["train", "--output-dir", str(tmp_path / "r"), "rewards.weights={reward_model: 1.0}"]
     assert cli.main(args) == 2
     assert "rewards.reward_model_path" in capsys.readouterr().err
+
+
+def test_chat_pairs_render_through_the_chat_template(tmp_path):
+    from thinkrl.trainers.reward_model import pair_texts
+
+    class Tok:  # a chat template: "<role>content" per message
+        def apply_chat_template(self, messages, tokenize):
+            assert tokenize is False
+            return "".join(f"<{m['role']}>{m['content']}" for m in messages)
+
+    user = [{"role": "user", "content": "2+2?"}]
+    rows = [{"chosen": user + [{"role": "assistant", "content": "4"}],
+             "rejected": user + [{"role": "assistant", "content": "5"}]}] * 2
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = load_pairs(f)
+    assert pair_texts(pairs, Tok()) == (["<user>2+2?<assistant>4"] * 2, ["<user>2+2?<assistant>5"] * 2)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps({"chosen": user, "rejected": "5"}) + "\n")
+    with pytest.raises(DataError, match="mixed.jsonl:1"):
+        load_pairs(mixed)

@@ -3,9 +3,9 @@ replaced by rules because it can be hacked; here to compare).
 
 Scores `prompt_text + completion` (the trainer passes the exact prompt text as the column
 `prompt_text`) with the model at the option `path` (`rewards.reward_model_path`), loaded once
-per process on the CPU, in batches. Values are the head's raw scores (see
+per process, on the option `device` (the trainer passes the policy's), in batches. Values are the head's raw scores (see
 `thinkrl.models.reward_model`). Left out: score normalisation across batches (GRPO's group
-advantage needs none), a reward model on another device.
+advantage needs none).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from .registry import register
 
 @register("reward_model")
 def reward_model_reward(completions: list[str], prompt_text: list[str], *, path: str, batch_size: int = 32,
-                        **_) -> list[float | None]:
+                        device: str = "cpu", **_) -> list[float | None]:
     from thinkrl.models import reward_model  # transformers: only when this reward runs
 
     rm, tok = reward_model.load(path)
+    rm.to(device)  # the policy's device (the trainer passes it); a no-op once there
     return reward_model.score(rm, tok, [p + c for p, c in zip(prompt_text, completions)], batch_size).tolist()

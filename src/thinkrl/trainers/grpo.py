@@ -189,9 +189,10 @@ def _micro_batch_loss(logp, old, adv, mask, ref, g, num_seqs, num_tokens, sample
     """The GRPO loss (and stats) of one micro-batch's logp (m, L); old None: π_old = π_θ, detached.
     sampler_logp (m, L): the sampler's log-probs, for `grpo.sampler_correction`."""
     old = logp.detach() if old is None else old
+    beta = 0.0 if g.kl_in_reward else g.beta  # PPO's KL in the reward: no KL term in the loss
     weight = None if g.sampler_correction == "none" else sampler_correction.importance_weights(
         old, sampler_logp, mask, g.sampler_correction, g.sampler_correction_max, g.sampler_correction_min)
-    return grpo.grpo_loss(logp, old, adv, mask, ref, g.beta, g.epsilon_low, g.epsilon_high, g.kl_estimator,
+    return grpo.grpo_loss(logp, old, adv, mask, ref, beta, g.epsilon_low, g.epsilon_high, g.kl_estimator,
                           g.loss_aggregation, g.max_new_tokens, num_seqs=num_seqs, num_tokens=num_tokens,
                           policy_loss=g.policy_loss, is_weight=weight)
 
@@ -282,7 +283,8 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
               advantage_fn=None, after_update=None) -> dict:
     """One GRPO step on the next B questions (more with dynamic sampling). Returns the step's metrics.
 
-    advantage_fn(state, batch) -> (N,) or (N, T) advantages replaces the group estimator, and
+    advantage_fn(state, batch, ref_logp) -> (N,) or (N, T) advantages replaces the group estimator
+    (ref_logp (N, T): π_ref's log-probs of the samples, or None without a reference), and
     after_update(state, batch) -> metrics runs after the policy's updates: PPO's critic
     (`trainers/ppo.py`) enters through these two."""
     g, model = cfg.grpo, state.model
@@ -290,16 +292,6 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
     G = g.group_size
     batch = rollouts.collect(state, cfg, build_prompt, completion_prefix, timer)
     ro = batch.ro
-    with timer("reward"):
-        if advantage_fn is not None:
-            adv = advantage_fn(state, batch).to(ro.completion_ids.device)  # (N,) or (N, T)
-        else:
-            estimator = registry.get_advantage(g.advantage_estimator)
-            (rewards_all, valid_all), start = dp.all_gather_rows(batch.rewards, batch.valid)  # every rank's rows
-            adv = estimator(rewards_all, G, scale=g.advantage_scale, valid=valid_all)  # (N_all,) global statistics
-            adv = adv[start : start + len(batch.rewards)].to(ro.completion_ids.device)  # (N,) this rank's rows
-        state.counters["reward_none"] += int(dp.all_reduce_sum(int((~batch.drawn_valid).sum())))
-
     bf16 = cfg.run.precision == "bf16"
     N = len(ro.texts)
     logprobs_of = _Logprobs(ro, g, state.tokenizer.pad_token_id)
@@ -308,6 +300,16 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
     with timer("score"), torch.no_grad(), precision(model, bf16, cfg.run.onednn):
         old_logp = _score(logprobs_of, model, N, micro, ro.logprobs) if old_source == "recompute" else ro.logprobs
         ref_logp = None if state.ref_model is None else _score(logprobs_of, state.ref_model, N, micro, ro.logprobs)
+
+    with timer("reward"):
+        if advantage_fn is not None:
+            adv = advantage_fn(state, batch, ref_logp).to(ro.completion_ids.device)  # (N,) or (N, T)
+        else:
+            estimator = registry.get_advantage(g.advantage_estimator)
+            (rewards_all, valid_all), start = dp.all_gather_rows(batch.rewards, batch.valid)  # every rank's rows
+            adv = estimator(rewards_all, G, scale=g.advantage_scale, valid=valid_all)  # (N_all,) global statistics
+            adv = adv[start : start + len(batch.rewards)].to(ro.completion_ids.device)  # (N,) this rank's rows
+        state.counters["reward_none"] += int(dp.all_reduce_sum(int((~batch.drawn_valid).sum())))
 
     skip_zero = g.skip_zero_advantage and ref_logp is None
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip_frac": [], "grad_norm": [], "entropy": []}

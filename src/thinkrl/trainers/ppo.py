@@ -6,12 +6,13 @@ copy of the policy's backbone with a scalar head per token (`new_value_model`), 
 value of the state before each completion token; the outcome reward sits on the last token;
 advantages are per token, GAE(γ, λ) (`algos.advantages.gae`), whitened over the batch's tokens;
 the policy takes the same clipped-surrogate updates as GRPO (`grpo_step`, with per-token
-advantages; KL to π_ref in the loss, k3, as GRPO); then the critic takes μ × mini-batch steps
+advantages); then the critic takes μ × mini-batch steps
 on the clipped value loss against the GAE returns (`algos.value`). Policy and critic are
 separate models, so updating the critic after the policy's updates equals interleaving them.
 Checkpoints carry the value model and its optimizer.
-Left out: the KL penalty in the reward (InstructGPT / OpenRLHF), a value head on the policy's
-own backbone, data parallelism (refused under torchrun).
+The KL to π_ref goes in the loss (k3, as GRPO), or with `grpo.kl_in_reward` into the reward
+as −β (log π_old − log π_ref) on every token (InstructGPT / OpenRLHF; then no KL term in the
+loss). Left out: a value head on the policy's own backbone, data parallelism (refused under torchrun).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def outcome_on_last_token(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Te
     return out * mask
 
 
+def kl_penalty(old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) per-token k1 estimate log π_old − log π_ref of the sampled tokens, 0 at padding."""
+    return (old_logp.float() - ref_logp.float()) * mask
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """(x − mean) / std over the masked entries; 0 elsewhere."""
     vals = x[mask]
@@ -72,13 +78,15 @@ def ppo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: st
     pad_id = state.tokenizer.pad_token_id
     saved: dict[str, torch.Tensor] = {}
 
-    def advantages(state: TrainState, batch) -> torch.Tensor:
+    def advantages(state: TrainState, batch, ref_logp) -> torch.Tensor:
         ro, N = batch.ro, len(batch.ro.texts)
         mask = ro.completion_mask.cpu()
         with torch.no_grad():
             old_v = torch.cat([token_values(vm, ro, rows, pad_id) for rows in
                                torch.arange(N).split(g.micro_batch_size or N)]).cpu()  # (N, L)
         token_rewards = outcome_on_last_token(batch.rewards, mask)  # (N, L)
+        if g.kl_in_reward:  # InstructGPT: r_t − β (log π_old − log π_ref)_t on every token
+            token_rewards = token_rewards - g.beta * kl_penalty(ro.logprobs.cpu(), ref_logp.cpu(), mask)
         adv, returns = gae_advantages(token_rewards, values=old_v, mask=mask, gamma=g.gae_gamma, lam=g.gae_lambda)
         saved.update(old_v=old_v, returns=returns, mask=mask)
         return whiten(adv, mask)  # (N, L)

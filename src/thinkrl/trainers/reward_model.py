@@ -1,7 +1,9 @@
 """`thinkrl rm`: train a Bradley–Terry reward model on preference pairs (RLHF: Ouyang et al. 2022).
 
 Pairs are JSONL rows `{prompt, chosen, rejected}` (strings; the prompt exactly as the policy
-sees it, since the model scores prompt + response), or built from a policy's own samples
+sees it, since the model scores prompt + response), TRL's conversational rows (`chosen`,
+`rejected` as chat message lists, rendered by the tokenizer's chat template), or built from a
+policy's own samples
 (`pairs_from_policy`: K samples per problem at T 1, the training accuracy reward, one correct
 and one incorrect sample of the same prompt make a pair). A share of the pairs is held out;
 the model (`models/reward_model.py`: the policy's weights with a new scalar head) is trained
@@ -9,7 +11,7 @@ with −log σ(r_chosen − r_rejected) (`algos.preference`), AdamW, and reports
 accuracy before and after; written in Hugging Face format (`final_model/`) with
 `summary.json`. Use it as a reward: `rewards.weights={reward_model: 1.0}
 rewards.reward_model_path=DIR/final_model`.
-Left out: chat-message pairs, margins, ties, reward centring.
+Left out: margins, ties, reward centring.
 """
 
 from __future__ import annotations
@@ -51,16 +53,37 @@ def validate_config(cfg: RMConfig) -> None:
             raise ConfigError(f"rm.{key}={getattr(cfg, key)}; must be {allowed}")
 
 
+def _is_messages(x) -> bool:
+    return isinstance(x, list) and bool(x) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in x)
+
+
 def load_pairs(path: str | Path) -> list[dict]:
-    """Rows with string `prompt`, `chosen`, `rejected`; a bad row raises DataError naming file:line."""
+    """Rows `{prompt, chosen, rejected}` of strings, or TRL's conversational form: `chosen` and
+    `rejected` as chat message lists (the shared user turns included; `prompt` optional, a
+    message list too). A bad row raises DataError naming file:line."""
     pairs = []
-    for line, row in iter_jsonl(path, ("prompt", "chosen", "rejected")):
-        if not all(isinstance(row[k], str) for k in ("prompt", "chosen", "rejected")):
-            raise DataError(f"{path}:{line}: prompt, chosen and rejected must be strings")
+    for line, row in iter_jsonl(path, ("chosen", "rejected")):
+        text = all(isinstance(row.get(k), str) for k in ("prompt", "chosen", "rejected"))
+        chat = _is_messages(row["chosen"]) and _is_messages(row["rejected"]) and (
+            "prompt" not in row or _is_messages(row["prompt"]))
+        if not (text or chat):
+            raise DataError(f"{path}:{line}: need prompt, chosen and rejected as strings, or chosen and rejected as "
+                            "chat message lists [{role, content}, ...]")
         pairs.append(row)
     if len(pairs) < 2:
         raise DataError(f"{path}: {len(pairs)} pairs; need at least 2 (some are held out)")
     return pairs
+
+
+def pair_texts(pairs: list[dict], tok) -> tuple[list[str], list[str]]:
+    """(chosen texts, rejected texts): prompt + response, or the conversation through the chat template."""
+    def text(row: dict, key: str) -> str:
+        if isinstance(row[key], str):
+            return row["prompt"] + row[key]
+        return tok.apply_chat_template(list(row.get("prompt", [])) + row[key], tokenize=False)
+
+    return [text(p, "chosen") for p in pairs], [text(p, "rejected") for p in pairs]
 
 
 def pairs_from_policy(model, tokenizer, problems: list[Problem], build, samples: int, seed: int,
@@ -84,7 +107,8 @@ def pairs_from_policy(model, tokenizer, problems: list[Problem], build, samples:
 
 
 def _pair_scores(rm, tok, pairs: list[dict], max_len: int, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    texts = [p["prompt"] + p["chosen"] for p in pairs] + [p["prompt"] + p["rejected"] for p in pairs]
+    chosen, rejected = pair_texts(pairs, tok)
+    texts = chosen + rejected
     s = reward_model.score(rm, tok, texts, batch_size=2 * len(pairs) if grad else 64, max_len=max_len, grad=grad)
     return s[: len(pairs)], s[len(pairs):]  # (P,), (P,)
 

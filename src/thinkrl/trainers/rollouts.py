@@ -83,8 +83,9 @@ def _draw(state, cfg: Config, build_prompt, completion_prefix: str, timer: Phase
     with timer("reward"):
         columns = {**reward_columns(problems, g.group_size), "completion_length": ro.lengths.tolist(),
                    "prompt_text": [t for t in texts for _ in range(g.group_size)]}
-        scored = rewards.score([completion_prefix + t for t in ro.texts], columns, cfg.rewards.weights,
-                               reward_options(cfg))
+        options = reward_options(cfg)
+        options["reward_model"]["device"] = str(ro.completion_ids.device)  # the reward model beside the policy
+        scored = rewards.score([completion_prefix + t for t in ro.texts], columns, cfg.rewards.weights, options)
     return problems, ro, scored
 
 
