@@ -224,3 +224,20 @@ def test_unknown_target_language_fails_before_sampling(scripted, tiny_model, tin
         run_rejection_sampling(tiny_model, tiny_tokenizer, problems, SampleConfig(samples=K), tmp_path / "o.jsonl",
                                log=lambda s: None)
     assert not scripted and not list(tmp_path.iterdir())
+
+
+def test_save_pairs_writes_a_correct_and_an_incorrect_sample_per_prompt(scripted, tiny_model, tiny_tokenizer, tmp_path):
+    """`--save-pairs`: one {prompt, chosen, rejected} row per prompt with both a correct and an
+    incorrect sample (the first of each), for `thinkrl rm --data`; the gold-less prompt gives none."""
+    from thinkrl.rewards.extract import extract_answer
+    from thinkrl.trainers.reward_model import load_pairs
+
+    out = tmp_path / "sft.jsonl"
+    problems = _problems(3) + [Problem(id="nogold", question="What is the value of 7 with no gold?", answer="")]
+    run_rejection_sampling(tiny_model, tiny_tokenizer, problems, SampleConfig(samples=K, save_pairs=True), out,
+                           log=lambda s: None)
+    pairs = load_pairs(output_paths(out)["pairs"])
+    assert len(pairs) == 3 and not output_paths(out)["rejected"].exists()
+    for p, prob in zip(pairs, problems):
+        assert p["prompt"].startswith("A conversation between User and Assistant.") and prob.question in p["prompt"]
+        assert extract_answer(p["chosen"]) == prob.answer and extract_answer(p["rejected"]) != prob.answer

@@ -91,6 +91,8 @@ class SampleConfig:
     contamination_n: int = option(DEFAULT_N, "word n-gram size of the contamination check")
     data_dir: str | None = option(None, "benchmark data folder (none: $THINKRL_DATA_DIR or ../shared/data)")
     save_rejected: bool = option(False, "also write <output>.rejected.jsonl with every dropped sample and why")
+    save_pairs: bool = option(False, "also write <output>.pairs.jsonl: per prompt, a correct and an incorrect "
+                                     "sample as {prompt, chosen, rejected} (preference pairs for `thinkrl rm --data`)")
     filter: FilterConfig = field(default_factory=FilterConfig)
 
 
@@ -127,7 +129,7 @@ def output_paths(output: Path) -> dict[str, Path]:
     stem = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
     base = output.with_name(stem)
     return {"kept": output, "stats": Path(f"{base}.stats.json"), "markdown": Path(f"{base}.stats.md"),
-            "rejected": Path(f"{base}.rejected.jsonl")}
+            "rejected": Path(f"{base}.rejected.jsonl"), "pairs": Path(f"{base}.pairs.jsonl")}
 
 
 def problem_kind(p: loaders.Problem) -> str:
@@ -325,6 +327,7 @@ def run_rejection_sampling(model, tokenizer, problems: list[loaders.Problem], cf
     import torch  # heavy imports here: the CLI parser imports this module for SampleConfig
 
     from thinkrl.engine.sampler import SamplingParams, sample
+    from thinkrl.trainers.reward_model import preference_pair
 
     start = time.time()
     validate(cfg)
@@ -347,7 +350,8 @@ def run_rejection_sampling(model, tokenizer, problems: list[loaders.Problem], cf
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.seed)
     judge = _Judge(cfg, fcfg, index, source, stats, _Writer(paths["kept"]),
                    _Writer(paths["rejected"]) if cfg.save_rejected else None)
-    writers = [w for w in (judge.kept_out, judge.rejected_out) if w is not None]
+    pairs_out = _Writer(paths["pairs"]) if cfg.save_pairs else None
+    writers = [w for w in (judge.kept_out, judge.rejected_out, pairs_out) if w is not None]
     try:
         for first in range(0, len(clean), cfg.batch_prompts):
             chunk = clean[first:first + cfg.batch_prompts]
@@ -359,6 +363,9 @@ def run_rejection_sampling(model, tokenizer, problems: list[loaders.Problem], cf
             for b, p in enumerate(chunk):
                 rows = range(b * K, (b + 1) * K)
                 judge.prompt(p, prompt_texts[b], [(ro.texts[i], lengths[i], truncated[i], verdicts[i]) for i in rows])
+                pair = preference_pair(prompt_texts[b], [ro.texts[i] for i in rows], [verdicts[i] for i in rows])
+                if pairs_out is not None and pair is not None:
+                    pairs_out.write(pair)
             log(f"prompts {first + len(chunk)}/{len(clean)}: generated {stats['generated']}, "
                 f"correct {stats['correct']}, kept {stats['kept']}")
         stats = _finish_stats(stats, cfg, fcfg, template, suffixes, time.time() - start, paths)

@@ -4,8 +4,9 @@ Pairs are JSONL rows `{prompt, chosen, rejected}` (strings; the prompt exactly a
 sees it, since the model scores prompt + response), TRL's conversational rows (`chosen`,
 `rejected` as chat message lists, rendered by the tokenizer's chat template), or built from a
 policy's own samples
-(`pairs_from_policy`: K samples per problem at T 1, the training accuracy reward, one correct
-and one incorrect sample of the same prompt make a pair). A share of the pairs is held out;
+(`pairs_from_policy` here, or `thinkrl sample --save-pairs`: K samples per problem, the
+training reward, one correct and one incorrect sample of the same prompt make a pair,
+`preference_pair`). A share of the pairs is held out;
 the model (`models/reward_model.py`: the policy's weights with a new scalar head) is trained
 with −log σ(r_chosen − r_rejected) (`algos.preference`), AdamW, and reports held-out pair
 accuracy before and after; written in Hugging Face format (`final_model/`) with
@@ -98,12 +99,19 @@ def pairs_from_policy(model, tokenizer, problems: list[Problem], build, samples:
         ro = sample(model, tokenizer, encode_prompts(tokenizer, lambda t: t, prompts[s:s + 16]), samples, params, gen)
         correct = rewards.score(ro.texts, reward_columns(chunk, samples), {"accuracy": 1.0}).total
         for b, prompt in enumerate(prompts[s:s + 16]):
-            texts, ok = ro.texts[b * samples:(b + 1) * samples], correct[b * samples:(b + 1) * samples]
-            good = [t for t, c in zip(texts, ok) if c == 1.0]
-            bad = [t for t, c in zip(texts, ok) if c == 0.0]
-            if good and bad:
-                pairs.append({"prompt": prompt, "chosen": good[0], "rejected": bad[0]})
+            rows = slice(b * samples, (b + 1) * samples)
+            pair = preference_pair(prompt, ro.texts[rows], correct[rows])
+            if pair is not None:
+                pairs.append(pair)
     return pairs
+
+
+def preference_pair(prompt: str, texts: list[str], verdicts: list[float | None]) -> dict | None:
+    """{prompt, chosen: the first correct sample, rejected: the first incorrect one}, or None
+    without both (unverified samples, None, are neither)."""
+    good = [t for t, v in zip(texts, verdicts) if v == 1.0]
+    bad = [t for t, v in zip(texts, verdicts) if v == 0.0]
+    return {"prompt": prompt, "chosen": good[0], "rejected": bad[0]} if good and bad else None
 
 
 def _pair_scores(rm, tok, pairs: list[dict], max_len: int, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
