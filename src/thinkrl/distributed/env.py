@@ -15,7 +15,6 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 import torch.distributed as dist
 
 
@@ -76,7 +75,3 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
-
-def device_for(world: World, device: str) -> str:
-    """cuda:<local rank> for a CUDA job, else the device as given."""
-    return f"cuda:{world.local_rank}" if device.startswith("cuda") and torch.cuda.is_available() else device

@@ -309,7 +309,8 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
             (rewards_all, valid_all), start = dp.all_gather_rows(batch.rewards, batch.valid)  # every rank's rows
             adv = estimator(rewards_all, G, scale=g.advantage_scale, valid=valid_all)  # (N_all,) global statistics
             adv = adv[start : start + len(batch.rewards)].to(ro.completion_ids.device)  # (N,) this rank's rows
-        state.counters["reward_none"] += int(dp.all_reduce_sum(int((~batch.drawn_valid).sum())))
+        drawn_rewards, drawn_valid = batch.drawn_totals  # (M,) each: every sample drawn this step
+        state.counters["reward_none"] += int(dp.all_reduce_sum(int((~drawn_valid).sum())))
 
     skip_zero = g.skip_zero_advantage and ref_logp is None
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip_frac": [], "grad_norm": [], "entropy": []}
@@ -366,9 +367,9 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
         "length/mean": lengths.mean().item(),
         "length/max": lengths.max().item(),
         "length/truncated": batch.drawn_truncated.float().mean().item(),
-        "zero_variance_groups": grpo.zero_variance_share(batch.drawn_rewards, G, batch.drawn_valid),
+        "zero_variance_groups": grpo.zero_variance_share(drawn_rewards, G, drawn_valid),
         "trained_rows": trained_rows / g.mu,
-        "reward_none": int((~batch.drawn_valid).sum()),
+        "reward_none": int((~drawn_valid).sum()),
         **{f"reward_failures/{k}": v for k, v in drawn.failures.items() if v},
         **{k: mean(v) for k, v in stats.items()},
         "mismatch/mean_abs": gap.mean().item() if gap.numel() else 0.0,

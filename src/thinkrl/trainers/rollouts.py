@@ -40,13 +40,16 @@ class Batch:
     rewards: torch.Tensor  # (B'·G,) float: weighted total, 0 where invalid
     valid: torch.Tensor  # (B'·G,) bool: every weighted reward gave a value
     drawn: rewards.ScoreResult  # the rewards of every sample drawn this step (all rounds)
-    drawn_rewards: torch.Tensor  # (M,) float, M = rounds·B·G: as `rewards`, for every drawn sample
-    drawn_valid: torch.Tensor  # (M,) bool
     drawn_lengths: torch.Tensor  # (M,) long: completion tokens of every drawn sample
     drawn_truncated: torch.Tensor  # (M,) bool
     drawn_prompt_tokens: int  # prompt tokens of every drawn sample (a prompt counted once per sample)
     extra_rounds: int = 0  # sampling rounds beyond the first (dynamic sampling)
     dropped_groups: int = 0  # drawn groups not trained (no spread, or surplus)
+
+    @property
+    def drawn_totals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rewards (M,), valid (M,)) of every drawn sample, M = rounds·B·G, as `rewards` / `valid`."""
+        return _totals(self.drawn)
 
 
 def reward_columns(problems: list[Problem], group_size: int) -> dict[str, list]:
@@ -128,7 +131,7 @@ def collect(state, cfg: Config, build_prompt, completion_prefix: str, timer: Pha
         problems, ro, scored = rounds[0]
         r, v = _totals(scored)
     all_ro = [ro_ for _, ro_, _ in rounds]
-    return Batch(problems=problems, ro=ro, rewards=r, valid=v, drawn=drawn, drawn_rewards=drawn_r, drawn_valid=drawn_v,
+    return Batch(problems=problems, ro=ro, rewards=r, valid=v, drawn=drawn,
                  drawn_lengths=torch.cat([x.lengths.cpu() for x in all_ro]),
                  drawn_truncated=torch.cat([x.truncated.cpu() for x in all_ro]),
                  drawn_prompt_tokens=sum(len(x.prompt_ids[b]) for x in all_ro for b in x.group.tolist()),
