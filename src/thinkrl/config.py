@@ -67,9 +67,15 @@ class GRPOConfig:
     loss_type: str = opt("", "Shortcut with TRL's names, setting loss_aggregation, advantage_scale and policy_loss: "
                              "grpo (the paper's), bnpo, dapo (TRL's default), dr_grpo, gspo, cispo; empty = those "
                              "three as given. Paper: grpo.")
-    algo: str = opt("grpo", "grpo (the paper's: group-relative advantages, no critic), or ppo: a value model (a copy of "
-                            "the policy's backbone with a scalar head), per-token GAE advantages, the clipped value loss "
+    algo: str = opt("grpo", "grpo (the paper's: group-relative advantages, no critic), or ppo: a value model "
+                            "(`grpo.value_head`), per-token GAE advantages, the clipped value loss "
                             "(`trainers/ppo.py`). Paper: grpo.")
+    value_head: str = opt("copy", "PPO's critic: copy (the policy's backbone copied under a scalar head, its own "
+                                  "optimizer and updates; InstructGPT, OpenRLHF, verl) or shared (a scalar head on the "
+                                  "policy's own backbone, trained with it on policy loss + value_coef x value loss, "
+                                  "PPO Eq. 9; one backbone in memory).")
+    value_coef: float = opt(0.1, "PPO with value_head=shared: c1, the value loss's weight in the joint loss (PPO Eq. 9; "
+                                 "TRL's value-head PPO vf_coef: 0.1; OpenAI baselines (Atari): 0.5).")
     gae_gamma: float = opt(1.0, "PPO: GAE's discount γ. InstructGPT / OpenRLHF: 1.0.")
     gae_lambda: float = opt(0.95, "PPO: GAE's λ. OpenRLHF: 0.95.")
     value_lr: float = opt(0.0, "PPO: the value model's AdamW learning rate (0 = grpo.lr).")
@@ -304,6 +310,7 @@ def validate(cfg: Config) -> Config:
         "grpo.advantage_estimator": (g.advantage_estimator, tuple(sorted(registry.ADVANTAGE_ESTIMATORS))),
         "grpo.policy_loss": (g.policy_loss, tuple(sorted(registry.POLICY_LOSSES))),
         "grpo.algo": (g.algo, ("grpo", "ppo")),
+        "grpo.value_head": (g.value_head, ("copy", "shared")),
         "grpo.advantage_scale": (g.advantage_scale, grpo.ADVANTAGE_SCALES),
         "grpo.loss_aggregation": (g.loss_aggregation, grpo.LOSS_AGGREGATIONS),
         "grpo.kl_estimator": (g.kl_estimator, grpo.KL_ESTIMATORS),
@@ -338,6 +345,7 @@ def validate(cfg: Config) -> Config:
         "grpo.gae_lambda": (g.gae_lambda, 0 <= g.gae_lambda <= 1, "in [0, 1]"),
         "grpo.value_lr": (g.value_lr, g.value_lr >= 0, ">= 0 (0 = grpo.lr)"),
         "grpo.value_clip": (g.value_clip, g.value_clip > 0, "> 0"),
+        "grpo.value_coef": (g.value_coef, g.value_coef > 0, "> 0"),
     }
     for key, (value, ok, allowed) in ranges.items():
         if not ok:

@@ -117,6 +117,44 @@ def run_sft(out: Path) -> dict:
             "loss_last": summary["loss_last_step"]}
 
 
+def run_kd(out: Path, topk: int) -> dict:
+    """Two epochs of logit KD (steps of 5 teacher sequences) from a perturbed teacher, plain SGD."""
+    from thinkrl.trainers.distill import DistillConfig, METHODS
+    from thinkrl.trainers.sft import SFTConfig
+
+    teacher, tok = _initial_model()
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        for p in teacher.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    student, _ = _initial_model()
+    gen = torch.Generator().manual_seed(2)
+    kept = [{"prompt_ids": tok(f"{i} + {i % 3} =")["input_ids"],
+             "completion_ids": torch.randint(5, len(tok), (2 + i % 5,), generator=gen).tolist()} for i in range(9)]
+    cfg = DistillConfig(method="logit_kd", teacher_topk=topk, sft=SFTConfig(
+        template="plain", epochs=2, batch_size=5, micro_batch_size=2, lr=1e-1, min_lr=1e-2, eos_check_prompts=0))
+    out.mkdir(parents=True, exist_ok=True)
+    adamw = torch.optim.AdamW
+    torch.optim.AdamW = lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr)  # see run_cases
+    try:
+        summary = METHODS["logit_kd"](teacher, student, tok, kept, cfg, out, lambda *_: None)
+    finally:
+        torch.optim.AdamW = adamw
+    return {"params": [p.detach().clone() for p in student.parameters()], "loss_first": summary["loss_first_step"],
+            "loss_last": summary["loss_last_step"]}
+
+
+def run_teacher_samples() -> list[tuple]:
+    """The teacher's samples of 5 problems (2 each), as (problem index, sample, problem id)."""
+    from thinkrl.trainers.distill import DistillConfig, teacher_samples
+    from thinkrl.trainers.sft import SFTConfig
+
+    model, tok = _initial_model()
+    cfg = DistillConfig(samples_per_prompt=2, max_new_tokens=4, batch_prompts=2, sft=SFTConfig(template="plain"))
+    samples = teacher_samples(model, tok, sample_problems(5, "train", 0), cfg, log=lambda *_: None)
+    return [(s["index"], s["sample"], s["problem"].id) for s in samples]
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     import os
 
@@ -127,7 +165,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     env.init()
     try:
-        torch.save({"grpo": run_cases(B), "sft": run_sft(Path(out) / "sft")}, Path(out) / f"rank{rank}.pt")
+        torch.save({"grpo": run_cases(B), "sft": run_sft(Path(out) / "sft"), "kd": run_kd(Path(out) / "kd", 0),
+                    "kd_topk": run_kd(Path(out) / "kd_topk", 3), "teacher": run_teacher_samples()},
+                   Path(out) / f"rank{rank}.pt")
     finally:
         env.shutdown()
 
@@ -151,6 +191,24 @@ def test_sft_on_two_ranks_equals_one_process(two_ranks, tmp_path):
     for a, b, c in zip(one["params"], r0["params"], r1["params"]):
         assert torch.equal(b, c)
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("job,topk", [("kd", 0), ("kd_topk", 3)])
+def test_logit_kd_on_two_ranks_equals_one_process(two_ranks, tmp_path, job, topk):
+    """Logit KD (the teacher's full distribution, or its stored top-k, written by rank 0 alone)."""
+    torch.set_num_threads(1)
+    one = run_kd(tmp_path, topk)
+    r0, r1 = two_ranks[job]
+    assert r0["loss_first"] == pytest.approx(one["loss_first"], rel=1e-5)
+    assert r0["loss_last"] == pytest.approx(one["loss_last"], rel=1e-5) and r0["loss_last"] < one["loss_first"]
+    for a, b, c in zip(one["params"], r0["params"], r1["params"]):
+        assert torch.equal(b, c)
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
+def test_teacher_samples_are_shared_out_and_gathered_in_problem_order(two_ranks):
+    r0, r1 = two_ranks["teacher"]
+    assert r0 == r1 == [(i, k, sample_problems(5, "train", 0)[i].id) for i in range(5) for k in range(2)]
 
 
 def test_two_ranks_equal_one_process_with_the_whole_batch(two_ranks):
@@ -253,6 +311,99 @@ def test_sft_nproc_2_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert [json.loads(x)["step"] for x in (tmp_path / "sft/metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (tmp_path / "sft/final_model").is_dir() and out.stdout.count("wrote ") == 1
+
+
+def test_distill_nproc_2_end_to_end(tmp_path):
+    """`thinkrl distill --nproc 2` (logit KD, top-k stored): every problem's samples written once by
+    rank 0, metrics one line per step, the student saved."""
+    from thinkrl.models.tiny import SHIPPED_BASE
+
+    out = subprocess.run([sys.executable, "-m", "thinkrl", "distill", "--nproc", "2", "--teacher", str(SHIPPED_BASE),
+                          "--student", str(SHIPPED_BASE), "--data", "arithmetic", "--limit", "6", "--method", "logit_kd",
+                          "--teacher-topk", "4", "--samples-per-prompt", "2", "--max-new-tokens", "12",
+                          "--batch-size", "4", "--epochs", "1", "--eos-check-prompts", "0",
+                          "--output-dir", str(tmp_path / "kd")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "kd/teacher_samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and len({(r["id"], r["sample"]) for r in rows}) == 12
+    assert [json.loads(x)["step"] for x in (tmp_path / "kd/metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert (tmp_path / "kd/final_model").is_dir() and (tmp_path / "kd/teacher_topk.safetensors").exists()
+
+
+def train_job(run: Path, prompts_per_rank: int, resume: bool = False, crash_after: int = 0) -> None:
+    """`loop.train_run` of 6 GRPO steps (checkpoint every step) on samples fixed by the prompt, with
+    plain SGD (see run_cases); crash_after k: stop with an error once step k's checkpoint is written."""
+    from thinkrl.config import load_config
+    from thinkrl.models.tiny import SHIPPED_BASE
+    from thinkrl.trainers.grpo import grpo_step
+
+    def step(state, *a, **k):
+        if crash_after and state.step == crash_after:
+            raise KeyboardInterrupt("simulated crash")
+        return grpo_step(state, *a, **k)
+
+    real_sample, adamw = rollouts.sample, torch.optim.AdamW
+    rollouts.sample = _fake_sample
+    torch.optim.AdamW = lambda params, lr, **_: torch.optim.SGD(params, lr=lr)
+    rewards.register("test_dp_length")(_length_reward)
+    try:
+        cfg = None if resume else load_config(overrides=[
+            f"model.path={SHIPPED_BASE}", f"run.output_dir={run}", "grpo.steps=6", f"grpo.prompts_per_step={prompts_per_rank}",
+            "grpo.group_size=4", "grpo.max_new_tokens=8", "grpo.lr=0.05", "grpo.micro_batch_size=3", "data.eval_size=2",
+            "run.eval_samples=1", "run.checkpoint_every=1", "run.progress=false", "rewards.weights={test_dp_length: 1.0}"])
+        try:
+            loop.train_run(cfg, resume=str(run) if resume else None, log=lambda *_: None, step_fn=step)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        rollouts.sample, torch.optim.AdamW = real_sample, adamw
+        rewards.REWARDS.pop("test_dp_length")
+
+
+def _train_worker(rank: int, world: int, port: int, run: str, prompts_per_rank: int, resume: bool, crash: int):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from thinkrl.distributed import env
+
+    env.init()
+    try:
+        train_job(Path(run), prompts_per_rank, resume, crash)
+    finally:
+        env.shutdown()
+
+
+def _on_two_ranks(run: Path, resume: bool = False, crash: int = 0) -> None:
+    mp.start_processes(_train_worker, args=(2, _free_port(), str(run), 2, resume, crash), nprocs=2,
+                       start_method="spawn", join=True)
+
+
+def test_resume_on_another_number_of_ranks(tmp_path):
+    """3 steps on 2 ranks + 3 resumed on 1, and 3 on 1 + 3 resumed on 2, end with the weights of 6
+    uninterrupted steps on 2 ranks: the checkpoint holds the global stream position, the resume
+    keeps the global batch (4 prompts a step: 2 per rank, or 4 on one), weights and optimizer."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    _on_two_ranks(tmp_path / "straight")
+    _on_two_ranks(tmp_path / "two_then_one", crash=3)
+    train_job(tmp_path / "two_then_one", 0, resume=True)
+    train_job(tmp_path / "one_then_two", 4, crash_after=3)
+    _on_two_ranks(tmp_path / "one_then_two", resume=True)
+    final = {name: load_file(str(tmp_path / name / "final_model/model.safetensors"))
+             for name in ("straight", "two_then_one", "one_then_two")}
+    first = load_file(str(tmp_path / "straight/checkpoints/step-000006/model.safetensors"))
+    start = tiny.SHIPPED_BASE / "model.safetensors"
+    moved = load_file(str(start))
+    assert any((first[k] - moved[k]).abs().max() > 1e-3 for k in first)  # 6 steps moved the weights
+    for name in ("two_then_one", "one_then_two"):
+        steps = [json.loads(x)["step"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1, 2, 3, 4, 5, 6], name
+        for k in final["straight"]:
+            torch.testing.assert_close(final[name][k], final["straight"][k], atol=1e-6, rtol=1e-5,
+                                       msg=lambda m: f"{name} {k}: {m}")
 
 
 def _worker_pid(mark: str, rank: int) -> int | None:

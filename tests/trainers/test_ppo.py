@@ -23,13 +23,14 @@ def test_whiten_uses_the_masked_entries_only():
     torch.testing.assert_close(out, torch.tensor([[-1.0 / s, 1.0 / s, 0.0]]), rtol=1e-5, atol=1e-6)
 
 
-def test_values_are_the_states_before_each_completion_token(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("layout", ["copy", "shared"])
+def test_values_are_the_states_before_each_completion_token(tiny_model, tiny_tokenizer, layout):
     """token_values on a batch equals the value model run on each prompt + completion alone."""
     from thinkrl.engine.sampler import SamplingParams, sample
-    from thinkrl.trainers.ppo import new_value_model
+    from thinkrl.models.value_model import VALUE_HEADS
 
     torch.manual_seed(0)
-    vm = new_value_model(tiny_model).eval()
+    vm = VALUE_HEADS[layout](tiny_model).eval()
     prompts = [tiny_tokenizer("1 + 2 =")["input_ids"], tiny_tokenizer("7 * 8 = ? , the")["input_ids"]]
     ro = sample(tiny_model, tiny_tokenizer, prompts, 2, SamplingParams(max_new_tokens=6), torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -50,12 +51,17 @@ def length_reward():
     rewards.REWARDS.pop("test_ppo_length")
 
 
-def test_ppo_step_trains_policy_and_critic(tiny_model, tiny_tokenizer, length_reward):
+@pytest.mark.parametrize("layout", ["copy", "shared"])
+def test_ppo_step_trains_policy_and_critic(tiny_model, tiny_tokenizer, length_reward, layout):
     cfg = Config()
     g = cfg.grpo
     g.algo, g.prompts_per_step, g.group_size, g.max_new_tokens, g.lr, g.beta, g.mu = "ppo", 2, 4, 10, 1e-2, 0.04, 2
+    g.value_head = layout
     cfg.rewards.weights = {length_reward: 1.0}
     state = loop.new_train_state(tiny_model, tiny_tokenizer, cfg, sample_problems(8, "train", 0))
+    if layout == "shared":  # the head alone is the critic's; it trains in the policy's optimizer
+        assert [p.shape for p in state.value_model.parameters()] == [torch.Size([1, 32]), torch.Size([1])]
+        assert state.value_optimizer is None and len(state.optimizer.param_groups) == 2
     policy0 = [p.detach().clone() for p in tiny_model.parameters()]
     critic0 = [p.detach().clone() for p in state.value_model.parameters()]
     m = ppo_step(state, cfg, lambda q: q)
@@ -66,7 +72,8 @@ def test_ppo_step_trains_policy_and_critic(tiny_model, tiny_tokenizer, length_re
     assert state.step == 1
 
 
-def test_ppo_resume_restores_the_critic(tmp_path, length_reward):
+@pytest.mark.parametrize("layout", ["copy", "shared"])
+def test_ppo_resume_restores_the_critic(tmp_path, length_reward, layout):
     """A PPO run cut after its step-2 checkpoint and resumed ends with the same policy and critic."""
     from safetensors.torch import load_file
 
@@ -78,7 +85,7 @@ def test_ppo_resume_restores_the_critic(tmp_path, length_reward):
             f"model.path={SHIPPED_BASE}", f"run.output_dir={tmp_path / name}", "grpo.algo=ppo", "grpo.steps=3",
             "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.max_new_tokens=12", "grpo.mu=2",
             "data.train_size=16", "data.eval_size=2", "run.eval_samples=1", "run.checkpoint_every=1",
-            "run.progress=false", f"rewards.weights={{{length_reward}: 1.0}}"])
+            "run.progress=false", f"rewards.weights={{{length_reward}: 1.0}}", f"grpo.value_head={layout}"])
 
     straight = loop.train_run(cfg("straight"), log=lambda *_: None)
 

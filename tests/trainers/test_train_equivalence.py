@@ -292,3 +292,67 @@ def test_token_advantages_through_the_optimised_path():
     assert loss == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
     for a, b in zip(fast, grads(model)):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("beta,detach_old", [(0.0, False), (0.04, True)])
+def test_shared_value_head_joint_loss_through_the_optimised_path(beta, detach_old):
+    """PPO Eq. 9 on a shared backbone: each micro-batch's policy loss + c₁ × its share of the
+    clipped value loss, through micro-batches, shared prompts and the head's forward-built
+    gradients, equals the plain reference: every sequence alone through the full model and
+    the backbone + value head, token means over the whole batch, both losses in one backward."""
+    from thinkrl.algos.value import clipped_value_loss
+    from thinkrl.models.value_model import SharedValueHead
+    from thinkrl.trainers.ppo import joint_value_loss
+
+    model, ro = tiny(tie=True), make_rollout()
+    torch.manual_seed(1)
+    vm = SharedValueHead(model)
+    g = GRPOConfig(beta=beta, loss_aggregation="token_mean", temperature=0.8, logprob_chunk=3, micro_batch_size=3,
+                   max_new_tokens=7, epsilon_low=0.2, epsilon_high=0.2)
+    ref_model = tiny(seed=3, tie=True)
+    gen = torch.Generator().manual_seed(5)
+    mask = ro.completion_mask
+    adv = (torch.rand(mask.shape, generator=gen) - 0.5) * mask  # (N, T)
+    old_v = torch.randn(mask.shape, generator=gen) * mask  # (N, T)
+    returns = (old_v + torch.randn(mask.shape, generator=gen)) * mask  # (N, T) some moves beyond the clip
+    with torch.no_grad():
+        own = trainer._score(trainer._Logprobs(ro, g, PAD), model, len(ro.texts), 5, ro.logprobs)
+        ref_logp = trainer._score(trainer._Logprobs(ro, g, PAD), ref_model, len(ro.texts), 5, ro.logprobs)
+    old_logp = None if detach_old else own + (torch.rand(own.shape, generator=gen) - 0.5) * 0.6
+    log = []
+    params = list(model.parameters()) + list(vm.parameters())
+    for p in params:
+        p.grad = None
+    loss, _ = trainer.minibatch_gradients(
+        model, trainer._Logprobs(ro, g, PAD), ro, torch.arange(len(ro.texts)), adv, old_logp,
+        ref_logp if beta else None, g, 3, skip_zero=True, forward_context=lambda: trainer.precision(model, False, True),
+        stats={"clip_frac": [], "entropy": [], "kl": []},
+        joint_loss=joint_value_loss(vm, ro, PAD, old_v, returns, mask, 0.2, 0.5, log))
+    fast = [p.grad.clone() for p in params]
+    assert 0 < sum(f * t for _, f, t in log) / sum(t for *_, t in log) < 1  # both branches of the value clip
+    for p in params:
+        p.grad = None
+    policy_terms, values, n_tok = [], [], 0
+    for n in range(len(ro.texts)):
+        prompt, c = ro.prompt_ids[int(ro.group[n])], ro.completion_ids[n, : ro.lengths[n]].tolist()
+        seq = torch.tensor([prompt + c])  # (1, P + C)
+        logits = model(input_ids=seq).logits[0, len(prompt) - 1 : -1].float()
+        logp = F.log_softmax(logits / 0.8, -1).gather(-1, torch.tensor(c)[:, None])[:, 0]  # (C,)
+        old = logp.detach() if old_logp is None else old_logp[n, : len(c)]
+        ratio, a = torch.exp(logp - old), adv[n, : len(c)]
+        terms = torch.minimum(ratio * a, ratio.clamp(0.8, 1.2) * a)  # (C,)
+        if beta:
+            ref = ref_logp[n, : len(c)]
+            terms = terms - beta * (torch.exp(ref - logp) - (ref - logp) - 1)  # k3
+        policy_terms.append(terms.sum())
+        h = model.model(input_ids=seq).last_hidden_state  # (1, P + C, H)
+        values.append(vm.head(h)[0, len(prompt) - 1 : -1, 0])  # (C,) V before each completion token
+        n_tok += len(c)
+    v = torch.zeros(mask.shape)
+    v = v.index_put((mask.nonzero(as_tuple=True)), torch.cat(values))  # (N, T)
+    value_loss, _ = clipped_value_loss(v, old_v, returns, mask, 0.2)
+    policy = -torch.stack(policy_terms).sum() / n_tok
+    (policy + 0.5 * value_loss).backward()
+    assert loss == pytest.approx(policy.item(), rel=1e-5, abs=1e-6)
+    for a, b in zip(fast, [p.grad for p in params]):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)

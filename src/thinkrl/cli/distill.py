@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from thinkrl.cli.options import (add_config_options, add_dataclass_options, add_run_options, config_from_args,
-                                 output_dir, resolve_device)
+from thinkrl.cli.options import (add_config_options, add_dataclass_options, add_nproc_option, add_run_options,
+                                 config_from_args, output_dir, relaunch_under_torchrun, resolve_device)
 
 DISTILL_HELP = """\
 Distil a teacher into a student on a set of problems (DeepSeek-R1 §2.4): the teacher samples K
@@ -46,6 +46,7 @@ def add_distill_parser(sub, handler) -> None:
     p.add_argument("--question-field", default="question", metavar="F", help="question field of a .jsonl file")
     p.add_argument("--answer-field", default="answer", metavar="F", help="gold answer field of a .jsonl file")
     add_run_options(p)
+    add_nproc_option(p, "the teacher's problems and each step's examples split over them")
     add_dataclass_options(p, defaults, "teacher sampling and distillation")
     add_dataclass_options(p, defaults.sft, "student training (defaults: the paper's distillation settings)",
                           section="sft")
@@ -58,6 +59,7 @@ def distill_main(args) -> int:
     from transformers.utils import logging as hf_logging
 
     from thinkrl.config import ConfigError
+    from thinkrl.distributed import env as dist_env
     from thinkrl.trainers.distill import DistillConfig, check_same_tokenizer, distill, validate_config
     from thinkrl.models.loading import load_model
     from thinkrl.cli.sample import load_problems
@@ -71,12 +73,18 @@ def distill_main(args) -> int:
     problems = load_problems(args)  # before the models: bad data fails fast
     if not problems:
         raise ConfigError(f"--data {args.data}: no problems")
+    relaunched = relaunch_under_torchrun(args)
+    if relaunched is not None:
+        return relaunched
     device = resolve_device(args.device)
     hf_logging.disable_progress_bar()
     teacher, teacher_tok = load_model(args.teacher, args.teacher_gguf_file or "", args.dtype)
     student, student_tok = load_model(args.student, args.student_gguf_file or "", args.dtype)
     if cfg.method == "logit_kd":
         check_same_tokenizer(teacher_tok, student_tok, args.teacher, args.student)
-    distill(teacher.to(device), student.to(device), student_tok, problems, cfg, output_dir(args, "distill"),
-            teacher_tokenizer=teacher_tok)
+    try:
+        distill(teacher.to(device), student.to(device), student_tok, problems, cfg, output_dir(args, "distill"),
+                teacher_tokenizer=teacher_tok)
+    finally:
+        dist_env.shutdown()
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from thinkrl import config as config_mod
-from thinkrl.cli.options import add_config_options, resolve_config
+from thinkrl.cli.options import add_config_options, add_nproc_option, relaunch_under_torchrun, resolve_config
 from thinkrl.data.loaders import DataError
 
 TRAIN_HELP = """\
@@ -26,7 +26,6 @@ def _train(args) -> int:
     from transformers.utils import logging as hf_logging
 
     from thinkrl.distributed import env as dist_env
-    from thinkrl.distributed import launch
     from thinkrl.trainers.loop import train_run  # heavy imports only when training
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bars between the job's own lines
@@ -37,8 +36,9 @@ def _train(args) -> int:
     config_mod.validate(cfg)
     if args.resume and (args.config or args.overrides):
         raise config_mod.ConfigError("--resume takes the run's saved config; drop --config and overrides")
-    if args.nproc > 1 and not dist_env.launched():  # checked above, now the same command under torchrun
-        return launch.relaunch(args.nproc, launch.without_nproc(args.argv))
+    relaunched = relaunch_under_torchrun(args)  # checked above, now the same command under torchrun
+    if relaunched is not None:
+        return relaunched
     try:
         train_run(cfg, resume=args.resume)
     finally:
@@ -233,8 +233,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML recipe with sections model/data/grpo/rewards/run/base")
     train.add_argument("--output-dir", help="run directory (default runs/<timestamp>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last complete checkpoint")
-    train.add_argument("--nproc", type=int, default=1, metavar="N",
-                       help="data-parallel processes on this machine (torchrun; grpo.prompts_per_step is per process)")
+    add_nproc_option(train, "grpo.prompts_per_step is per process")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="override one option (see below)")
     train.set_defaults(func=_train)
     _add_build_base(sub)

@@ -155,6 +155,22 @@ def add_run_options(p) -> None:
                    help="weights dtype (float32 recommended on CPU)")
 
 
+def add_nproc_option(p, split: str) -> None:
+    """--nproc N: run the command data-parallel on N local processes (`distributed/launch.py`)."""
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help=f"data-parallel processes on this machine (torchrun; {split})")
+
+
+def relaunch_under_torchrun(args) -> int | None:
+    """With --nproc N > 1 outside torchrun: the same command under torchrun, its exit code; else None."""
+    from thinkrl.distributed import env as dist_env
+    from thinkrl.distributed import launch
+
+    if args.nproc > 1 and not dist_env.launched():
+        return launch.relaunch(args.nproc, launch.without_nproc(args.argv))
+    return None
+
+
 def resolve_device(name: str) -> str:
     """auto | cpu | cuda -> a torch device name; cuda without a device is a ConfigError."""
     import torch

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from thinkrl.cli.options import (add_config_options, add_dataclass_options, add_run_options, config_from_args,
-                                 output_dir, resolve_device)
+from thinkrl.cli.options import (add_config_options, add_dataclass_options, add_nproc_option, add_run_options,
+                                 config_from_args, output_dir, relaunch_under_torchrun, resolve_device)
 
 SFT_HELP = """\
 Supervised fine-tuning, loss on the response tokens only (R1 cold start, rejection-sampling
@@ -34,8 +34,7 @@ def add_sft_parser(sub, handler) -> None:
     p.add_argument("--data", required=True, metavar="FILE.jsonl", help="training rows (paper cold start: thousands "
                                                                          "of long-CoT examples)")
     add_run_options(p)
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="data-parallel processes on this machine (torchrun; each step's examples split over them)")
+    add_nproc_option(p, "each step's examples split over them")
     add_dataclass_options(p, SFTConfig(), "training (paper values in each help)")
     add_config_options(p, "sft")
     p.set_defaults(func=handler)
@@ -46,15 +45,15 @@ def sft_main(args) -> int:
     from transformers.utils import logging as hf_logging
 
     from thinkrl.distributed import env as dist_env
-    from thinkrl.distributed import launch
     from thinkrl.models.loading import load_model
     from thinkrl.trainers.sft import SFTConfig, load_sft_examples, train_sft, validate_config
 
     cfg = config_from_args(SFTConfig, args)
     validate_config(cfg)
     examples = load_sft_examples(args.data)  # before the model: bad data fails fast
-    if args.nproc > 1 and not dist_env.launched():
-        return launch.relaunch(args.nproc, launch.without_nproc(args.argv))
+    relaunched = relaunch_under_torchrun(args)
+    if relaunched is not None:
+        return relaunched
     device = resolve_device(args.device)
     hf_logging.disable_progress_bar()
     model, tokenizer = load_model(args.model, args.gguf_file or "", args.dtype)

@@ -50,8 +50,8 @@ def refuse_launched(what: str) -> None:
     if launched():
         from thinkrl.config import ConfigError
 
-        raise ConfigError(f"{what} runs in one process; data parallelism covers `thinkrl train` and `thinkrl sft` "
-                          "(run it without torchrun / --nproc)")
+        raise ConfigError(f"{what} runs in one process; data parallelism covers `thinkrl train` (GRPO), `sft` "
+                          "and `distill` (run it without torchrun / --nproc)")
 
 
 def current() -> World:

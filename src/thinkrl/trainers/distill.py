@@ -27,6 +27,10 @@
    and why it was dropped), `final_model/`, `metrics.jsonl`, `summary.json` (training plus
    the teacher's statistics).
 
+Under torchrun (`thinkrl distill --nproc N`) each rank samples the teacher on its share of the
+problems (every N-th, its own generator), the samples are gathered in problem order on every
+rank, and the student trains data-parallel in `sft.fit`; rank 0 writes the files.
+
 Left out: on-policy distillation (student-generated sequences, GKD), the ~200k
 non-reasoning samples, set-level dedup / contamination filters (`thinkrl sample` has
 them), sharded teachers, chunking the (n, V) teacher/student logits of a micro-batch.
@@ -49,7 +53,8 @@ from thinkrl import rewards
 from thinkrl.algos import kd
 from thinkrl.config import ConfigError, opt
 from thinkrl.data.loaders import DataError, Problem, write_jsonl
-from thinkrl.distributed.env import refuse_launched
+from thinkrl.distributed import data_parallel as dp
+from thinkrl.distributed import env as dist_env
 from thinkrl.engine.sampler import SamplingParams, sample
 from thinkrl.trainers.sft import SFTConfig, fit, response_logits, train_sft
 from thinkrl.trainers.sft import validate_config as validate_sft_config
@@ -149,29 +154,35 @@ def _prompt_ids(tokenizer, question: str, template: str, suffix: str) -> list[in
 
 
 def teacher_samples(teacher, tokenizer, problems: list[Problem], cfg: DistillConfig, log=print) -> list[dict]:
-    """K samples per problem: dicts with problem, prompt_ids, completion_ids, text, truncated, reward, correct."""
+    """K samples per problem: dicts with problem, index (the problem's), sample, prompt_ids,
+    completion_ids, text, truncated, reward, correct; in problem order. Under torchrun each
+    rank samples every world-size-th problem and every rank returns all of them."""
     from thinkrl.trainers.rollouts import reward_columns  # the trainer's per-sample reward columns
 
+    world = dist_env.current()
     template = resolve_template(cfg.sft.template, tokenizer)
     K = cfg.samples_per_prompt
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.teacher_temperature,
                             top_p=cfg.teacher_top_p, stop_strings=(cfg.stop,) if cfg.stop else ())
-    gen = torch.Generator(device=next(teacher.parameters()).device).manual_seed(cfg.sft.seed)
+    gen = torch.Generator(device=next(teacher.parameters()).device).manual_seed(cfg.sft.seed + 1_000_003 * world.rank)
+    mine = list(range(world.rank, len(problems), world.size))  # this rank's problems (all of them in one process)
     out = []
-    for first in range(0, len(problems), cfg.batch_prompts):
-        chunk = problems[first:first + cfg.batch_prompts]
+    for first in range(0, len(mine), cfg.batch_prompts):
+        index = mine[first:first + cfg.batch_prompts]
+        chunk = [problems[i] for i in index]
         prompts = [_prompt_ids(tokenizer, p.question, template, cfg.sft.suffix) for p in chunk]
         ro = sample(teacher, tokenizer, prompts, K, params, gen)
         scored = rewards.score(ro.texts, reward_columns(chunk, K), {cfg.reward: 1.0})
         for n, text in enumerate(ro.texts):
             r = scored.total[n]
-            out.append({"problem": chunk[n // K], "sample": n % K, "prompt_ids": prompts[n // K],
+            out.append({"problem": chunk[n // K], "index": index[n // K], "sample": n % K, "prompt_ids": prompts[n // K],
                         "completion_ids": ro.completion_ids[n, : int(ro.lengths[n])].tolist(), "text": text,
                         "truncated": bool(ro.truncated[n]), "reward": r,
                         "correct": r is not None and r >= cfg.min_reward})
-        log(f"teacher: {first + len(chunk)}/{len(problems)} problems, "
+        log(f"teacher: {first + len(chunk)}/{len(mine)} problems{' (this rank)' if world.size > 1 else ''}, "
             f"{sum(s['correct'] for s in out)}/{len(out)} samples correct")
-    return out
+    every = [s for part in dp.gather_objects(out) for s in part]
+    return sorted(every, key=lambda s: (s["index"], s["sample"]))
 
 
 def _drop_reason(s: dict, keep: str, method: str, fcfg) -> str | None:
@@ -223,7 +234,8 @@ def _sample_row(s: dict) -> dict:
 def _trace_sft(teacher, student, tokenizer, kept: list[dict], cfg: DistillConfig, output_dir: Path, log) -> dict:
     rows = [{"prompt": s["problem"].question, "response": s["text"], "id": s["problem"].id, "reward": s["reward"]}
             for s in kept]
-    write_jsonl(output_dir / "traces.jsonl", rows)
+    if dist_env.current().is_main:
+        write_jsonl(output_dir / "traces.jsonl", rows)
     return train_sft(student, tokenizer, rows, cfg.sft, output_dir, log)
 
 
@@ -269,7 +281,9 @@ def _logit_kd(teacher, student, tokenizer, kept: list[dict], cfg: DistillConfig,
     teacher.requires_grad_(False).eval()
     if cfg.teacher_topk:
         path = output_dir / "teacher_topk.safetensors"
-        _store_topk(teacher, encoded, cfg.teacher_topk, V, cfg.sft.micro_batch_size, pad_id, path)
+        if dist_env.current().is_main:  # written once, read by every rank
+            _store_topk(teacher, encoded, cfg.teacher_topk, V, cfg.sft.micro_batch_size, pad_id, path)
+        dp.barrier()
         stored = load_file(str(path))
         log(f"teacher top-{cfg.teacher_topk} log-probs of {stored['ids'].shape[0]} positions stored in {path}")
         offsets = stored["offsets"].tolist()
@@ -307,7 +321,8 @@ def distill(teacher, student, tokenizer, problems: list[Problem], cfg: DistillCo
     """
     start = time.time()
     validate_config(cfg)
-    refuse_launched("thinkrl distill")  # every rank would sample the teacher and write the same files
+    world = dist_env.init(str(next(student.parameters()).device))  # under torchrun: join the job
+    log = dist_env.main_only(log)
     teacher_tok = teacher_tokenizer if teacher_tokenizer is not None else tokenizer
     if cfg.method == "logit_kd":
         if teacher_tokenizer is not None:
@@ -327,7 +342,8 @@ def distill(teacher, student, tokenizer, problems: list[Problem], cfg: DistillCo
     t0 = time.time()
     samples = teacher_samples(teacher, teacher_tok, problems, cfg, log)
     kept, dropped = _select(samples, cfg, template)
-    write_jsonl(output_dir / "teacher_samples.jsonl", [_sample_row(s) for s in samples])
+    if world.is_main:
+        write_jsonl(output_dir / "teacher_samples.jsonl", [_sample_row(s) for s in samples])
     n = len(samples)
     teacher_stats = {"problems": len(problems), "samples": n, "kept": len(kept), "dropped": dropped,
                      "correct": sum(s["correct"] for s in samples) / n,
@@ -342,5 +358,6 @@ def distill(teacher, student, tokenizer, problems: list[Problem], cfg: DistillCo
     summary = METHODS[cfg.method](teacher, student, tokenizer, kept, cfg, output_dir, log)
     summary = {**summary, "method": cfg.method, "teacher": teacher_stats, "wall_seconds": time.time() - start,
                "distill_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "sft"}}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if world.is_main:
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -86,10 +86,12 @@ class TrainState:
     counters: dict = field(default_factory=lambda: {"skipped_updates": 0, "reward_none": 0})
 
 
-def make_optimizer(model, lr: float, weight_decay: float, warmup_steps: int):
+def make_optimizer(model, lr: float, weight_decay: float, warmup_steps: int, extra_groups: tuple[dict, ...] = ()):
     """AdamW on fp32 master weights, linear warm-up then constant (the paper's constant lr).
-    The fused kernel: one pass over each tensor, no full-size temporaries (less peak memory)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=True)
+    The fused kernel: one pass over each tensor, no full-size temporaries (less peak memory).
+    extra_groups: more parameter groups (a shared value head), under the same schedule."""
+    groups = [{"params": list(model.parameters())}, *extra_groups]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
     return opt, sched
 
@@ -206,7 +208,8 @@ def _separable(g, old_given: bool) -> bool:
 
 def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, ref_logp, g, micro: int,
                         skip_zero: bool, forward_context, stats: dict,
-                        gaps: list | None = None, counts: tuple[int, float] | None = None) -> tuple[float, int]:
+                        gaps: list | None = None, counts: tuple[int, float] | None = None,
+                        joint_loss=None) -> tuple[float, int]:
     """Accumulate into .grad the gradient of the GRPO loss of mini-batch `mb` (rows of the rollout).
 
     Rows are cut into chunks of whole prompts (`_prompt_chunks`), each chunk into
@@ -222,9 +225,11 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
     append each micro-batch's |log π_θ − log μ_sampler| over its tokens (n_tok,) to, or None.
     counts: (sequences, tokens) of the whole mini-batch when `mb` is one rank's share of it
     (data parallelism: the denominators are global); default: `mb`'s own.
-    Returns (mini-batch loss, rows run); appends stats.
+    joint_loss(rows, L, n_tok) -> a scalar added to each micro-batch's loss before its backward
+    (PPO's value loss on a shared backbone), run in the forward context; None: nothing added.
+    Returns (mini-batch policy loss, rows run); appends stats.
     """
-    rows = mb[adv[mb] != 0] if skip_zero and adv.dim() == 1 else mb  # zero-advantage rows: exactly zero gradient
+    rows = mb[adv[mb] != 0] if skip_zero and adv.dim() == 1 and joint_loss is None else mb  # zero-advantage rows: exactly zero gradient
     num_seqs, n_tok = counts or (len(mb), float(ro.completion_mask[mb].sum()))
     loss_sum = 0.0
     with cast_cache.fixed_weights():  # no update inside: the bf16 head copy made once for all micro-batches
@@ -251,7 +256,12 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
                     logp, ent = logprobs_of(model, part, L, want_entropy=True, states=states,
                                             grad_hint=hint)  # (m, L) each
                 loss, s = loss_of(logp)
-                loss.backward()
+                if joint_loss is None:
+                    loss.backward()
+                else:
+                    with forward_context():
+                        extra = joint_loss(part, L, n_tok)  # scalar with grad
+                    (loss + extra).backward()
                 if gaps is not None:
                     gaps.append(sampler_correction.token_gaps(logp, ro.logprobs[part, :L], mask).cpu())  # (n_tok,)
                 loss_sum += loss.item()
@@ -280,13 +290,15 @@ def _old_logprobs_source(g, bf16: bool) -> str:
 
 
 def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: str = "",
-              advantage_fn=None, after_update=None) -> dict:
+              advantage_fn=None, after_update=None, joint_loss_fn=None) -> dict:
     """One GRPO step on the next B questions (more with dynamic sampling). Returns the step's metrics.
 
     advantage_fn(state, batch, ref_logp) -> (N,) or (N, T) advantages replaces the group estimator
     (ref_logp (N, T): π_ref's log-probs of the samples, or None without a reference), and
-    after_update(state, batch) -> metrics runs after the policy's updates: PPO's critic
-    (`trainers/ppo.py`) enters through these two."""
+    after_update(state, batch) -> metrics runs after the policy's updates, and
+    joint_loss_fn(batch) -> `minibatch_gradients`' joint_loss adds a term to every micro-batch's
+    loss: PPO's critic (`trainers/ppo.py`) enters through these three. The optimizer's
+    parameters (the policy's, and a shared value head's) are clipped and stepped together."""
     g, model = cfg.grpo, state.model
     timer = PhaseTimer()
     G = g.group_size
@@ -320,6 +332,8 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
         train_rows = train_rows[~ro.truncated]  # DAPO's overlong filtering: out of the loss and its denominators
     trained_rows = 0
     world = current_world()
+    params = [p for group in state.optimizer.param_groups for p in group["params"]]  # what the optimizer steps
+    joint_loss = joint_loss_fn(batch) if joint_loss_fn is not None else None
     with timer("train"):
         model.train()
         for _ in range(g.mu):
@@ -334,11 +348,11 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
                 loss_sum, trained = minibatch_gradients(
                     model, logprobs_of, ro, mb, adv, None if old_source == "detach" else old_logp, ref_logp, g,
                     micro, skip_zero, lambda: precision(model, bf16, cfg.run.onednn), stats,
-                    gaps if not stats["loss"] else None, counts)
-                dp.all_reduce_gradients(model.parameters())  # summed: each rank's loss has the global denominators
+                    gaps if not stats["loss"] else None, counts, joint_loss)
+                dp.all_reduce_gradients(params)  # summed: each rank's loss has the global denominators
                 loss_sum = dp.all_reduce_sum(loss_sum)
                 trained_rows += trained
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(params, g.max_grad_norm)
                 if not (math.isfinite(loss_sum) and torch.isfinite(norm)):
                     state.counters["skipped_updates"] += 1  # the NaN never reaches the weights
                 else:

@@ -42,8 +42,9 @@ from thinkrl.trainers.report import write_report
 from thinkrl.rewards.verify import verify_many
 from thinkrl.engine.sampler import SamplingParams
 from thinkrl.models.tiny import SHIPPED_BASE
+from thinkrl.models.value_model import VALUE_HEADS
 from thinkrl.trainers.grpo import PromptStream, TrainState, grpo_step, make_optimizer, set_deterministic
-from thinkrl.trainers.ppo import new_value_model, ppo_step
+from thinkrl.trainers.ppo import ppo_step
 
 # One training step: (state, cfg, build_prompt: question -> prompt text, completion_prefix) ->
 # the step's metrics (a flat dict with at least "reward/total", "accuracy", "length/mean" and
@@ -106,17 +107,19 @@ def _new_run_dir(cfg: Config) -> Path:
 def new_train_state(model, tokenizer, cfg: Config, train_problems) -> TrainState:
     """A fresh run's state: AdamW and its schedule, the prompt stream, the sampler's generator
     on the model's device (the sampler draws on that device; its seed differs per rank), π_ref
-    (only when β > 0), and PPO's value model and its optimizer (grpo.algo=ppo)."""
+    (only when β > 0), and PPO's value model (grpo.algo=ppo) with its own optimizer, or, on the
+    policy's backbone (grpo.value_head=shared), its head as a second group of the policy's."""
     g = cfg.grpo
-    optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps)
+    critic = VALUE_HEADS[g.value_head](model) if g.algo == "ppo" else None
+    shared = g.algo == "ppo" and g.value_head == "shared"  # the head trains with the policy, in its optimizer
+    head_group = ({"params": list(critic.parameters()), "lr": g.value_lr or g.lr},) if shared else ()
+    optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps, head_group)
     device = next(model.parameters()).device
     state = TrainState(model, tokenizer, optimizer, scheduler, PromptStream(train_problems, cfg.run.seed),
                        torch.Generator(device=device).manual_seed(sampler_seed(cfg.run.seed, dist_env.current().rank)),
-                       ref_model=frozen_copy(model) if g.beta > 0 else None)
-    if g.algo == "ppo":
-        state.value_model = new_value_model(model)
-        state.value_optimizer = torch.optim.AdamW(state.value_model.parameters(), lr=g.value_lr or g.lr,
-                                                  betas=(0.9, 0.99))
+                       ref_model=frozen_copy(model) if g.beta > 0 else None, value_model=critic)
+    if critic is not None and not shared:
+        state.value_optimizer = torch.optim.AdamW(critic.parameters(), lr=g.value_lr or g.lr, betas=(0.9, 0.99))
     return state
 
 
@@ -173,10 +176,13 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     state = new_train_state(model, tokenizer, cfg, train_problems)
     log_file = JsonlLog(run_dir / "metrics.jsonl") if world.is_main else None
     if ckpt is not None:
-        restore(state, ckpt, cfg.run.seed)
+        saved_world = restore(state, ckpt, cfg.run.seed)
+        keep_global_batch(g, saved_world, world.size)
         if log_file:
             log_file.truncate_after(state.step)
-        log(f"resumed from {ckpt} at step {state.step}")
+        log(f"resumed from {ckpt} at step {state.step}" + (
+            f" on {world.size} ranks (saved on {saved_world}): {g.prompts_per_step} prompts per rank, the same "
+            "global batch" if saved_world != world.size else ""))
 
     step_fn = step_fn or STEP_FUNCTIONS[g.algo]
     name = getattr(step_fn, "__name__", "train").removesuffix("_step").upper()  # grpo_step -> GRPO
@@ -252,8 +258,9 @@ def save(state: TrainState, run_dir: Path, cfg: Config) -> None:
     dp.barrier()
 
 
-def restore(state: TrainState, ckpt: Path, seed: int) -> None:
-    """Load everything but the policy weights (already loaded from the checkpoint directory).
+def restore(state: TrainState, ckpt: Path, seed: int) -> int:
+    """Load everything but the policy weights (already loaded from the checkpoint directory);
+    returns the number of ranks that wrote the checkpoint (one RNG state each).
     RNG states: this rank's, when the checkpoint has the same number of ranks; otherwise (a
     resume on another world size) each rank's sampler is re-seeded from (seed, step, rank)."""
     payload = checkpoint.load_state(ckpt)
@@ -272,7 +279,20 @@ def restore(state: TrainState, ckpt: Path, seed: int) -> None:
         checkpoint.load_ref_weights(ckpt, state.ref_model)
     if state.value_model is not None:
         checkpoint.load_value_weights(ckpt, state.value_model)
+    if state.value_optimizer is not None:
         state.value_optimizer.load_state_dict(payload["value_optimizer"])
+    return len(saved)
+
+
+def keep_global_batch(g, saved_world: int, world: int) -> None:
+    """A resume on `world` ranks of a run saved on `saved_world`: grpo.prompts_per_step (per
+    rank) rescaled so that every step still trains the same prompts (the global batch)."""
+    total = g.prompts_per_step * saved_world
+    if total % world:
+        raise config_mod.ConfigError(f"--resume on {world} ranks: the run's {total} prompts per step "
+                                     f"({saved_world} ranks x grpo.prompts_per_step={g.prompts_per_step}) do not "
+                                     f"split over {world}; resume on a divisor of {total}")
+    g.prompts_per_step = total // world
 
 
 def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, wall: float, cfg_rewards: dict,

@@ -1,27 +1,28 @@
 """PPO for language models with a value model (Schulman et al. 2017; InstructGPT's setting), on
 GRPO's step: `thinkrl train grpo.algo=ppo`.
 
-What differs from GRPO (DeepSeekMath §4.1 draws exactly this contrast): a critic V_φ, here a
-copy of the policy's backbone with a scalar head per token (`new_value_model`), estimates the
-value of the state before each completion token; the outcome reward sits on the last token;
-advantages are per token, GAE(γ, λ) (`algos.advantages.gae`), whitened over the batch's tokens;
-the policy takes the same clipped-surrogate updates as GRPO (`grpo_step`, with per-token
-advantages); then the critic takes μ × mini-batch steps
-on the clipped value loss against the GAE returns (`algos.value`). Policy and critic are
-separate models, so updating the critic after the policy's updates equals interleaving them.
-Checkpoints carry the value model and its optimizer.
+What differs from GRPO (DeepSeekMath §4.1 draws exactly this contrast): a critic V_φ
+(`models/value_model.py`) estimates the value of the state before each completion token; the
+outcome reward sits on the last token; advantages are per token, GAE(γ, λ)
+(`algos.advantages.gae`), whitened over the batch's tokens; the policy takes the same
+clipped-surrogate updates as GRPO (`grpo_step`, with per-token advantages). The critic
+learns the clipped value loss against the GAE returns (`algos.value`), in one of two layouts
+(`grpo.value_head`):
+- copy: a separate model; after the policy's updates it takes its own μ × mini-batch steps.
+  Policy and critic share no weights, so this equals interleaving them.
+- shared: a head on the policy's backbone; every micro-batch's loss is the policy loss
+  + c₁ · value loss (PPO paper Eq. 9, c₁ = `grpo.value_coef`), one backward, one optimizer.
+Checkpoints carry the value model (the head alone when shared) and its optimizer.
 The KL to π_ref goes in the loss (k3, as GRPO), or with `grpo.kl_in_reward` into the reward
 as −β (log π_old − log π_ref) on every token (InstructGPT / OpenRLHF; then no KL term in the
-loss). Left out: a value head on the policy's own backbone, data parallelism (refused under torchrun).
+loss). Left out: data parallelism (refused under torchrun).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
-from transformers import AutoModelForTokenClassification
 
 from thinkrl.algos.advantages import gae_advantages
 from thinkrl.algos.value import clipped_value_loss
@@ -31,23 +32,31 @@ from thinkrl.engine.logprobs import build_batch
 from thinkrl.trainers.grpo import TrainState, grpo_step
 
 
-def new_value_model(policy) -> torch.nn.Module:
-    """The critic: the policy's backbone weights (copied) under a new scalar head per token."""
-    config = copy.deepcopy(policy.config)
-    config.num_labels = 1
-    config.classifier_dropout = 0.0  # the head's dropout (0.1 by default) would make the values noisy and runs irreproducible
-    vm = AutoModelForTokenClassification.from_config(config)
-    vm.base_model.load_state_dict(policy.base_model.state_dict())
-    return vm.to(next(policy.parameters()).device).train()
-
-
-def token_values(vm, ro, rows: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """V(state before each completion token) (n, L) for rollout rows (n,), 0 at padding."""
-    ids, attn, pos = build_batch(ro.prompt_ids, ro.group[rows], ro.completion_ids[rows], ro.completion_mask[rows],
-                                 pad_id)  # (n, P+L) each
-    L = ro.completion_ids.shape[1]
+def token_values(vm, ro, rows: torch.Tensor, pad_id: int, L: int | None = None) -> torch.Tensor:
+    """V(state before each completion token) (n, L) for rollout rows (n,), completions trimmed
+    to their first L tokens (default: all), 0 at padding."""
+    L = L or ro.completion_ids.shape[1]
+    mask = ro.completion_mask[rows, :L]  # (n, L)
+    ids, attn, pos = build_batch(ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L], mask, pad_id)  # (n, P+L)
     out = vm(input_ids=ids, attention_mask=attn, position_ids=pos).logits[..., 0]  # (n, P+L)
-    return out[:, -L - 1:-1].float() * ro.completion_mask[rows]  # (n, L)
+    return out[:, -L - 1:-1].float() * mask  # (n, L)
+
+
+def joint_value_loss(vm, ro, pad_id: int, old_v: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                     clip: float, coef: float, log: list | None = None):
+    """PPO Eq. 9's value term for `minibatch_gradients`' joint_loss: (rows, L, n_tok) -> coef ×
+    the clipped value loss of `rows`, weighted by their share of the mini-batch's n_tok tokens
+    (so the micro-batches sum to the mini-batch's token mean). old_v, returns, mask: (N, T).
+    log: a list to append each micro-batch's (loss, clipped share, tokens) to."""
+    def term(rows: torch.Tensor, L: int, n_tok: float) -> torch.Tensor:
+        v = token_values(vm, ro, rows, pad_id, L)  # (m, L)
+        r = rows.cpu()
+        m = mask[r, :L].to(v.device)
+        loss, frac = clipped_value_loss(v, old_v[r, :L].to(v.device), returns[r, :L].to(v.device), m, clip)
+        if log is not None:
+            log.append((loss.item(), frac.item(), float(m.sum())))
+        return coef * loss * (m.sum() / n_tok)
+    return term
 
 
 def outcome_on_last_token(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,9 +81,11 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tens
 
 
 def ppo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: str = "") -> dict:
-    """One PPO step: GRPO's sampling and policy updates with GAE advantages, then the critic's updates."""
+    """One PPO step: GRPO's sampling and policy updates with GAE advantages; the critic's loss
+    joins the policy's (shared head) or takes its own updates afterwards (copy)."""
     refuse_launched("grpo.algo=ppo")
     g, vm = cfg.grpo, state.value_model
+    shared = g.value_head == "shared"  # the head's loss joins the policy's (PPO Eq. 9)
     pad_id = state.tokenizer.pad_token_id
     saved: dict[str, torch.Tensor] = {}
 
@@ -91,31 +102,35 @@ def ppo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: st
         saved.update(old_v=old_v, returns=returns, mask=mask)
         return whiten(adv, mask)  # (N, L)
 
+    log: list[tuple[float, float, float]] = []  # (value loss, clipped share, tokens) per micro-batch
+
+    def value_term(batch):
+        return joint_value_loss(vm, batch.ro, pad_id, saved["old_v"], saved["returns"], saved["mask"], g.value_clip,
+                                g.value_coef if shared else 1.0, log)
+
     def value_updates(state: TrainState, batch) -> dict:
-        ro, N = batch.ro, len(batch.ro.texts)
-        losses, clipped, micro = [], [], g.micro_batch_size or N
-        for _ in range(g.mu):
+        """The copied critic's own μ × mini-batch steps (nothing to do for a shared head)."""
+        N, term = len(batch.ro.texts), value_term(batch)
+        for _ in range(g.mu if not shared else 0):
             for mb in torch.randperm(N, generator=state.generator, device=state.generator.device).cpu().chunk(g.minibatches):
                 state.value_optimizer.zero_grad(set_to_none=True)
-                n_tok = saved["mask"][mb].sum().clamp(min=1)
+                n_tok = float(saved["mask"][mb].sum().clamp(min=1))
                 total = 0.0
-                for rows in mb.split(micro):
-                    v = token_values(vm, ro, rows.to(ro.group.device), pad_id).cpu()  # (m, L)
-                    loss, frac = clipped_value_loss(v, saved["old_v"][rows], saved["returns"][rows], saved["mask"][rows],
-                                                    g.value_clip)
-                    share = saved["mask"][rows].sum() / n_tok  # token-mean over the mini-batch
-                    (loss * share).backward()
-                    total += (loss * share).item()
-                    clipped.append(frac.item())
+                for rows in mb.split(g.micro_batch_size or N):
+                    loss = term(rows.to(batch.ro.group.device), saved["mask"].shape[1], n_tok)  # token-mean share
+                    loss.backward()
+                    total += loss.item()
                 norm = torch.nn.utils.clip_grad_norm_(vm.parameters(), g.max_grad_norm)
                 if math.isfinite(total) and torch.isfinite(norm):
                     state.value_optimizer.step()
-                losses.append(total)
-        state.value_optimizer.zero_grad(set_to_none=True)
+            state.value_optimizer.zero_grad(set_to_none=True)
         m = saved["mask"]
         resid = (saved["returns"] - saved["old_v"])[m]
         explained = 1 - resid.var() / saved["returns"][m].var().clamp(min=1e-8) if m.sum() > 1 else torch.tensor(0.0)
-        return {"value/loss": sum(losses) / len(losses), "value/clip_frac": sum(clipped) / max(len(clipped), 1),
+        tokens = max(sum(t for *_, t in log), 1.0)
+        return {"value/loss": sum(v * t for v, _, t in log) / tokens,  # token mean over the step's updates
+                "value/clip_frac": sum(f * t for _, f, t in log) / tokens,
                 "value/explained_variance": explained.item()}
 
-    return grpo_step(state, cfg, build_prompt, completion_prefix, advantages, value_updates)
+    return grpo_step(state, cfg, build_prompt, completion_prefix, advantages, value_updates,
+                     value_term if shared else None)
