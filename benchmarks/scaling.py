@@ -1,5 +1,5 @@
 """Data parallelism on one CPU machine: the quickstart's GRPO phase as 1 process x 2 threads
-against 2 processes (torchrun, gloo) x 1 thread, the same global batch.
+against 2 processes (torchrun, gloo) x 1 thread, DDP-style and FSDP2, the same global batch.
 
     python benchmarks/scaling.py [--steps 20] [extra key=value ...]
 
@@ -26,13 +26,14 @@ B, G = 16, 8  # the quickstart's global batch
 
 def run(layout: str, steps: int, extra: list[str], out: Path) -> dict:
     nproc, threads = (1, 2) if layout == "1x2" else (2, 1)
+    parallel = "fsdp2" if layout.endswith("fsdp2") else "ddp"
     cmd = [sys.executable, "-m", "thinkrl", "train", "--nproc", str(nproc), "--output-dir", str(out),
            f"grpo.steps={steps}", f"grpo.prompts_per_step={B // nproc}", f"run.threads={threads}",
-           "data.eval_size=8", "run.eval_samples=1", "run.progress=false", *extra]
+           "data.eval_size=8", "run.eval_samples=1", "run.progress=false", f"run.parallel={parallel}", *extra]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     step = sum(m["time/step"] for m in metrics) / len(metrics)
-    return {"layout": layout, "processes": nproc, "threads": threads, "step_seconds": step,
+    return {"layout": layout, "processes": nproc, "threads": threads, "parallel": parallel, "step_seconds": step,
             "samples_per_s": B * G / step, "peak_rss_gib_per_process": max(m["peak_rss_gib"] for m in metrics)}
 
 
@@ -44,13 +45,13 @@ def main() -> None:
     from grpo_vs_trl import git_commit, machine_name
 
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(layout, args.steps, args.extra, Path(tmp) / layout) for layout in ("1x2", "2x1")]
+        rows = [run(layout, args.steps, args.extra, Path(tmp) / layout) for layout in ("1x2", "2x1", "2x1-fsdp2")]
     print("| layout | step s | samples/s | peak RSS GiB per process |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['processes']} process x {r['threads']} thread | {r['step_seconds']:.2f} | "
+        print(f"| {r['processes']} process x {r['threads']} thread, {r['parallel']} | {r['step_seconds']:.2f} | "
               f"{r['samples_per_s']:.0f} | {r['peak_rss_gib_per_process']:.2f} |")
     ratio = rows[1]["samples_per_s"] / rows[0]["samples_per_s"]
-    print(f"2x1 / 1x2 samples/s: {ratio:.2f}")
+    print(f"2x1 / 1x2 samples/s: {ratio:.2f} (ddp), {rows[2]['samples_per_s'] / rows[0]['samples_per_s']:.2f} (fsdp2)")
     machine = machine_name("cpu")
     path = HERE / "results" / machine / "scaling-quickstart.json"
     path.parent.mkdir(parents=True, exist_ok=True)

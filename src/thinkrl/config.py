@@ -156,6 +156,9 @@ class RunConfig:
     deterministic: bool = opt(True, "torch deterministic algorithms (warn-only): with 2+ threads, the prompt-sharing "
                                     "gather's backward otherwise accumulates in a varying order, and resumes drift by 1 ulp.")
     progress: bool = opt(True, "Show a progress bar.")
+    parallel: str = opt("ddp", "Under torchrun (--nproc N): ddp (every rank holds the whole model, gradients summed) "
+                               "or fsdp2 (parameters, gradients and optimizer state sharded by torch's fully_shard; "
+                               "docs/distributed.md says what it costs). One process: ignored.")
 
 
 @dataclass
@@ -317,6 +320,7 @@ def validate(cfg: Config) -> Config:
         "data.template": (cfg.data.template, tuple(PROMPT_BUILDERS)),
         "model.dtype": (cfg.model.dtype, ("float32", "bfloat16")),
         "run.precision": (cfg.run.precision, ("fp32", "bf16")),
+        "run.parallel": (cfg.run.parallel, ("ddp", "fsdp2")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -65,8 +65,11 @@ def _initial_model():
     return tiny.build_model(tiny.BaseModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64), tok), tok
 
 
-def run_cases(prompts_per_step: int) -> list[dict]:
-    """One GRPO step per case from the same initial model; the updated parameters and the loss."""
+def run_cases(prompts_per_step: int, parallel: str = "ddp") -> list[dict]:
+    """One GRPO step per case from the same initial model; the updated parameters and the loss
+    (whole tensors: gathered from the shards under FSDP2)."""
+    from thinkrl.distributed.fsdp import local
+
     real = rollouts.sample
     rollouts.sample = _fake_sample
     rewards.register("test_dp_length")(_length_reward)
@@ -79,15 +82,17 @@ def run_cases(prompts_per_step: int) -> list[dict]:
             g.prompts_per_step, g.group_size, g.max_new_tokens, g.lr = prompts_per_step, G, 8, 1e-2
             g.beta, g.loss_aggregation, g.advantage_scale, g.mu, g.micro_batch_size = beta, aggregation, scale, mu, 3
             cfg.rewards.weights = {"test_dp_length": 1.0}
+            cfg.run.parallel = parallel
             state = loop.new_train_state(model, tok, cfg, sample_problems(16, "train", 0))
             # plain SGD: the update is lr x the gradient, so parameters compare as tightly as gradients
             # (Adam's first step, ~lr x sign(g), would turn a 1e-9 difference in a near-zero gradient into 1e-2)
             state.optimizer = torch.optim.SGD(model.parameters(), lr=g.lr)
             state.scheduler = torch.optim.lr_scheduler.LambdaLR(state.optimizer, lambda s: 1.0)
             grads = []
-            state.optimizer.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in model.parameters()]))
+            state.optimizer.register_step_pre_hook(
+                lambda *_: grads.append([local(p.grad).clone() for p in model.parameters()]))
             m = grpo_step(state, cfg, lambda q: q)
-            out.append({"params": [p.detach().clone() for p in model.parameters()], "grads": grads, "loss": m["loss"],
+            out.append({"params": [local(p.detach()).clone() for p in model.parameters()], "grads": grads, "loss": m["loss"],
                         "reward": m["reward/total"], "rows": m["trained_rows"]})
         return out
     finally:
@@ -99,26 +104,28 @@ def _length_reward(completions, **_):
     return [float(len(c) % 7) for c in completions]
 
 
-def run_sft(out: Path) -> dict:
+def run_sft(out: Path, parallel: str = "ddp") -> dict:
     """Two epochs of SFT (steps of 5 examples: the ranks get 3 and 2) with plain SGD; parameters and losses."""
+    from thinkrl.distributed.fsdp import local
     from thinkrl.trainers.sft import SFTConfig, train_sft
 
     model, tok = _initial_model()
     examples = [{"prompt": f"{i} + {i % 3} =", "response": f" {i + i % 3}" * (1 + i % 4)} for i in range(9)]
     cfg = SFTConfig(template="plain", epochs=2, batch_size=5, micro_batch_size=2, lr=1e-2, min_lr=1e-3,
-                    eos_check_prompts=0)
+                    eos_check_prompts=2, parallel=parallel)
     adamw = torch.optim.AdamW
     torch.optim.AdamW = lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr)  # see run_cases
     try:
         summary = train_sft(model, tok, examples, cfg, out, log=lambda *_: None)
     finally:
         torch.optim.AdamW = adamw
-    return {"params": [p.detach().clone() for p in model.parameters()], "loss_first": summary["loss_first_step"],
+    return {"params": [local(p.detach()).clone() for p in model.parameters()], "loss_first": summary["loss_first_step"],
             "loss_last": summary["loss_last_step"]}
 
 
-def run_kd(out: Path, topk: int) -> dict:
+def run_kd(out: Path, topk: int, parallel: str = "ddp") -> dict:
     """Two epochs of logit KD (steps of 5 teacher sequences) from a perturbed teacher, plain SGD."""
+    from thinkrl.distributed.fsdp import local
     from thinkrl.trainers.distill import DistillConfig, METHODS
     from thinkrl.trainers.sft import SFTConfig
 
@@ -132,7 +139,8 @@ def run_kd(out: Path, topk: int) -> dict:
     kept = [{"prompt_ids": tok(f"{i} + {i % 3} =")["input_ids"],
              "completion_ids": torch.randint(5, len(tok), (2 + i % 5,), generator=gen).tolist()} for i in range(9)]
     cfg = DistillConfig(method="logit_kd", teacher_topk=topk, sft=SFTConfig(
-        template="plain", epochs=2, batch_size=5, micro_batch_size=2, lr=1e-1, min_lr=1e-2, eos_check_prompts=0))
+        template="plain", epochs=2, batch_size=5, micro_batch_size=2, lr=1e-1, min_lr=1e-2, eos_check_prompts=0,
+        parallel=parallel))
     out.mkdir(parents=True, exist_ok=True)
     adamw = torch.optim.AdamW
     torch.optim.AdamW = lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr)  # see run_cases
@@ -140,7 +148,7 @@ def run_kd(out: Path, topk: int) -> dict:
         summary = METHODS["logit_kd"](teacher, student, tok, kept, cfg, out, lambda *_: None)
     finally:
         torch.optim.AdamW = adamw
-    return {"params": [p.detach().clone() for p in student.parameters()], "loss_first": summary["loss_first_step"],
+    return {"params": [local(p.detach()).clone() for p in student.parameters()], "loss_first": summary["loss_first_step"],
             "loss_last": summary["loss_last_step"]}
 
 
@@ -165,7 +173,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     env.init()
     try:
-        torch.save({"grpo": run_cases(B), "sft": run_sft(Path(out) / "sft"), "kd": run_kd(Path(out) / "kd", 0),
+        torch.save({"grpo": run_cases(B), "grpo_fsdp2": run_cases(B, "fsdp2"), "sft": run_sft(Path(out) / "sft"),
+                    "sft_fsdp2": run_sft(Path(out) / "sft_fsdp2", "fsdp2"), "kd": run_kd(Path(out) / "kd", 0),
+                    "kd_fsdp2": run_kd(Path(out) / "kd_fsdp2", 0, "fsdp2"),
                     "kd_topk": run_kd(Path(out) / "kd_topk", 3), "teacher": run_teacher_samples()},
                    Path(out) / f"rank{rank}.pt")
     finally:
@@ -178,14 +188,16 @@ def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
     mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, start_method="spawn", join=True)
     results = [torch.load(out / f"rank{r}.pt") for r in range(2)]
-    assert (out / "sft/final_model").is_dir() and (out / "sft/summary.json").exists()  # written once, by rank 0
+    for job in ("sft", "sft_fsdp2", "kd_fsdp2"):  # written once, by rank 0
+        assert (out / job / "final_model").is_dir() and (out / job / "summary.json").exists()
     return {job: [r[job] for r in results] for job in results[0]}
 
 
-def test_sft_on_two_ranks_equals_one_process(two_ranks, tmp_path):
+@pytest.mark.parametrize("job", ["sft", "sft_fsdp2"])
+def test_sft_on_two_ranks_equals_one_process(two_ranks, tmp_path, job):
     torch.set_num_threads(1)
     one = run_sft(tmp_path)
-    r0, r1 = two_ranks["sft"]
+    r0, r1 = two_ranks[job]
     assert r0["loss_first"] == pytest.approx(one["loss_first"], rel=1e-5)
     assert r0["loss_last"] == pytest.approx(one["loss_last"], rel=1e-5) and r0["loss_last"] != one["loss_first"]
     for a, b, c in zip(one["params"], r0["params"], r1["params"]):
@@ -193,7 +205,7 @@ def test_sft_on_two_ranks_equals_one_process(two_ranks, tmp_path):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("job,topk", [("kd", 0), ("kd_topk", 3)])
+@pytest.mark.parametrize("job,topk", [("kd", 0), ("kd_topk", 3), ("kd_fsdp2", 0)])
 def test_logit_kd_on_two_ranks_equals_one_process(two_ranks, tmp_path, job, topk):
     """Logit KD (the teacher's full distribution, or its stored top-k, written by rank 0 alone)."""
     torch.set_num_threads(1)
@@ -211,8 +223,9 @@ def test_teacher_samples_are_shared_out_and_gathered_in_problem_order(two_ranks)
     assert r0 == r1 == [(i, k, sample_problems(5, "train", 0)[i].id) for i in range(5) for k in range(2)]
 
 
-def test_two_ranks_equal_one_process_with_the_whole_batch(two_ranks):
-    ranks = two_ranks["grpo"]
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_two_ranks_equal_one_process_with_the_whole_batch(two_ranks, parallel):
+    ranks = two_ranks["grpo" if parallel == "ddp" else "grpo_fsdp2"]
     torch.set_num_threads(1)
     single = run_cases(2 * B)
     for case, one, r0, r1 in zip(CASES, single, *ranks):
@@ -330,9 +343,11 @@ def test_distill_nproc_2_end_to_end(tmp_path):
     assert (tmp_path / "kd/final_model").is_dir() and (tmp_path / "kd/teacher_topk.safetensors").exists()
 
 
-def train_job(run: Path, prompts_per_rank: int, resume: bool = False, crash_after: int = 0) -> None:
+def train_job(run: Path, prompts_per_rank: int, resume: bool = False, crash_after: int = 0,
+              parallel: str = "ddp") -> None:
     """`loop.train_run` of 6 GRPO steps (checkpoint every step) on samples fixed by the prompt, with
-    plain SGD (see run_cases); crash_after k: stop with an error once step k's checkpoint is written."""
+    SGD with momentum (linear in the gradients, see run_cases, and a state to checkpoint);
+    crash_after k: stop with an error once step k's checkpoint is written."""
     from thinkrl.config import load_config
     from thinkrl.models.tiny import SHIPPED_BASE
     from thinkrl.trainers.grpo import grpo_step
@@ -344,13 +359,14 @@ def train_job(run: Path, prompts_per_rank: int, resume: bool = False, crash_afte
 
     real_sample, adamw = rollouts.sample, torch.optim.AdamW
     rollouts.sample = _fake_sample
-    torch.optim.AdamW = lambda params, lr, **_: torch.optim.SGD(params, lr=lr)
+    torch.optim.AdamW = lambda params, lr, **_: torch.optim.SGD(params, lr=lr, momentum=0.9)
     rewards.register("test_dp_length")(_length_reward)
     try:
         cfg = None if resume else load_config(overrides=[
             f"model.path={SHIPPED_BASE}", f"run.output_dir={run}", "grpo.steps=6", f"grpo.prompts_per_step={prompts_per_rank}",
             "grpo.group_size=4", "grpo.max_new_tokens=8", "grpo.lr=0.05", "grpo.micro_batch_size=3", "data.eval_size=2",
-            "run.eval_samples=1", "run.checkpoint_every=1", "run.progress=false", "rewards.weights={test_dp_length: 1.0}"])
+            "run.eval_samples=1", "run.checkpoint_every=1", "run.progress=false", "rewards.weights={test_dp_length: 1.0}",
+            f"run.parallel={parallel}"])
         try:
             loop.train_run(cfg, resume=str(run) if resume else None, log=lambda *_: None, step_fn=step)
         except KeyboardInterrupt:
@@ -360,7 +376,8 @@ def train_job(run: Path, prompts_per_rank: int, resume: bool = False, crash_afte
         rewards.REWARDS.pop("test_dp_length")
 
 
-def _train_worker(rank: int, world: int, port: int, run: str, prompts_per_rank: int, resume: bool, crash: int):
+def _train_worker(rank: int, world: int, port: int, run: str, prompts_per_rank: int, resume: bool, crash: int,
+                  parallel: str):
     import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -370,27 +387,32 @@ def _train_worker(rank: int, world: int, port: int, run: str, prompts_per_rank: 
 
     env.init()
     try:
-        train_job(Path(run), prompts_per_rank, resume, crash)
+        train_job(Path(run), prompts_per_rank, resume, crash, parallel)
     finally:
         env.shutdown()
 
 
-def _on_two_ranks(run: Path, resume: bool = False, crash: int = 0) -> None:
-    mp.start_processes(_train_worker, args=(2, _free_port(), str(run), 2, resume, crash), nprocs=2,
+def _on_two_ranks(run: Path, resume: bool = False, crash: int = 0, parallel: str = "ddp") -> None:
+    mp.start_processes(_train_worker, args=(2, _free_port(), str(run), 2, resume, crash, parallel), nprocs=2,
                        start_method="spawn", join=True)
 
 
-def test_resume_on_another_number_of_ranks(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_resume_on_another_number_of_ranks(tmp_path, parallel):
     """3 steps on 2 ranks + 3 resumed on 1, and 3 on 1 + 3 resumed on 2, end with the weights of 6
     uninterrupted steps on 2 ranks: the checkpoint holds the global stream position, the resume
-    keeps the global batch (4 prompts a step: 2 per rank, or 4 on one), weights and optimizer."""
+    keeps the global batch (4 prompts a step: 2 per rank, or 4 on one), weights and optimizer
+    state (FSDP2: written sharded by torch.distributed.checkpoint, read back on 1 rank; and a
+    one-process checkpoint read into 2 ranks' shards)."""
     from safetensors.torch import load_file
 
     torch.set_num_threads(1)
-    _on_two_ranks(tmp_path / "straight")
-    _on_two_ranks(tmp_path / "two_then_one", crash=3)
+    _on_two_ranks(tmp_path / "straight", parallel=parallel)
+    _on_two_ranks(tmp_path / "two_then_one", crash=3, parallel=parallel)
+    if parallel == "fsdp2":
+        assert (tmp_path / "two_then_one/checkpoints/step-000003/optimizer/.metadata").exists()
     train_job(tmp_path / "two_then_one", 0, resume=True)
-    train_job(tmp_path / "one_then_two", 4, crash_after=3)
+    train_job(tmp_path / "one_then_two", 4, crash_after=3, parallel=parallel)
     _on_two_ranks(tmp_path / "one_then_two", resume=True)
     final = {name: load_file(str(tmp_path / name / "final_model/model.safetensors"))
              for name in ("straight", "two_then_one", "one_then_two")}

@@ -8,13 +8,14 @@ denominators (`all_reduce_sum` of the local counts), so the summed gradient is e
 one-process gradient of the whole batch. The DDP module wrapper itself is not used: the
 training forward calls the model's submodules directly (prompt sharing, the chunked LM head),
 and DDP synchronises only through its own `forward`.
-Left out: overlapping the all-reduce with the backward (DDP's buckets), FSDP2 sharding.
+Left out: overlapping the all-reduce with the backward (DDP's buckets).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from thinkrl.distributed.env import World, current
 
@@ -87,10 +88,18 @@ def barrier() -> None:
 
 def all_reduce_gradients(params) -> None:
     """Sum every parameter's .grad over ranks, in place, as one flat all-reduce (a missing
-    gradient counts as zeros; sparse ones are made dense first)."""
-    if current().size == 1:
+    gradient counts as zeros; sparse ones are made dense first). FSDP2's sharded parameters
+    (DTensors) arrive reduce-scattered as the mean over ranks: they are scaled to the sum."""
+    world = current()
+    if world.size == 1:
         return
     params = [p for p in params if p.requires_grad]
+    for p in params:
+        if isinstance(p, DTensor) and p.grad is not None:
+            p.grad.mul_(world.size)
+    params = [p for p in params if not isinstance(p, DTensor)]
+    if not params:
+        return
     grads = []
     for p in params:
         if p.grad is None:

@@ -262,6 +262,20 @@ def completion_logprobs(
     return _logprobs_from_hidden(hidden, model.get_output_embeddings(), targets, T, chunk, want_entropy, grad_hint)
 
 
+def root_completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                             completion_len: int, temperature: float = 1.0,
+                             want_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`completion_logprobs` through the model's own forward, full logits (N, L, V) held: the path
+    a wrapper that acts in `forward` (FSDP2's gathers and reduce-scatters) sees whole."""
+    L, T = completion_len, _logprob_temperature(temperature)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits[:, -L - 1:-1].float() / T  # (N, L, V)
+    logp_all = torch.log_softmax(logits, -1)  # (N, L, V)
+    logp = logp_all.gather(-1, input_ids[:, -L:, None])[..., 0]  # (N, L)
+    ent = -(logp_all.exp() * logp_all).sum(-1).detach() if want_entropy else None  # (N, L)
+    return logp, ent
+
+
 class PromptStates:
     """Distinct prompts run through the model once, shared by several completion forwards
     (the micro-batches of one update, or of one scoring pass).

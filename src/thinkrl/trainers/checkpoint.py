@@ -46,16 +46,20 @@ def fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, ref_model=None, config: dict | None = None,
-                    value_model=None) -> Path:
+                    value_model=None, weights: dict | None = None, folders: dict | None = None) -> Path:
     """Write checkpoint `step` atomically and delete older ones. `state` is torch-saveable;
-    `value_model` (PPO's critic) goes to value_model.safetensors."""
+    `value_model` (PPO's critic) goes to value_model.safetensors; `weights`: the model's whole
+    state dict when its parameters are sharded; `folders`: {name: folder already written
+    (a sharded optimizer's)}, moved in before the checkpoint is complete."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)
+    for name, folder in (folders or {}).items():
+        os.replace(folder, tmp / name)
     if ref_model is not None:
         save_model(ref_model, str(tmp / "ref_model.safetensors"))  # handles tied embeddings
     if value_model is not None:

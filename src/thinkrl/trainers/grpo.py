@@ -42,10 +42,12 @@ from thinkrl.algos import grpo, registry, sampler_correction
 from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
 from thinkrl.distributed import data_parallel as dp
+from thinkrl.distributed import fsdp
 from thinkrl.distributed.env import current as current_world
 from thinkrl.engine import cast_cache
 from thinkrl.engine.cpu_kernels import fused_rms_norms, gqa_attention, onednn_linears, sparse_tied_embedding
-from thinkrl.engine.logprobs import PromptStates, build_batch, completion_logprobs, grouped_completion_logprobs
+from thinkrl.engine.logprobs import (PromptStates, build_batch, completion_logprobs, grouped_completion_logprobs,
+                                     root_completion_logprobs)
 from thinkrl.trainers import rollouts
 from thinkrl.trainers.metrics import PhaseTimer, mean, peak_rss_gib
 
@@ -109,8 +111,13 @@ def precision(model, bf16: bool, onednn: bool = True):
     """The training forward's kernels: fused RMSNorm, a sparse gradient for a head-tied
     embedding and grouped-query attention without repeated heads always; then bf16
     autocast (fp32 master weights and log-softmax), or fp32 with the linears on oneDNN
-    (same math, faster on x86)."""
+    (same math, faster on x86). Under FSDP2 the autocast alone (the kernels read whole weights)."""
     with contextlib.ExitStack() as stack:
+        if fsdp.is_sharded(model):
+            if bf16:
+                stack.enter_context(torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16))
+            yield
+            return
         stack.enter_context(fused_rms_norms(model))
         stack.enter_context(sparse_tied_embedding(model))
         stack.enter_context(gqa_attention(model))
@@ -131,14 +138,18 @@ class _Logprobs:
         self.ro, self.g, self.pad_id = ro, g, pad_id
 
     def prompts(self, net, rows: torch.Tensor) -> PromptStates | None:
-        """The prompts of `rows` run once (None without share_prompt)."""
-        if not self.g.share_prompt:
+        """The prompts of `rows` run once (None without share_prompt, or under FSDP2)."""
+        if not self.g.share_prompt or fsdp.is_sharded(net):
             return None
         return PromptStates(net, self.ro.prompt_ids, torch.unique(self.ro.group[rows].cpu()), self.pad_id,
                             self.ro.completion_ids.device)
 
     def __call__(self, net, rows, L, want_entropy=False, states: PromptStates | None = None, grad_hint=None):
         ro, g = self.ro, self.g
+        if fsdp.is_sharded(net):  # through the root's forward, where FSDP2 gathers and reduce-scatters
+            ids, attn, pos = build_batch(ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L],
+                                         ro.completion_mask[rows, :L], self.pad_id)
+            return root_completion_logprobs(net, ids, attn, pos, L, g.temperature, want_entropy)
         if g.share_prompt:
             return grouped_completion_logprobs(net, ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L],
                                                ro.completion_mask[rows, :L], self.pad_id, g.temperature,
@@ -179,7 +190,7 @@ def _prompt_chunks(rows: torch.Tensor, group: torch.Tensor, size: int) -> list[t
 def _score(logprobs_of: _Logprobs, net, N: int, micro: int, like: torch.Tensor) -> torch.Tensor:
     """No-grad log-probs (N, L) of every sample under `net`, in micro-batches; `like` gives the shape."""
     out = torch.zeros_like(like)
-    parts = torch.arange(N).split(micro)
+    parts = torch.arange(N).split(N if fsdp.is_sharded(net) else micro)  # FSDP2: one forward per rank
     with cast_cache.fixed_weights():  # the bf16 head copy made once for all micro-batches
         states = logprobs_of.prompts(net, torch.arange(N)) if len(parts) > 1 else None  # each prompt run once
         for rows in parts:
@@ -229,12 +240,17 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
     (PPO's value loss on a shared backbone), run in the forward context; None: nothing added.
     Returns (mini-batch policy loss, rows run); appends stats.
     """
-    rows = mb[adv[mb] != 0] if skip_zero and adv.dim() == 1 and joint_loss is None else mb  # zero-advantage rows: exactly zero gradient
+    skip = skip_zero and adv.dim() == 1 and joint_loss is None
+    rows = mb[adv[mb] != 0] if skip else mb  # zero-advantage rows: exactly zero gradient
     num_seqs, n_tok = counts or (len(mb), float(ro.completion_mask[mb].sum()))
     loss_sum = 0.0
+    sharded = fsdp.is_sharded(model)  # FSDP2: every forward is a collective, so each rank runs exactly one
+    idle = sharded and len(rows) == 0  # nothing to train on this rank: one row, weight 0, keeps the ranks in step
+    if idle:
+        rows = mb[:1] if len(mb) else torch.zeros(1, dtype=torch.long, device=ro.completion_ids.device)
     with cast_cache.fixed_weights():  # no update inside: the bf16 head copy made once for all micro-batches
-        for chunk in _prompt_chunks(rows, ro.group, micro):
-            parts = _micro_batches(chunk, ro.lengths, micro)  # (m,) rows of similar length each
+        for chunk in [rows] if sharded else _prompt_chunks(rows, ro.group, micro):
+            parts = [chunk] if sharded else _micro_batches(chunk, ro.lengths, micro)  # (m,) rows of similar length each
             states = None
             if len(parts) > 1:
                 with forward_context():
@@ -251,11 +267,14 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
                 # lets the LM head run its backward in its forward; for a loss whose token terms depend on
                 # other tokens (GSPO's sequence ratio) the hint would be wrong (the backward would notice
                 # and recompute), so none is built
-                hint = grpo.token_gradients(loss_of, fill) if _separable(g, old is not None) else None
+                hint = grpo.token_gradients(loss_of, fill) if _separable(g, old is not None) and not sharded else None
                 with forward_context():
                     logp, ent = logprobs_of(model, part, L, want_entropy=True, states=states,
                                             grad_hint=hint)  # (m, L) each
                 loss, s = loss_of(logp)
+                if idle:
+                    (loss * 0.0).backward()  # FSDP2's reduce-scatters run; the gradient adds nothing
+                    continue
                 if joint_loss is None:
                     loss.backward()
                 else:
@@ -274,7 +293,7 @@ def minibatch_gradients(model, logprobs_of: _Logprobs, ro, mb, adv, old_logp, re
     if len(rows) == 0:  # the plain computation would step with an all-zero gradient: so do we
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
-    return loss_sum, len(rows)
+    return loss_sum, 0 if idle else len(rows)
 
 
 def _old_logprobs_source(g, bf16: bool) -> str:
@@ -352,7 +371,7 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
                 dp.all_reduce_gradients(params)  # summed: each rank's loss has the global denominators
                 loss_sum = dp.all_reduce_sum(loss_sum)
                 trained_rows += trained
-                norm = torch.nn.utils.clip_grad_norm_(params, g.max_grad_norm)
+                norm = fsdp.local(torch.nn.utils.clip_grad_norm_(params, g.max_grad_norm))  # (a DTensor under FSDP2)
                 if not (math.isfinite(loss_sum) and torch.isfinite(norm)):
                     state.counters["skipped_updates"] += 1  # the NaN never reaches the weights
                 else:
@@ -366,7 +385,7 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
     after = after_update(state, batch) if after_update is not None else {}
     state.step += 1
     if state.ref_model is not None and g.ref_reset_every and state.step % g.ref_reset_every == 0:
-        state.ref_model.load_state_dict(model.state_dict())
+        state.ref_model.load_state_dict(fsdp.full_state_dict(model))
 
     drawn = batch.drawn
     lengths = batch.drawn_lengths.float()  # (M,) every sample drawn

@@ -33,6 +33,7 @@ from thinkrl.data import loaders, problems
 from thinkrl.data.templates import THINK_OPEN, build_prompt
 from thinkrl.distributed import data_parallel as dp
 from thinkrl.distributed import env as dist_env
+from thinkrl.distributed import fsdp
 from thinkrl.evaluation.evaluate import evaluate
 from thinkrl.engine.cpu import cpu_class
 from thinkrl.trainers.metrics import JsonlLog, peak_rss_gib
@@ -113,11 +114,14 @@ def new_train_state(model, tokenizer, cfg: Config, train_problems) -> TrainState
     critic = VALUE_HEADS[g.value_head](model) if g.algo == "ppo" else None
     shared = g.algo == "ppo" and g.value_head == "shared"  # the head trains with the policy, in its optimizer
     head_group = ({"params": list(critic.parameters()), "lr": g.value_lr or g.lr},) if shared else ()
+    ref_model = frozen_copy(model) if g.beta > 0 else None  # whole, before any sharding
+    if cfg.run.parallel == "fsdp2" and dist_env.current().size > 1:
+        fsdp.shard(model)
     optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps, head_group)
     device = next(model.parameters()).device
     state = TrainState(model, tokenizer, optimizer, scheduler, PromptStream(train_problems, cfg.run.seed),
                        torch.Generator(device=device).manual_seed(sampler_seed(cfg.run.seed, dist_env.current().rank)),
-                       ref_model=frozen_copy(model) if g.beta > 0 else None, value_model=critic)
+                       ref_model=ref_model, value_model=critic)
     if critic is not None and not shared:
         state.value_optimizer = torch.optim.AdamW(critic.parameters(), lr=g.value_lr or g.lr, betas=(0.9, 0.99))
     return state
@@ -190,10 +194,11 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     while state.step < g.steps:
         m = step_fn(state, cfg, build, prefix)  # metrics already reduced over ranks
         if cfg.run.eval_every and state.step % cfg.run.eval_every == 0 and state.step < g.steps:
-            if world.is_main:
-                mid = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed + state.step)
-                m["eval/accuracy"], m["eval/mean_length"] = mid["accuracy"], mid["mean_length"]
-            dp.barrier()
+            with fsdp.full_weights(model):
+                if world.is_main:
+                    mid = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed + state.step)
+                    m["eval/accuracy"], m["eval/mean_length"] = mid["accuracy"], mid["mean_length"]
+                dp.barrier()
         if log_file:
             log_file.write(m)
         bar.update(1)
@@ -202,10 +207,14 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
             save(state, run_dir, cfg)
     bar.close()
 
+    weights = fsdp.full_state_dict(model) if fsdp.is_sharded(model) else None  # (a collective)
+    with fsdp.full_weights(model):
+        if world.is_main:
+            after = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed)
+        dp.barrier()
     if world.is_main:
-        after = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed)
         save_eval(run_dir / "eval_after.json", after)
-        model.save_pretrained(run_dir / "final_model")
+        model.save_pretrained(run_dir / "final_model", state_dict=weights)
         tokenizer.save_pretrained(run_dir / "final_model")
         summary = write_summary(run_dir, before, after, state, time.time() - start, cfg.rewards.weights, name)
         write_report(run_dir, summary=summary, samples_before=_read_samples(run_dir / "eval_before.samples.jsonl"),
@@ -245,16 +254,25 @@ def _read_samples(path: Path, n: int = 4) -> list[dict]:
 
 def save(state: TrainState, run_dir: Path, cfg: Config) -> None:
     """Every rank calls this: rank 0 writes the checkpoint (the model and optimizer are the same on
-    every rank) with each rank's RNG states, the others wait until it is complete."""
+    every rank) with each rank's RNG states, the others wait until it is complete. Under FSDP2
+    the weights are gathered to whole tensors (HF format, as always) and every rank writes its
+    shard of the optimizer state with torch.distributed.checkpoint (`optimizer/`)."""
     rngs = dp.gather_objects(checkpoint.rng_state(state.generator))  # (world,) rank order
+    sharded = fsdp.is_sharded(state.model)
+    weights = fsdp.full_state_dict(state.model) if sharded else None
+    staged = Path(run_dir) / "checkpoints" / f".optimizer-step-{state.step:06d}"
+    if sharded:
+        fsdp.save_optimizer(state.model, state.optimizer, staged)
     if dist_env.current().is_main:
-        payload = {"step": state.step, "optimizer": state.optimizer.state_dict(),
-                   "scheduler": state.scheduler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
-                   "data_position": state.stream.position, "counters": dict(state.counters)}
+        payload = {"step": state.step, "scheduler": state.scheduler.state_dict(), "rng": rngs[0],
+                   "rng_per_rank": rngs, "data_position": state.stream.position, "counters": dict(state.counters)}
+        if not sharded:
+            payload["optimizer"] = state.optimizer.state_dict()
         if state.value_optimizer is not None:
             payload["value_optimizer"] = state.value_optimizer.state_dict()
         checkpoint.save_checkpoint(run_dir, state.step, state.model, state.tokenizer, payload, state.ref_model,
-                                   config_mod.to_dict(cfg), state.value_model)
+                                   config_mod.to_dict(cfg), state.value_model, weights,
+                                   {"optimizer": staged} if sharded else None)
     dp.barrier()
 
 
@@ -265,7 +283,12 @@ def restore(state: TrainState, ckpt: Path, seed: int) -> int:
     resume on another world size) each rank's sampler is re-seeded from (seed, step, rank)."""
     payload = checkpoint.load_state(ckpt)
     state.step = payload["step"]
-    state.optimizer.load_state_dict(payload["optimizer"])
+    if "optimizer" not in payload:  # written sharded (FSDP2): read back for this world's layout
+        fsdp.load_optimizer(state.model, state.optimizer, ckpt / "optimizer")
+    elif fsdp.is_sharded(state.model):
+        fsdp.load_whole_optimizer(state.model, state.optimizer, payload["optimizer"])
+    else:
+        state.optimizer.load_state_dict(payload["optimizer"])
     state.scheduler.load_state_dict(payload["scheduler"])
     world = dist_env.current()
     saved = payload.get("rng_per_rank") or [payload["rng"]]

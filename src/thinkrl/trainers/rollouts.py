@@ -26,6 +26,7 @@ from thinkrl.config import Config
 from thinkrl.data.loaders import Problem
 from thinkrl.data.templates import encode_prompts
 from thinkrl.distributed import data_parallel as dp
+from thinkrl.distributed import fsdp
 from thinkrl.distributed.env import current
 from thinkrl.engine.sampler import Rollout, SamplingParams, concat_rollouts, sample, take_groups
 from thinkrl.trainers.metrics import PhaseTimer
@@ -109,13 +110,14 @@ def collect(state, cfg: Config, build_prompt, completion_prefix: str, timer: Pha
     g, G = cfg.grpo, cfg.grpo.group_size
     rounds: list[tuple[list[Problem], Rollout, rewards.ScoreResult]] = []
     spread: list[torch.Tensor] = []  # (B,) bool per round
-    while True:
-        rounds.append(_draw(state, cfg, build_prompt, completion_prefix, timer))
-        r, v = _totals(rounds[-1][2])
-        spread.append(grpo.groups_with_spread(r, G, v))
-        short = int(int(sum(s.sum() for s in spread)) < g.prompts_per_step)  # this rank still lacks groups
-        if not g.dynamic_sampling or len(rounds) > g.dynamic_sampling_max_rounds or not dp.all_reduce_sum(short):
-            break  # (every rank decides alike: the rounds stay in step across ranks)
+    with fsdp.full_weights(state.model):  # FSDP2: the sampler reads whole weights, gathered once per step
+        while True:
+            rounds.append(_draw(state, cfg, build_prompt, completion_prefix, timer))
+            r, v = _totals(rounds[-1][2])
+            spread.append(grpo.groups_with_spread(r, G, v))
+            short = int(int(sum(s.sum() for s in spread)) < g.prompts_per_step)  # this rank still lacks groups
+            if not g.dynamic_sampling or len(rounds) > g.dynamic_sampling_max_rounds or not dp.all_reduce_sum(short):
+                break  # (every rank decides alike: the rounds stay in step across ranks)
     drawn = _merge_scores([s for _, _, s in rounds])
     drawn_r, drawn_v = _totals(drawn)
     pad_id = state.tokenizer.pad_token_id if state.tokenizer.pad_token_id is not None else state.tokenizer.eos_token_id

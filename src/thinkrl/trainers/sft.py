@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from thinkrl.distributed import data_parallel as dp
 from thinkrl.distributed import env as dist_env
+from thinkrl.distributed import fsdp
 from thinkrl.trainers.checkpoint import fsync_dir
 from thinkrl.config import ConfigError, opt
 from thinkrl.data.loaders import DataError
@@ -96,6 +97,8 @@ class SFTConfig:
                                            "response among the checked examples (at least 16).")
     eos_check_temperature: float = opt(0.0, "EOS-check sampling temperature (0 = greedy).")
     eos_warn_below: float = opt(0.9, "Warn loudly when fewer than this share of EOS-check generations end with EOS.")
+    parallel: str = opt("ddp", "Under torchrun (--nproc N): ddp (whole model on every rank) or fsdp2 (parameters, "
+                               "gradients and optimizer state sharded; docs/distributed.md). One process: ignored.")
 
 
 def validate_config(cfg: SFTConfig) -> None:
@@ -115,6 +118,7 @@ def validate_config(cfg: SFTConfig) -> None:
         "eos_check_max_new_tokens": (cfg.eos_check_max_new_tokens >= 0, "must be >= 0"),
         "eos_check_temperature": (cfg.eos_check_temperature >= 0, "must be >= 0 (0 = greedy)"),
         "eos_warn_below": (0 <= cfg.eos_warn_below <= 1, "must be in [0, 1]"),
+        "parallel": (cfg.parallel in ("ddp", "fsdp2"), "choose one of ddp, fsdp2"),
     }
     for name, (ok, why) in rules.items():
         if not ok:
@@ -145,15 +149,19 @@ def _backbone(model):
 def response_logits(model, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at the positions that predict a response token, in row-major order.
 
-    Returns logits (n, V) in the model's dtype and their targets (n,) long.
+    Returns logits (n, V) in the model's dtype and their targets (n,) long. Under FSDP2 through the
+    model's own forward (where its gathers and reduce-scatters run), full logits held.
     """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     ids, pos, seg = mb.input_ids.to(device), mb.position_ids.to(device), mb.segment_ids.to(device)  # (R, T)
     mask = block_causal_mask(seg, dtype)  # (R, 1, T, T)
-    out = _backbone(model)(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
     shifted = mb.labels[:, 1:].to(device)  # (R, T-1): the token each position predicts
     keep = shifted != IGNORE  # (R, T-1)
+    if fsdp.is_sharded(model):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (R, T, V)
+        return logits[:, :-1][keep], shifted[keep]
+    out = _backbone(model)(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
     hidden = out.last_hidden_state[:, :-1][keep]  # (n, H)
     return model.get_output_embeddings()(hidden), shifted[keep]  # (n, V), (n,)
 
@@ -198,13 +206,14 @@ def eos_check(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, t
             "temperature": temperature, "mean_length": sum(lengths) / len(lengths)}
 
 
-def save_model_atomic(model, tokenizer, dest: Path) -> Path:
-    """model + tokenizer in HF format at `dest`: written to a temp sibling, fsynced, renamed into place."""
+def save_model_atomic(model, tokenizer, dest: Path, weights: dict | None = None) -> Path:
+    """model + tokenizer in HF format at `dest`: written to a temp sibling, fsynced, renamed into place.
+    weights: the whole state dict of a sharded model."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = dest.with_name(f".tmp-{dest.name}"), dest.with_name(f".old-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)
     fsync_dir(tmp)
     if dest.exists():
@@ -238,6 +247,9 @@ def _run_steps(model, encoded: list[Encoded], cfg: SFTConfig, micro_loss, pad_id
                 t0 = time.perf_counter()
                 mine = order[s:s + cfg.batch_size][world.rank::world.size]  # this rank's share of the step
                 mbs = step_micro_batches(encoded, mine, cfg.packing, cfg.max_seq_len, cfg.micro_batch_size, pad_id)
+                # FSDP2: every forward is a collective, so ranks with fewer micro-batches run weight-0 ones
+                idle = max(dp.gather_objects(len(mbs))) - len(mbs) if fsdp.is_sharded(model) else 0
+                filler = mbs[0] if mbs else step_micro_batches(encoded, order[:1], False, cfg.max_seq_len, 1, pad_id)[0]
                 n_tok = int(dp.all_reduce_sum(sum(int((mb.labels[:, 1:] != IGNORE).sum()) for mb in mbs)))
                 cells = sum(mb.input_ids.numel() for mb in mbs)
                 real = sum(int((mb.segment_ids >= 0).sum()) for mb in mbs)
@@ -250,9 +262,11 @@ def _run_steps(model, encoded: list[Encoded], cfg: SFTConfig, micro_loss, pad_id
                     part = micro_loss(model, mb)  # scalar: Σ over this micro-batch's loss positions
                     (part / n_tok).backward()
                     loss_sum += part.item()
+                for _ in range(idle):
+                    (micro_loss(model, filler) * 0.0).backward()  # the collectives run; the gradient adds nothing
                 dp.all_reduce_gradients(params)  # the whole step's gradient on every rank (global n_tok above)
                 loss = dp.all_reduce_sum(loss_sum) / n_tok
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                norm = fsdp.local(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
                 if math.isfinite(loss) and torch.isfinite(norm):
                     optimizer.step()
                 else:
@@ -276,6 +290,26 @@ def _run_steps(model, encoded: list[Encoded], cfg: SFTConfig, micro_loss, pad_id
             "loss_by_epoch": by_epoch, "skipped_updates": skipped}
 
 
+def _eos_check(model, tokenizer, encoded: list[Encoded], cfg: SFTConfig, log) -> dict | None:
+    """`eos_check` on the first cfg.eos_check_prompts training prompts, logged, with a loud warning
+    below cfg.eos_warn_below; None when the check is off."""
+    if not cfg.eos_check_prompts:
+        return None
+    checked = encoded[: cfg.eos_check_prompts]
+    budget = cfg.eos_check_max_new_tokens or min(cfg.max_seq_len,
+                                                 max(16, 2 * max(len(e.input_ids) - e.prompt_len for e in checked)))
+    eos = eos_check(model, tokenizer, [e.input_ids[: e.prompt_len] for e in checked], budget,
+                    cfg.eos_check_temperature, cfg.seed)
+    log(f"EOS check: {eos['eos_rate']:.0%} of {eos['prompts']} generations ended with EOS within {budget} tokens")
+    if eos["eos_rate"] < cfg.eos_warn_below:
+        msg = (f"only {eos['eos_rate']:.0%} of the EOS-check generations stopped with EOS within {budget} tokens "
+               f"(threshold {cfg.eos_warn_below:.0%}): the model may not have learned to stop. Check that the "
+               "responses end where they should, train longer, or raise eos_check_max_new_tokens.")
+        log("WARNING: " + msg)
+        warnings.warn(msg, stacklevel=3)
+    return eos
+
+
 def fit(model, tokenizer, encoded: list[Encoded], cfg: SFTConfig, output_dir: Path,
         micro_loss: Callable[[object, MicroBatch], torch.Tensor] = sft_micro_loss,
         log: Callable[[str], None] = print, extra: dict | None = None) -> dict:
@@ -291,28 +325,20 @@ def fit(model, tokenizer, encoded: list[Encoded], cfg: SFTConfig, output_dir: Pa
         metrics = JsonlLog(output_dir / "metrics.jsonl")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     torch.manual_seed(cfg.seed)
+    if cfg.parallel == "fsdp2" and world.size > 1:
+        fsdp.shard(model)  # stays sharded after training
     stats = _run_steps(model, encoded, cfg, micro_loss, pad_id, metrics, dist_env.main_only(log))
-    if not world.is_main:  # rank 0 checks EOS and writes the model and summary
+    weights = fsdp.full_state_dict(model) if fsdp.is_sharded(model) else None  # (a collective)
+    with fsdp.full_weights(model):  # rank 0's EOS check samples from whole weights
+        eos = _eos_check(model, tokenizer, encoded, cfg, log) if world.is_main else None
+        dp.barrier()
+    if not world.is_main:  # rank 0 writes the model and summary
         dp.barrier()
         return {**(extra or {}), "examples": len(encoded), **stats}
-
-    eos = None
-    if cfg.eos_check_prompts:
-        checked = encoded[: cfg.eos_check_prompts]
-        budget = cfg.eos_check_max_new_tokens or min(cfg.max_seq_len,
-                                                     max(16, 2 * max(len(e.input_ids) - e.prompt_len for e in checked)))
-        eos = eos_check(model, tokenizer, [e.input_ids[: e.prompt_len] for e in checked], budget,
-                        cfg.eos_check_temperature, cfg.seed)
-        log(f"EOS check: {eos['eos_rate']:.0%} of {eos['prompts']} generations ended with EOS within {budget} tokens")
-        if eos["eos_rate"] < cfg.eos_warn_below:
-            msg = (f"only {eos['eos_rate']:.0%} of the EOS-check generations stopped with EOS within {budget} tokens "
-                   f"(threshold {cfg.eos_warn_below:.0%}): the model may not have learned to stop. Check that the "
-                   "responses end where they should, train longer, or raise eos_check_max_new_tokens.")
-            log("WARNING: " + msg)
-            warnings.warn(msg, stacklevel=2)
+    if eos is not None:
         metrics.write({"step": stats["steps"], "eos_rate": eos["eos_rate"]})
 
-    final = save_model_atomic(model, tokenizer, output_dir / "final_model")
+    final = save_model_atomic(model, tokenizer, output_dir / "final_model", weights)
     summary = {**(extra or {}), "examples": len(encoded), **stats, "eos_check": eos,
                "wall_seconds": time.time() - start, "final_model": str(final), "sft_config": dataclasses.asdict(cfg)}
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
