@@ -260,3 +260,28 @@ def test_cli_sandbox_refusal_and_bad_options(tmp_path, capsys):
     assert cli.main(["sandbox", "run", str(prog), "--timeout", "0"]) == 2
     assert "thinkrl: error: sandbox limit timeout" in capsys.readouterr().err
     assert cli.main(["sandbox", "run", str(tmp_path / "missing.py")]) == 2
+
+
+def test_a_memory_limit_that_cannot_be_enforced_refuses_the_run(monkeypatch):
+    """No writable cgroup (simulated): the run is refused, not run with per-process caps only."""
+    from thinkrl.sandbox import SandboxConfig, cgroups, run
+
+    def no_cgroups(*_):
+        raise OSError("simulated: no cgroup")
+
+    monkeypatch.setattr(cgroups, "create", no_cgroups)
+    result = run({"main.py": "print('hi')"}, config=SandboxConfig(isolation="namespaces"))
+    assert result.status == "refused" and "memory limit cannot be enforced" in result.message
+    assert "simulated" in result.message and result.stdout == b""
+
+
+def test_cgroups_are_found_and_cleaned_up():
+    from thinkrl.sandbox import cgroups
+
+    found = cgroups.detect()
+    if isinstance(found, str):
+        pytest.skip(found)
+    group = cgroups.create(64, 4)
+    assert all(d.is_dir() for d in group.dirs) and not group.oom_killed()
+    group.remove()
+    assert not any(d.exists() for d in group.dirs)

@@ -112,6 +112,31 @@ CASES = [
     C("partial_line_then_sleep", "import time\nprint('partial', end='', flush=True)\ntime.sleep(1000)\n", status=T),
     C("invalid_utf8", "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe\\xc3\\x28 ok\\n')\n"
       "sys.stderr.buffer.write(b'\\x80\\x81\\n')\n", status=OK, quick=True),
+    # ---- memory RLIMIT_AS does not see, and the calls that would lift the limits (cgroup, seccomp)
+    C("memfd_hog", "import os\nfds = []\nfor i in range(40):\n    fd = os.memfd_create(f'm{i}')\n"
+      "    os.ftruncate(fd, 8 << 20)\n    os.pwrite(fd, b'x' * (8 << 20), 0)\n    fds.append(fd)\n"
+      "print('held 320 MB of memfd')\n", status=MEM, quick=True),
+    C("memfd_in_children", "import os, time\nfor _ in range(6):\n    if os.fork() == 0:\n        fds = []\n"
+      "        for i in range(12):\n            fd = os.memfd_create('m')\n            os.ftruncate(fd, 8 << 20)\n"
+      "            os.pwrite(fd, b'x' * (8 << 20), 0)\n            fds.append(fd)\n        time.sleep(1000)\n"
+      "time.sleep(1000)\n", status=("timeout", "memory")),
+    C("nested_userns_then_tmpfs", "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+      "if libc.unshare(0x10000000 | 0x00020000) == 0:\n    open('/proc/self/setgroups', 'w').write('deny')\n"
+      "    open('/proc/self/uid_map', 'w').write(f'0 {os.getuid()} 1')\n"
+      "    print('mount', libc.mount(b'x', b'/sandbox/work', b'tmpfs', 0, b'size=200m'))\n"
+      "    open('/sandbox/work/big', 'wb').write(b'\\0' * (100 << 20))\n    raise SystemExit('escaped the disk cap')\n"
+      "print('unshare', os.strerror(ctypes.get_errno()))\n", status=OK, quick=True),
+    C("raw_clone_newuser", "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+      "pid = libc.syscall(56, 0x10000000 | 0x00020000 | 17, 0, 0, 0, 0)\nif pid == 0:\n    os._exit(0)\n"
+      "if pid > 0:\n    raise SystemExit('clone(CLONE_NEWUSER) worked')\nprint('clone', os.strerror(ctypes.get_errno()))\n",
+      status=OK, quick=True),
+    C("denied_syscalls", "import ctypes, errno\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+      "calls = {'ptrace': (101, 0, 0, 0, 0), 'bpf': (321, 0, 0, 0), 'keyctl': (250, 0, 0, 0), "
+      "'perf_event_open': (298, 0, 0, -1, -1, 0), 'userfaultfd': (323, 0), 'mount': (165, 0, 0, 0, 0, 0), "
+      "'setns': (308, 0, 0), 'io_uring_setup': (425, 1, 0)}\nfor name, args in calls.items():\n"
+      "    if libc.syscall(*args) != -1 or ctypes.get_errno() != errno.EPERM:\n"
+      "        raise SystemExit(f'{name} not denied: errno {ctypes.get_errno()}')\nprint('all denied')\n",
+      status=OK, quick=True),
     # ---- files and disk
     C("huge_file", "f = open('big', 'wb')\nwhile True:\n    f.write(b'\\0' * (1 << 20))\n", status=E, quick=True),
     C("many_files", "n = 0\ntry:\n    while True:\n        open(f'f{n}', 'w').close()\n        n += 1\n"
@@ -443,3 +468,38 @@ def test_zz_summary(capsys):
     ns_escapes = [(name, e) for (lvl, name), (e, _, _) in RESULTS.items() if lvl == "namespaces" and e]
     assert not ns_escapes
     assert len(CASES) >= 40
+
+
+def test_concurrent_hogs_stay_within_their_limits(monkeypatch):
+    """3 sandboxes at once, each holding memfd memory past its limit: each is stopped at its own
+    cgroup's limit (memory_mb + slack), whatever kind of memory it used, so the host never
+    holds more than 3 x (memory_mb + slack) for them."""
+    from thinkrl.sandbox import cgroups
+
+    cfg = LEVEL_CONFIGS["namespaces"]
+    if refusal(cfg) is not None:
+        pytest.skip("namespaces unavailable")
+    peaks, real_remove = [], cgroups.RunGroup.remove
+
+    def remove(self, timeout=5.0):
+        for d in self.dirs:
+            for name in ("memory.max_usage_in_bytes", "memory.peak"):
+                if (d / name).exists():
+                    peaks.append(int((d / name).read_text()))
+        real_remove(self, timeout)
+
+    monkeypatch.setattr(cgroups.RunGroup, "remove", remove)
+    hog = next(c for c in CASES if c.name == "memfd_hog").source
+    results = [None] * 3
+
+    def one(i):
+        results[i] = run({"main.py": hog}, config=cfg)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status for r in results] == ["memory"] * 3, [r.message for r in results]
+    limit = (LIMITS.memory_mb + cgroups.SLACK_MB) << 20
+    assert len(peaks) == 3 and max(peaks) <= limit and sum(peaks) <= 3 * limit, peaks

@@ -20,8 +20,10 @@ Modes (``config["mode"]``):
 - ``none``: the program as a plain child with an empty environment; no uid, no limits.
 - ``sweep``: only the uid kill of ``rlimits`` (the host's cleanup after a timeout).
 
-What it leaves out: seccomp filters, cgroups, deciding anything about the program's
-output (the host does that from bytes).
+Every mode but ``none`` starts the program with the syscall filter of :mod:`_seccomp`; the
+launcher first joins the run's cgroups when the host made some (``cgroup_procs``).
+
+What it leaves out: deciding anything about the program's output (the host does that from bytes).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I drops the script dir
 import _rootfs  # noqa: E402  (sibling module, stdlib only)
+import _seccomp  # noqa: E402  (sibling module, stdlib only)
 
 CLONE = {"mnt": 0x00020000, "uts": 0x04000000, "ipc": 0x08000000, "user": 0x10000000,
          "pid": 0x20000000, "net": 0x40000000}
@@ -94,6 +97,7 @@ def _exec_program(cfg: dict, err_fd: int) -> None:
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
             for name, soft, hard in cfg["rlimits"]:
                 resource.setrlimit(getattr(resource, name), (soft, hard))
+            _seccomp.install()  # last: the filter denies nothing the lines above need
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
         os.chdir(cfg["cwd"])
         os.umask(0o077)
@@ -229,9 +233,18 @@ MODES = {
 }
 
 
+def join_cgroup(cfg: dict) -> None:
+    """Move this launcher into the run's cgroups (`cgroups.py` made them): everything it starts,
+    the program included, is counted there."""
+    for procs in cfg.get("cgroup_procs") or []:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     try:
+        join_cgroup(cfg)
         MODES[cfg["mode"]](cfg)
     except BaseException as e:  # noqa: BLE001 - every failure goes to the host as an event
         report(cfg, event="error", message=f"sandbox setup failed: {type(e).__name__}: {e}")

@@ -7,11 +7,11 @@ program's process after dropping privileges, right before ``execve``.
 
 ``RLIMIT_NPROC`` counts processes (and threads) per real uid, and root is exempt: it binds
 here because the program runs as a dedicated uid (or inside its own user namespace).
-``RLIMIT_AS`` is per process, so the memory a run can take is at most
-``memory_mb * processes``.
+``RLIMIT_AS`` is per process and blind to shared memory; the run's total (every process, every
+kind of memory) is capped by its cgroup (:mod:`cgroups`) at ``memory_mb`` + a small slack.
 
-What it leaves out: cgroups (no per-run memory or PID controller), the wall clock (the
-host enforces it), disk limits without namespaces (only the per-file cap applies).
+What it leaves out: the wall clock (the host enforces it), disk limits without namespaces (only
+the per-file cap applies).
 """
 
 from __future__ import annotations

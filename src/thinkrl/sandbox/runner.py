@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
-from . import isolation
+from . import cgroups, isolation
 from ._process import LAUNCHER, LaunchedProcess, wait_uid_gone
 from .isolation import SandboxConfig
 
@@ -165,13 +165,27 @@ def run(files: Mapping[str, str | bytes], main: str = "main.py", stdin: bytes | 
     if reason is not None:
         return RunResult("refused", isolation=isolation.describe(cfg, None), message=reason,
                          wall_seconds=time.monotonic() - start)
+    group = None
+    if cfg.isolation != "none":  # the whole run's memory (shared and tmpfs too), processes, one CPU
+        try:
+            group = cgroups.create(cfg.limits.memory_mb, cfg.limits.processes)
+        except OSError as e:
+            return RunResult("refused", isolation=isolation.describe(cfg, None), wall_seconds=time.monotonic() - start,
+                             message=f"the sandbox's memory limit cannot be enforced here ({e}); refused rather "
+                                     "than run with per-process caps only")
     uid = isolation.allocate_uid() if uses_uid else None
     tmp = tempfile.mkdtemp(prefix="thinkrl-sandbox-")
     info = isolation.describe(cfg, uid)
+    if group is not None:
+        info["cgroup"] = (f"{group.version}: {cfg.limits.memory_mb} + {cgroups.SLACK_MB} MB of every kind of "
+                          f"memory, no swap, {cfg.limits.processes} + {cgroups.SLACK_PROCS} processes, one CPU")
+        info["syscall_filter"] = "seccomp (libseccomp): namespaces, mounts, ptrace, bpf, keyrings, ... denied"
     proc: LaunchedProcess | None = None
     try:
         _write_files(tmp, files, uid if cfg.isolation == "rlimits-only" else None)
         launch = isolation.launcher_config(cfg, tmp, main, uid, {})
+        if group is not None:
+            launch["cgroup_procs"] = group.procs_files
         proc = LaunchedProcess(launch, tmp, stdin, interact is not None, cfg.limits.output_bytes)
         value, failure, pump_reason = None, None, "finished"
         if interact is not None:
@@ -185,6 +199,8 @@ def run(files: Mapping[str, str | bytes], main: str = "main.py", stdin: bytes | 
             pump_reason = proc.pump(deadline)
         proc.kill()
         status, message = _status(proc, pump_reason, cfg, interact is not None)
+        if group is not None and status in ("error", "refused") and group.oom_killed():
+            status, message = "memory", "killed at the run's memory limit (cgroup)"
         ready = proc.event("ready") or {}
         exit_ev = proc.event("exit") or {}
         info["pidns"] = ready.get("pidns")
@@ -208,6 +224,8 @@ def run(files: Mapping[str, str | bytes], main: str = "main.py", stdin: bytes | 
                     break
         shutil.rmtree(tmp, ignore_errors=True)
         isolation.release_uid(uid)
+        if group is not None:
+            group.remove()
 
 
 def _probe_once(level: str) -> str | None:
