@@ -292,3 +292,75 @@ def test_bf16_head_copy_is_current_in_every_update(tiny_model, tiny_tokenizer, l
         grpo_step(state, cfg, lambda q: q)
     assert not torch.equal(before, head.detach())  # the head did change between copies
     assert len(seen) > 4 and all(seen)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, base_dir, length_reward):
+    """Flipped bytes or a truncated file in the newest checkpoint fail its manifest: resume warns
+    and continues from the one before, ending where the undamaged run ended."""
+    from safetensors.torch import load_file
+
+    from thinkrl.trainers import checkpoint
+
+    run = run_mod.train_run(_cfg(tmp_path, base_dir, "run", 4), log=lambda *_: None)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"]  # two kept
+    want = load_file(str(run / "final_model/model.safetensors"))
+    newest = run / "checkpoints/step-000004"
+    weights = newest / "model.safetensors"
+    good = weights.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="step-000004 is damaged .*model.safetensors does not match its checksum"):
+        assert checkpoint.latest_checkpoint(run, verify=True).name == "step-000002"
+    weights.write_bytes(good)
+    assert checkpoint.damage(newest) is None
+    (newest / "state.pt").write_bytes((newest / "state.pt").read_bytes()[:100])
+    assert "state.pt has 100 bytes" in checkpoint.damage(newest)
+    with pytest.warns(UserWarning, match="damaged"):
+        resumed = run_mod.train_run(None, resume=str(run), log=lambda *_: None)
+    got = load_file(str(resumed / "final_model/model.safetensors"))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert checkpoint.damage(run / "checkpoints/step-000004") is None  # rewritten whole
+
+
+def test_a_full_disk_during_a_checkpoint_leaves_the_last_one_intact(tmp_path, base_dir, length_reward, monkeypatch):
+    from thinkrl.trainers import checkpoint
+
+    real_save, calls = torch.save, []
+
+    def save(obj, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:  # the second checkpoint's state.pt
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint step 4 was not written \(No space left on "
+                                                         r"device\); the last complete one, .*step-000002, is intact"):
+        run_mod.train_run(_cfg(tmp_path, base_dir, "run", 4), log=lambda *_: None)
+    ckpts = sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())
+    assert ckpts == ["step-000002"] and checkpoint.damage(tmp_path / "run/checkpoints/step-000002") is None
+
+
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path, base_dir, length_reward):
+    """Killed before any checkpoint: --resume starts the run over from its config.yaml and ends
+    with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    straight = run_mod.train_run(_cfg(tmp_path, base_dir, "straight", 3), log=lambda *_: None)
+
+    def crash_at_1(state, *a, **k):
+        if state.step == 1:
+            raise KeyboardInterrupt("simulated kill")
+        return grpo_step(state, *a, **k)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.train_run(_cfg(tmp_path, base_dir, "killed", 3), log=lambda *_: None, step_fn=crash_at_1)
+    assert not (tmp_path / "killed/checkpoints").exists() and (tmp_path / "killed/metrics.jsonl").read_text()
+    lines = []
+    resumed = run_mod.train_run(None, resume=str(tmp_path / "killed"), log=lines.append)
+    assert any("starting the run over" in line for line in lines)
+    a = load_file(str(straight / "final_model/model.safetensors"))
+    b = load_file(str(resumed / "final_model/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(x)["step"] for x in (resumed / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

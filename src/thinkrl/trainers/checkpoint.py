@@ -4,19 +4,25 @@ A checkpoint is a directory `checkpoints/step-000040/` holding the policy (Huggi
 format, loadable by `from_pretrained`), the reference model's weights when β > 0, and
 `state.pt` with optimizer, scheduler, RNG states (python, numpy, torch, the sampling
 generator), the data position, the step and counters, plus `config.json`. It is written
-to a temporary sibling directory, fsynced, marked complete, then renamed into place; the
-previous checkpoint is deleted only after that. A crash at any moment therefore leaves
-the last complete checkpoint intact. Under data parallelism rank 0 writes it (every rank holds
-the same weights and optimizer state) with each rank's RNG states (`loop.save`).
-Left out: sharded (FSDP) state and `torch.distributed.checkpoint`.
+to a temporary sibling directory with a `MANIFEST.json` (every file's size and SHA-256),
+fsynced, marked complete, then renamed into place; the checkpoint before it is kept, older
+ones deleted. A crash at any moment therefore leaves the last complete checkpoint intact; a
+checkpoint damaged on disk afterwards (truncated, flipped bytes) fails its manifest on resume
+and the one before it is used, with a warning. A failed write (a full disk) removes its
+temporary directory and says which checkpoint is still intact. Under data parallelism rank 0
+writes it (every rank holds the same weights and optimizer state) with each rank's RNG
+states; under FSDP2 the optimizer's shards come as a `torch.distributed.checkpoint` folder
+(`loop.save`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +30,48 @@ import torch
 from safetensors.torch import load_model, save_model
 
 COMPLETE = "COMPLETE"
+MANIFEST = "MANIFEST.json"
+KEEP = 2  # complete checkpoints kept: the newest, and the one a damaged newest falls back to
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written; the message names the one still intact."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """MANIFEST.json: every file's size and SHA-256 (relative paths)."""
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.name not in (MANIFEST, COMPLETE))
+    manifest = {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files (None: they match its manifest, or it
+    predates manifests)."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:
+        return f"{MANIFEST} is unreadable"
+    for name, want in manifest.items():
+        f = folder / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != want["bytes"]:
+            return f"{name} has {f.stat().st_size} bytes, not {want['bytes']}"
+        if _sha256(f) != want["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
 
 
 def rng_state(generator: torch.Generator) -> dict:
@@ -56,6 +104,25 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, ref
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, model, tokenizer, state, ref_model, config, value_model, weights, folders, step)
+    except (OSError, RuntimeError) as e:  # (torch.save reports a failed write as a RuntimeError)
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest_checkpoint(run_dir)
+        intact = f"the last complete one, {kept}, is intact" if kept else "no earlier checkpoint exists"
+        raise CheckpointError(getattr(e, "errno", None), f"checkpoint step {step} was not written "
+                                                         f"({getattr(e, 'strerror', None) or e}); {intact}") from e
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    done = sorted(p for p in root.glob("step-*") if (p / COMPLETE).exists())
+    for old in [p for p in root.glob("step-*") if p not in done[-KEEP:]]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(tmp: Path, model, tokenizer, state: dict, ref_model, config, value_model, weights, folders, step) -> None:
+    """Every file of a checkpoint into `tmp`, its manifest, fsynced, then the COMPLETE marker."""
     model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)
     for name, folder in (folders or {}).items():
@@ -66,22 +133,22 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, ref
         save_model(value_model, str(tmp / "value_model.safetensors"))
     torch.save(state, tmp / "state.pt")
     (tmp / "config.json.run").write_text(json.dumps(config or {}, indent=2))
+    write_manifest(tmp)
     fsync_dir(tmp)
     (tmp / COMPLETE).write_text(str(step))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in root.glob("step-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
+def latest_checkpoint(run_dir: Path, verify: bool = False) -> Path | None:
+    """The newest complete checkpoint of a run, or None. verify: the newest whose files match
+    its manifest, warning about each damaged one passed over."""
     root = Path(run_dir) / "checkpoints"
     done = sorted(p for p in root.glob("step-*") if (p / COMPLETE).exists()) if root.exists() else []
-    return done[-1] if done else None
+    for ckpt in reversed(done):
+        problem = damage(ckpt) if verify else None
+        if problem is None:
+            return ckpt
+        warnings.warn(f"checkpoint {ckpt} is damaged ({problem}); trying the one before it", stacklevel=2)
+    return None
 
 
 def load_state(ckpt: Path) -> dict:

@@ -143,9 +143,11 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     log = dist_env.main_only(log)
     if resume:
         run_dir = Path(resume)
-        ckpt = checkpoint.latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from")
+        ckpt = checkpoint.latest_checkpoint(run_dir, verify=True)  # a damaged newest one: the one before it
+        if ckpt is None and not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"{run_dir} has neither a complete checkpoint nor the config.yaml of a run")
+        if ckpt is None:  # killed before its first checkpoint: the run starts over from its saved config
+            log(f"{run_dir} has no complete checkpoint yet: starting the run over from its config.yaml")
         cfg = config_mod.load_config(run_dir / "config.yaml")
     else:
         run_dir = Path(dp.broadcast_object(str(_new_run_dir(cfg))))  # rank 0's choice (the time stamp)
@@ -179,6 +181,8 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     g = cfg.grpo
     state = new_train_state(model, tokenizer, cfg, train_problems)
     log_file = JsonlLog(run_dir / "metrics.jsonl") if world.is_main else None
+    if ckpt is None and log_file:
+        log_file.truncate_after(0)  # a start over: the killed attempt's lines go
     if ckpt is not None:
         saved_world = restore(state, ckpt, cfg.run.seed)
         keep_global_batch(g, saved_world, world.size)
