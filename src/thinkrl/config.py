@@ -10,6 +10,7 @@ functions: the trainer unpacks the numbers it needs. Importing this module impor
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,15 +231,23 @@ def coerce(value, typ, key: str):
     return value
 
 
+def did_you_mean(name: str, choices) -> str:
+    """" (did you mean 'x'?)" for the closest of `choices` to a misspelt `name`, else ""."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _set(cfg, key: str, value) -> None:
     section, _, name = key.partition(".")
     sections = {f.name for f in dataclasses.fields(cfg)}
     if section not in sections or not name:
-        raise ConfigError(f"unknown option {key!r}: options are <section>.<name> with section one of {sorted(sections)}")
+        raise ConfigError(f"unknown option {key!r}{did_you_mean(section, sections) if name else ''}: options are "
+                          f"<section>.<name> with section one of {sorted(sections)}")
     obj = getattr(cfg, section)
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if name not in fields:
-        raise ConfigError(f"unknown option {key!r}; {section}.* options: {', '.join(sorted(fields))}")
+        raise ConfigError(f"unknown option {key!r}{did_you_mean(name, fields)}; {section}.* options: "
+                          f"{', '.join(sorted(fields))}")
     setattr(obj, name, coerce(value, fields[name].type, key))
 
 

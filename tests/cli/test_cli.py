@@ -22,6 +22,10 @@ def test_help_lists_every_option_with_paper_values(capsys):
 @pytest.mark.parametrize("args, message", [
     (["grpo.lr=fast"], "grpo.lr: expected float"),
     (["grpo.nope=1"], "unknown option 'grpo.nope'"),
+    (["grpo.lrr=1"], "unknown option 'grpo.lrr' (did you mean 'lr'?)"),
+    (["gpro.lr=1"], "unknown option 'gpro.lr' (did you mean 'grpo'?)"),
+    (["run.parallel=zero3"], "run.parallel='zero3'; choose one of ddp, fsdp2"),
+    (["grpo.value_head=twin"], "grpo.value_head='twin'; choose one of copy, shared"),
     (["lr=1"], "unknown option 'lr'"),
     (["grpo.lr"], "not key=value"),
     (["--config", "/does/not/exist.yaml"], "does not exist"),

@@ -120,6 +120,16 @@ CASES = [
       "        for i in range(12):\n            fd = os.memfd_create('m')\n            os.ftruncate(fd, 8 << 20)\n"
       "            os.pwrite(fd, b'x' * (8 << 20), 0)\n            fds.append(fd)\n        time.sleep(1000)\n"
       "time.sleep(1000)\n", status=("timeout", "memory")),
+    C("sysv_shm_hog", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\n"
+      "held = 0\nfor i in range(40):\n    sid = libc.shmget(0, 8 << 20, 0o1600)\n    if sid < 0:\n        break\n"
+      "    addr = libc.shmat(sid, None, 0)\n    if addr in (None, ctypes.c_void_p(-1).value):\n        break\n"
+      "    ctypes.memset(addr, 1, 8 << 20)\n    held += 8\nprint('held', held, 'MB of SysV shared memory')\n"
+      "raise SystemExit(0 if held < 256 else 'held past the limit')\n", status=("memory", "ok"), quick=True),
+    C("shm_open_hog", "import mmap, os\nfds = []\ntry:\n    for i in range(40):\n"
+      "        fd = os.open(f'/dev/shm/h{i}', os.O_CREAT | os.O_RDWR)\n        os.ftruncate(fd, 8 << 20)\n"
+      "        os.pwrite(fd, b'x' * (8 << 20), 0)\n        fds.append(fd)\nexcept OSError as e:\n"
+      "    print('stopped', len(fds), e.errno)\nraise SystemExit(0 if len(fds) * 8 < 256 else 'held past the limit')\n",
+      status=("memory", "ok"), quick=True),
     C("nested_userns_then_tmpfs", "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
       "if libc.unshare(0x10000000 | 0x00020000) == 0:\n    open('/proc/self/setgroups', 'w').write('deny')\n"
       "    open('/proc/self/uid_map', 'w').write(f'0 {os.getuid()} 1')\n"

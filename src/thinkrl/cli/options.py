@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import yaml
 
-from thinkrl.config import ConfigError, parse_overrides, read_sections
+from thinkrl.config import ConfigError, did_you_mean, parse_overrides, read_sections
 
 
 def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -115,7 +115,8 @@ def resolve_config(args) -> None:
     given = {**read_sections(args.config), **dict(parse_overrides(args.overrides))}
     for key in given:
         if key not in surface:
-            raise ConfigError(f"unknown option {key!r}; options: {', '.join(sorted(surface))}")
+            raise ConfigError(f"unknown option {key!r}{did_you_mean(key, surface)}; options: "
+                              f"{', '.join(sorted(surface))}")
     for key, (action, default, required) in surface.items():
         if hasattr(args, action.dest):
             continue  # the flag was given: it wins

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from thinkrl.config import BaseModelConfig, Config, ConfigError, coerce, opt, validate_base
+from thinkrl.config import BaseModelConfig, Config, ConfigError, coerce, did_you_mean, opt, validate_base
 from thinkrl.data.loaders import DataError, write_jsonl
 from thinkrl.models.tiny import completion_for
 
@@ -68,7 +68,8 @@ def update_dataclass(obj, mapping: Any, where: str):
     for key, value in mapping.items():
         f = fields.get(key)
         if f is None:
-            raise ConfigError(f"{where}: unknown option {key!r}; options: {', '.join(fields)}")
+            raise ConfigError(f"{where}: unknown option {key!r}{did_you_mean(key, fields)}; options: "
+                              f"{', '.join(fields)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             update_dataclass(current, value, f"{where}.{key}")
