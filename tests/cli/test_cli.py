@@ -113,3 +113,18 @@ def test_help_imports_no_torch(argv):
 def test_python_dash_m_thinkrl():
     out = subprocess.run([sys.executable, "-m", "thinkrl", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "build-base" in out.stdout and "distill" in out.stdout
+
+
+def test_print_config_prints_the_resolved_options_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    """--print-config: YAML with the shortcuts expanded (loss_type -> aggregation, scale), which
+    read back with --config prints the same; no run directory appears."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--print-config", "grpo.loss_type=dr_grpo", "grpo.lr=3e-6"]) == 0
+    printed = capsys.readouterr().out
+    data = yaml.safe_load(printed)
+    assert data["grpo"]["lr"] == 3e-6 and data["grpo"]["loss_aggregation"] == "seq_sum_const"
+    assert data["grpo"]["advantage_scale"] == "none" and not (tmp_path / "runs").exists()
+    (tmp_path / "r.yaml").write_text(printed)
+    assert cli.main(["train", "--print-config", "--config", str(tmp_path / "r.yaml")]) == 0
+    assert capsys.readouterr().out == printed
+    assert cli.main(["train", "--print-config", "grpo.lrr=1"]) == 2  # still validated

@@ -23,19 +23,25 @@ Options (section.name=value on the command line, or nested in the YAML):
 
 
 def _train(args) -> int:
+    if args.resume and (args.config or args.overrides):
+        raise config_mod.ConfigError("--resume takes the run's saved config; drop --config and overrides")
+    saved = f"{args.resume}/config.yaml" if args.resume and args.print_config else None
+    cfg = config_mod.load_config(saved or args.config, args.overrides)
+    if args.output_dir:
+        cfg.run.output_dir = args.output_dir
+    config_mod.validate(cfg)
+    if args.print_config:  # the resolved options (shortcuts such as loss_type expanded), as a reusable recipe
+        import yaml
+
+        print(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False), end="")
+        return 0
+
     from transformers.utils import logging as hf_logging
 
     from thinkrl.distributed import env as dist_env
     from thinkrl.trainers.loop import train_run  # heavy imports only when training
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bars between the job's own lines
-
-    cfg = config_mod.load_config(args.config, args.overrides)
-    if args.output_dir:
-        cfg.run.output_dir = args.output_dir
-    config_mod.validate(cfg)
-    if args.resume and (args.config or args.overrides):
-        raise config_mod.ConfigError("--resume takes the run's saved config; drop --config and overrides")
     relaunched = relaunch_under_torchrun(args)  # checked above, now the same command under torchrun
     if relaunched is not None:
         return relaunched
@@ -233,6 +239,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML recipe with sections model/data/grpo/rewards/run/base")
     train.add_argument("--output-dir", help="run directory (default runs/<timestamp>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last complete checkpoint")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved options as YAML (usable as --config) and exit; nothing runs")
     add_nproc_option(train, "grpo.prompts_per_step is per process")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="override one option (see below)")
     train.set_defaults(func=_train)
