@@ -157,6 +157,10 @@ class RunConfig:
     deterministic: bool = opt(True, "torch deterministic algorithms (warn-only): with 2+ threads, the prompt-sharing "
                                     "gather's backward otherwise accumulates in a varying order, and resumes drift by 1 ulp.")
     progress: bool = opt(True, "Show a progress bar.")
+    report_to: list = opt([], "Dashboards besides metrics.jsonl: [tensorboard] writes RUN_DIR/tensorboard/ event files "
+                               "(the `logging` extra). TRL: report_to.")
+    log_samples_every: int = opt(0, "With report_to: every N steps, a few of the step's completions and rewards as "
+                                    "text (0 = never). TRL: log_completions.")
     parallel: str = opt("ddp", "Under torchrun (--nproc N): ddp (every rank holds the whole model, gradients summed) "
                                "or fsdp2 (parameters, gradients and optimizer state sharded by torch's fully_shard; "
                                "docs/distributed.md says what it costs). One process: ignored.")
@@ -374,6 +378,8 @@ def validate(cfg: Config) -> Config:
     if not 0 <= g.sampler_correction_min < g.sampler_correction_max:
         raise ConfigError(f"grpo.sampler_correction_min={g.sampler_correction_min}, _max={g.sampler_correction_max}: "
                           "need 0 <= min < max")
+    if cfg.run.log_samples_every < 0:
+        raise ConfigError(f"run.log_samples_every={cfg.run.log_samples_every}; must be >= 0 (0 = never)")
     if g.dynamic_sampling_max_rounds < 0:
         raise ConfigError(f"grpo.dynamic_sampling_max_rounds={g.dynamic_sampling_max_rounds}; must be >= 0")
     if not 0 <= cfg.rewards.overlong_cache <= g.max_new_tokens:

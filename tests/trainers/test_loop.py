@@ -31,3 +31,47 @@ def test_loop_runs_the_given_step_function(tmp_path):
     assert summary["final_answered"] == len(answered) / len(samples)
     assert summary["final_accuracy"] == pytest.approx(summary["final_answered"] * summary["final_accuracy_when_answered"])
     assert (run_dir / "final_model").is_dir() and (run_dir / "eval_after.json").exists()
+
+
+def test_tensorboard_gets_the_metrics_and_sample_texts(tmp_path):
+    """run.report_to=[tensorboard]: tensorboard's own reader finds every metrics.jsonl scalar at its
+    step, and the sample completions as text every log_samples_every steps."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from thinkrl.config import load_config
+    from thinkrl.models.tiny import SHIPPED_BASE
+    from thinkrl.trainers import loop
+
+    cfg = load_config(overrides=[
+        f"model.path={SHIPPED_BASE}", f"run.output_dir={tmp_path / 'run'}", "grpo.steps=2", "grpo.prompts_per_step=2",
+        "grpo.group_size=4", "grpo.max_new_tokens=12", "data.eval_size=2", "run.eval_samples=1", "run.progress=false",
+        "run.report_to=[tensorboard]", "run.log_samples_every=2"])
+    run = loop.train_run(cfg, log=lambda *_: None)
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "samples" not in logged[0]  # texts go to the dashboard only
+    for key in ("reward/total", "loss", "length/mean", "time/step"):
+        events = acc.Scalars(key)
+        assert [e.step for e in events] == [1, 2], key
+        assert [e.value for e in events] == pytest.approx([m[key] for m in logged], rel=1e-6), key
+    texts = acc.Tensors("samples/text_summary")
+    assert [t.step for t in texts] == [2] and b"reward" in texts[0].tensor_proto.string_val[0]
+
+
+def test_a_dashboard_without_its_package_is_a_config_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from thinkrl.config import ConfigError, load_config
+    from thinkrl.trainers import loop
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    cfg = load_config(overrides=[f"run.output_dir={tmp_path / 'run'}", "run.report_to=[tensorboard]"])
+    with pytest.raises(ConfigError, match=r"tensorboard needs the `tensorboard` package: .*\[logging\]"):
+        loop.train_run(cfg, log=lambda *_: None)
+    assert not (tmp_path / "run").exists()
+    cfg = load_config(overrides=[f"run.output_dir={tmp_path / 'run'}", "run.report_to=[visdom]"])
+    with pytest.raises(ConfigError, match="unknown dashboard 'visdom'"):
+        loop.train_run(cfg, log=lambda *_: None)

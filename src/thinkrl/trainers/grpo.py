@@ -418,4 +418,8 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
         "peak_rss_gib": peak_rss_gib(),
         **after,
     }
+    every = cfg.run.log_samples_every
+    if every and state.step % every == 0:  # for the dashboards (`trainers/dashboards.py`), not metrics.jsonl
+        metrics["samples"] = [{"completion": t, "reward": round(float(r), 4)}
+                              for t, r in zip(ro.texts[:4], batch.rewards[:4].tolist())]
     return dp.reduce_metrics(metrics)  # over ranks (one process: as is)

@@ -27,7 +27,7 @@ import yaml
 from tqdm import tqdm
 
 from thinkrl import config as config_mod
-from thinkrl.trainers import checkpoint
+from thinkrl.trainers import checkpoint, dashboards
 from thinkrl.config import Config
 from thinkrl.data import loaders, problems
 from thinkrl.data.templates import THINK_OPEN, build_prompt
@@ -149,7 +149,9 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
         if ckpt is None:  # killed before its first checkpoint: the run starts over from its saved config
             log(f"{run_dir} has no complete checkpoint yet: starting the run over from its config.yaml")
         cfg = config_mod.load_config(run_dir / "config.yaml")
-    else:
+    if dashboards.missing(cfg.run.report_to):  # before the run directory or any model
+        raise config_mod.ConfigError(dashboards.missing(cfg.run.report_to))
+    if not resume:
         run_dir = Path(dp.broadcast_object(str(_new_run_dir(cfg))))  # rank 0's choice (the time stamp)
         if world.is_main:
             if (run_dir / "metrics.jsonl").exists() or checkpoint.latest_checkpoint(run_dir) is not None:
@@ -181,6 +183,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     g = cfg.grpo
     state = new_train_state(model, tokenizer, cfg, train_problems)
     log_file = JsonlLog(run_dir / "metrics.jsonl") if world.is_main else None
+    sinks = dashboards.open_all(cfg.run.report_to, run_dir) if world.is_main else []
     if ckpt is None and log_file:
         log_file.truncate_after(0)  # a start over: the killed attempt's lines go
     if ckpt is not None:
@@ -203,13 +206,18 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
                     mid = heldout_eval(model, tokenizer, eval_problems, build, prefix, cfg, cfg.run.seed + state.step)
                     m["eval/accuracy"], m["eval/mean_length"] = mid["accuracy"], mid["mean_length"]
                 dp.barrier()
+        samples = m.pop("samples", None)  # text for the dashboards only
         if log_file:
             log_file.write(m)
+        for sink in sinks:
+            sink.write(m, samples)
         bar.update(1)
         bar.set_postfix(reward=f"{m['reward/total']:.2f}", acc=f"{m['accuracy']:.2f}", len=f"{m['length/mean']:.0f}")
         if (cfg.run.checkpoint_every and state.step % cfg.run.checkpoint_every == 0) or state.step == g.steps:
             save(state, run_dir, cfg)
     bar.close()
+    for sink in sinks:
+        sink.close()
 
     weights = fsdp.full_state_dict(model) if fsdp.is_sharded(model) else None  # (a collective)
     with fsdp.full_weights(model):
