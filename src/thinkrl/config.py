@@ -37,8 +37,9 @@ class ModelConfig:
 class DataConfig:
     dataset: str = opt("arithmetic", "Training prompts: arithmetic (synthetic last-digit chains, the quickstart), addition (two-digit sums), gsm8k, math500, aime24, amc23, or a JSONL path.")
     data_dir: str = opt("", "Folder of the benchmark data (default: $THINKRL_DATA_DIR or ../shared/data). Never downloaded.")
-    question_field: str = opt("question", "Question field when `dataset` is a JSONL path.")
-    answer_field: str = opt("answer", "Gold answer field when `dataset` is a JSONL path.")
+    question_field: str = opt("question", "Question field (column) when `dataset` is a JSONL path or a local data "
+                                          "set (save_to_disk folder, .parquet / .csv / .arrow files).")
+    answer_field: str = opt("answer", "Gold answer field (column) of a JSONL path or a local data set.")
     template: str = opt("r1_zero", "Prompt template: r1_zero (paper Table 1, verbatim), chat (the model's chat template), plain.")
     suffix: str = opt("", "Text appended to the question (e.g. the paper's math suffix for chat models).")
     force_think: bool = opt(False, "End the prompt with <think> so completions start inside the reasoning.")

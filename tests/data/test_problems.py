@@ -46,3 +46,68 @@ def test_bad_sources_name_what_the_user_typed(source, split, kw, error, message)
 
 def test_sources_list_every_synthetic_and_bundled_set():
     assert set(SOURCES) == {"arithmetic", "addition", *loaders.BENCHMARKS, *loaders.CODE_BENCHMARKS}
+
+
+def _rows(n: int = 6) -> list[dict]:
+    return [{"q": f"What is {i} + {i}?", "a": str(2 * i), "solution": f"{i} + {i} = {2 * i}", "level": i % 3}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["saved", "saved_dict", "parquet", "csv", "parquet_folder"])
+def test_local_hugging_face_data_sets_become_problems(tmp_path, kind):
+    """A save_to_disk folder (Dataset or DatasetDict split), Parquet, CSV, or a folder of Parquet
+    shards: rows mapped by the field options, the solution kept, other columns in meta."""
+    datasets = pytest.importorskip("datasets")
+    from thinkrl.data.problems import load_problems
+
+    ds = datasets.Dataset.from_list(_rows())
+    if kind == "saved":
+        ds.save_to_disk(str(tmp_path / "d"))
+        source = tmp_path / "d"
+    elif kind == "saved_dict":
+        datasets.DatasetDict({"train": ds, "test": ds.select(range(2))}).save_to_disk(str(tmp_path / "d"))
+        source = tmp_path / "d"
+    elif kind == "parquet":
+        ds.to_parquet(str(tmp_path / "d.parquet"))
+        source = tmp_path / "d.parquet"
+    elif kind == "csv":
+        ds.to_csv(str(tmp_path / "d.csv"), index=False)
+        source = tmp_path / "d.csv"
+    else:
+        (tmp_path / "d").mkdir()
+        ds.select(range(3)).to_parquet(str(tmp_path / "d/part-0.parquet"))
+        ds.select(range(3, 6)).to_parquet(str(tmp_path / "d/part-1.parquet"))
+        source = tmp_path / "d"
+    got = load_problems(str(source), "train", question_field="q", answer_field="a", limit=5)
+    assert [p.question for p in got] == [r["q"] for r in _rows()[:5]]
+    assert [p.answer for p in got] == [r["a"] for r in _rows()[:5]]
+    assert got[1].solution == "1 + 1 = 2" and int(got[2].meta["level"]) == 2
+    if kind == "saved_dict":
+        assert len(load_problems(str(source), "test", question_field="q", answer_field="a")) == 2
+
+
+def test_a_missing_column_or_split_names_the_path(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from thinkrl.data.loaders import DataError
+    from thinkrl.data.problems import load_problems
+
+    datasets.Dataset.from_list(_rows()).to_parquet(str(tmp_path / "d.parquet"))
+    with pytest.raises(DataError, match=r"d.parquet: no column 'question', 'answer' \(columns: q, a, solution, level\)"):
+        load_problems(str(tmp_path / "d.parquet"), "train")
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(_rows())}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError, match=r"dd: no split 'test' in this DatasetDict; it has train"):
+        load_problems(str(tmp_path / "dd"), "test", question_field="q", answer_field="a")
+
+
+def test_train_takes_a_saved_dataset_dicts_own_splits(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from thinkrl.config import load_config
+    from thinkrl.trainers.loop import train_heldout_problems
+
+    rows = _rows(10)
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:7]),
+                          "test": datasets.Dataset.from_list(rows[7:])}).save_to_disk(str(tmp_path / "dd"))
+    cfg = load_config(overrides=[f"data.dataset={tmp_path / 'dd'}", "data.question_field=q", "data.answer_field=a",
+                                 "data.eval_size=2", "data.train_size=0"])
+    train, held = train_heldout_problems(cfg)
+    assert [p.answer for p in train] == [r["a"] for r in rows[:7]] and [p.answer for p in held] == ["14", "16"]

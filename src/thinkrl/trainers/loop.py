@@ -29,7 +29,7 @@ from tqdm import tqdm
 from thinkrl import config as config_mod
 from thinkrl.trainers import checkpoint, dashboards
 from thinkrl.config import Config
-from thinkrl.data import loaders, problems
+from thinkrl.data import hf_datasets, loaders, problems
 from thinkrl.data.templates import THINK_OPEN, build_prompt
 from thinkrl.distributed import data_parallel as dp
 from thinkrl.distributed import env as dist_env
@@ -55,11 +55,13 @@ StepFn = Callable[[TrainState, Config, Callable[[str], str], str], dict]
 
 def train_heldout_problems(cfg: Config) -> tuple[list[loaders.Problem], list[loaders.Problem]]:
     """(train problems, held-out problems) for `data.dataset`: the synthetic tasks' and GSM8K's
-    own splits; a test-only set or a JSONL file holds out its first `eval_size` rows."""
+    own splits (and a saved DatasetDict's train / test); a test-only set, a JSONL file or a
+    single local data set holds out its first `eval_size` rows."""
     d = cfg.data
     load = partial(problems.load_problems, d.dataset, seed=cfg.run.seed, data_dir=d.data_dir or None,
                    question_field=d.question_field, answer_field=d.answer_field, what="data.dataset")
-    if d.dataset in problems.SYNTHETIC or d.dataset == "gsm8k":
+    own_splits = {"train", "test"} <= set(hf_datasets.splits(d.dataset))  # a saved DatasetDict with both
+    if d.dataset in problems.SYNTHETIC or d.dataset == "gsm8k" or own_splits:
         train = load("train", limit=d.train_size or None)
         return train, load("test", limit=d.eval_size)
     rows = load("test")
