@@ -226,3 +226,29 @@ def test_load_jsonl_problems(tmp_path):
     assert [(p.id, p.question, p.answer) for p in ps] == [("x", "1+1?", "2"), ("y", "2+2?", "4")]
     assert ps[0].solution == "s" and ps[0].meta == {"extra": 5} and ps[1].solution is None
     assert [p.id for p in load_jsonl_problems(path, "q", "a")] == ["mine/0", "mine/1"]
+
+
+THINKING_TEMPLATE = TINY_TEMPLATE.replace("<|assistant|>{% endif %}", "<|assistant|><think>\n{% endif %}")
+
+
+def test_a_template_that_opens_think_is_detected_and_the_rewards_see_the_tag():
+    """A Qwen3 / R1-Distill style template opens <think> itself: the trainer's prompt and its
+    format reward agree (the tag is put back in front of the completion), with or without
+    data.force_think, and no second tag is added."""
+    from thinkrl.config import Config
+    from thinkrl.data.templates import chat_opens_think
+    from thinkrl.rewards.format_reward import format_reward
+    from thinkrl.trainers.loop import prompt_builder
+
+    thinking, plain = _tiny_tokenizer(THINKING_TEMPLATE), _tiny_tokenizer(TINY_TEMPLATE)
+    assert chat_opens_think(thinking) and not chat_opens_think(plain) and not chat_opens_think(_tiny_tokenizer(None))
+    completion = "1 + 1 = 2</think>\n<answer>2</answer>"
+    for force in (False, True):
+        cfg = Config()
+        cfg.data.template, cfg.data.force_think, cfg.data.suffix = "chat", force, ""
+        build, prefix = prompt_builder(cfg, thinking)
+        assert build("Q?") == "<|user|>Q?<|end|><|assistant|><think>\n" and prefix == "<think>"
+        assert format_reward([prefix + completion]) == [1.0]
+    cfg = Config()
+    cfg.data.template, cfg.data.suffix = "chat", ""
+    assert prompt_builder(cfg, plain)[1] == ""  # the model opens the tag itself (or not): nothing put back

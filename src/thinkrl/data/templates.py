@@ -95,6 +95,15 @@ def chat_prompt(
     return prompt
 
 
+def chat_opens_think(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template opens "<think>" itself at the start of the assistant
+    turn (Qwen3 / DeepSeek-R1-Distill style): the completion then starts inside the think block,
+    and the rewards must see "<think>" put back in front of it."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return False
+    return chat_prompt(tokenizer, "1 + 1 = ?").rstrip().endswith(THINK_OPEN)
+
+
 def plain_prompt(question: str, suffix: str | None = None) -> str:
     """The bare question, with `suffix` on a new line when given."""
     return _with_suffix(question, suffix)
