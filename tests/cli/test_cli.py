@@ -128,3 +128,38 @@ def test_print_config_prints_the_resolved_options_and_runs_nothing(tmp_path, cap
     assert cli.main(["train", "--print-config", "--config", str(tmp_path / "r.yaml")]) == 0
     assert capsys.readouterr().out == printed
     assert cli.main(["train", "--print-config", "grpo.lrr=1"]) == 2  # still validated
+
+
+def test_long_stages_show_a_progress_bar_on_a_terminal(tmp_path):
+    """On a terminal `thinkrl sft` shows a bar with its ETA and the live loss (off a terminal, as in
+    these captured tests, it stays quiet: tqdm's disable=None)."""
+    import json
+    import os
+    import pty
+
+    from thinkrl.models.tiny import SHIPPED_BASE
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "response": f"{i + 1}"}) + "\n" for i in range(8)))
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # a terminal 160 columns wide
+    proc = subprocess.Popen([sys.executable, "-m", "thinkrl", "sft", "--model", str(SHIPPED_BASE), "--data", str(data),
+                             "--output-dir", str(tmp_path / "sft"), "--template", "plain", "--batch-size", "4",
+                             "--epochs", "1", "--eos-check-prompts", "0"], stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=120) == 0, out[-2000:]
+    text = out.decode(errors="replace")
+    assert "SFT: 100%" in text and "2/2 [" in text and "loss=" in text

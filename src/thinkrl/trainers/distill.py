@@ -48,6 +48,7 @@ from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from thinkrl import rewards
 from thinkrl.algos import kd
@@ -167,6 +168,7 @@ def teacher_samples(teacher, tokenizer, problems: list[Problem], cfg: DistillCon
     gen = torch.Generator(device=next(teacher.parameters()).device).manual_seed(cfg.sft.seed + 1_000_003 * world.rank)
     mine = list(range(world.rank, len(problems), world.size))  # this rank's problems (all of them in one process)
     out = []
+    bar = tqdm(total=len(mine), desc="teacher", unit="problem", disable=None if world.is_main else True)
     for first in range(0, len(mine), cfg.batch_prompts):
         index = mine[first:first + cfg.batch_prompts]
         chunk = [problems[i] for i in index]
@@ -179,8 +181,11 @@ def teacher_samples(teacher, tokenizer, problems: list[Problem], cfg: DistillCon
                         "completion_ids": ro.completion_ids[n, : int(ro.lengths[n])].tolist(), "text": text,
                         "truncated": bool(ro.truncated[n]), "reward": r,
                         "correct": r is not None and r >= cfg.min_reward})
+        bar.update(len(chunk))
+        bar.set_postfix(correct=f"{sum(s['correct'] for s in out) / len(out):.0%}")
         log(f"teacher: {first + len(chunk)}/{len(mine)} problems{' (this rank)' if world.size > 1 else ''}, "
             f"{sum(s['correct'] for s in out)}/{len(out)} samples correct")
+    bar.close()
     every = [s for part in dp.gather_objects(out) for s in part]
     return sorted(every, key=lambda s: (s["index"], s["sample"]))
 

@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm import tqdm
+
 from thinkrl import rewards
 from thinkrl.config import ConfigError
 from thinkrl.data.contamination import DEFAULT_N, build_index
@@ -352,6 +354,7 @@ def run_rejection_sampling(model, tokenizer, problems: list[loaders.Problem], cf
                    _Writer(paths["rejected"]) if cfg.save_rejected else None)
     pairs_out = _Writer(paths["pairs"]) if cfg.save_pairs else None
     writers = [w for w in (judge.kept_out, judge.rejected_out, pairs_out) if w is not None]
+    bar = tqdm(total=len(clean), desc="sample", unit="prompt", disable=None)  # (None: only on a terminal)
     try:
         for first in range(0, len(clean), cfg.batch_prompts):
             chunk = clean[first:first + cfg.batch_prompts]
@@ -366,8 +369,11 @@ def run_rejection_sampling(model, tokenizer, problems: list[loaders.Problem], cf
                 pair = preference_pair(prompt_texts[b], [ro.texts[i] for i in rows], [verdicts[i] for i in rows])
                 if pairs_out is not None and pair is not None:
                     pairs_out.write(pair)
+            bar.update(len(chunk))
+            bar.set_postfix(correct=f"{stats['correct'] / max(stats['generated'], 1):.0%}", kept=stats["kept"])
             log(f"prompts {first + len(chunk)}/{len(clean)}: generated {stats['generated']}, "
                 f"correct {stats['correct']}, kept {stats['kept']}")
+        bar.close()
         stats = _finish_stats(stats, cfg, fcfg, template, suffixes, time.time() - start, paths)
         for w in writers:
             w.commit()

@@ -51,6 +51,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from thinkrl.distributed import data_parallel as dp
 from thinkrl.distributed import env as dist_env
@@ -237,6 +238,7 @@ def _run_steps(model, encoded: list[Encoded], cfg: SFTConfig, micro_loss, pad_id
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     every = max(1, total // 20)
     step, skipped, losses, by_epoch = 0, 0, [], []
+    bar = tqdm(total=total, desc="SFT", disable=None if world.is_main else True)  # (None: only on a terminal)
     model.train()
     try:
         for epoch in range(cfg.epochs):
@@ -280,11 +282,14 @@ def _run_steps(model, encoded: list[Encoded], cfg: SFTConfig, micro_loss, pad_id
                                    "loss_tokens": n_tok, "rows": sum(mb.input_ids.shape[0] for mb in mbs),
                                    "padding": 1 - real / max(cells, 1), "skipped_updates": skipped,
                                    "time/step": time.perf_counter() - t0, "peak_rss_gib": peak_rss_gib()})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch + 1)
                 if step % every == 0 or step == total:
                     log(f"step {step}/{total}  epoch {epoch + 1}  loss {loss:.4f}  lr {lr:.2e}")
             finite = [x for x in epoch_losses if math.isfinite(x)]
             by_epoch.append(sum(finite) / len(finite) if finite else math.nan)
     finally:
+        bar.close()
         model.eval()
     return {"steps": total, "warmup_steps": warmup, "loss_first_step": losses[0], "loss_last_step": losses[-1],
             "loss_by_epoch": by_epoch, "skipped_updates": skipped}
