@@ -111,7 +111,7 @@ def ppo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: st
     def value_updates(state: TrainState, batch) -> dict:
         """The copied critic's own μ × mini-batch steps (nothing to do for a shared head)."""
         N, term = len(batch.ro.texts), value_term(batch)
-        for _ in range(g.mu if not shared else 0):
+        for _ in range(0 if shared else g.mu):  # a shared head trained with the policy already
             for mb in torch.randperm(N, generator=state.generator, device=state.generator.device).cpu().chunk(g.minibatches):
                 state.value_optimizer.zero_grad(set_to_none=True)
                 n_tok = float(saved["mask"][mb].sum().clamp(min=1))
