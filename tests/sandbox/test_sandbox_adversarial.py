@@ -2,7 +2,7 @@
 
 Each case is a program (or a HumanEval / stdin-stdout submission) written to break out,
 hang, exhaust, lie or cheat. After each run the HOST checks, by itself: no process of the
-run survives (same uid or same PID namespace), the call returned within timeout + 1 s, our
+run survives (same uid or same PID namespace), the call returned within timeout + OVERRUN_S, our
 planted secret is not in the output, the loopback TCP/UDP servers, the unix socket and the
 abstract socket we started got nothing, no file appeared in our world-writable sentinel
 directory or /tmp, the victim process we own is alive, our hostname is unchanged, the
@@ -40,6 +40,11 @@ from adversarial_cases import CASES, STDIO_CASE, TASKS, Case
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 2.0
+# The call must not be held past its deadline by the program. Cleaning up after it (killing the
+# processes, freeing what they held) is not instant on a loaded machine: CI once took 1.04 s for
+# memfd_in_children's 288 MB. A program that held the call would overrun without bound, so a
+# few seconds of slack still catches it.
+OVERRUN_S = 2.5
 LIMITS = Limits(timeout=TIMEOUT, memory_mb=256, processes=16, output_bytes=64 << 10, file_size_mb=8,
                 disk_mb=16, inodes=256)
 SECRET = "thinkrl-planted-secret-" + secrets.token_hex(8)
@@ -160,7 +165,7 @@ def _escapes(host: Host, result, elapsed: float, hits_before: int, dirs_before: 
     iso = result.isolation or {}
     if survivors(iso.get("uid"), iso.get("pidns")):
         found.append("survivor")
-    if elapsed > TIMEOUT + 1.0:
+    if elapsed > TIMEOUT + OVERRUN_S:
         found.append(f"overrun {elapsed:.2f}s")
     if SECRET.encode() in out:
         found.append("secret")

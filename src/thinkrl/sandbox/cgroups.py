@@ -97,17 +97,27 @@ class RunGroup:
                     return True
         return False
 
+    def kill(self) -> None:
+        """SIGKILL every process in the run's groups (a process cannot leave them: moving needs
+        write access to another group). Cheap: no process is started, unlike the uid sweep."""
+        for d in self.dirs:
+            try:
+                pids = (d / "cgroup.procs").read_text().split()
+            except FileNotFoundError:
+                continue
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
     def remove(self, timeout: float = 5.0) -> None:
         """Kill whatever is left inside, then remove the directories."""
         deadline = time.monotonic() + timeout
         for d in self.dirs:
             while d.exists():
                 try:
-                    for pid in (d / "cgroup.procs").read_text().split():
-                        try:
-                            os.kill(int(pid), signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
+                    self.kill()
                     d.rmdir()
                 except FileNotFoundError:
                     break

@@ -217,7 +217,9 @@ def run(files: Mapping[str, str | bytes], main: str = "main.py", stdin: bytes | 
     finally:
         if proc is not None and proc.popen.returncode is None:
             proc.kill()
-        if uid is not None and cfg.isolation == "rlimits-only":
+        if group is not None:
+            group.kill()  # the whole run at once, before any slower sweep
+        if uid is not None and cfg.isolation == "rlimits-only" and not wait_uid_gone(uid, timeout=0.5):
             for _ in range(3):  # kill(-1) as the uid, until none of its processes is left
                 _sweep(uid)
                 if wait_uid_gone(uid, timeout=2.0):
