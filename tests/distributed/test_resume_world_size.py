@@ -1,5 +1,6 @@
 """A resume on another number of ranks (2 -> 1, 1 -> 2; DDP layout and FSDP2) ends on the
-uninterrupted run's weights, with the samples fixed by the prompt."""
+uninterrupted run's weights, with real sampling (one generator per row, seeded by the prompt's
+stream position, see `thinkrl.engine.sampler.row_generators`)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import torch.multiprocessing as mp
 
 from thinkrl import rewards
 from thinkrl.models import tiny
-from thinkrl.trainers import loop, rollouts
+from thinkrl.trainers import loop
 
-from dp_helpers import fake_sample, free_port, length_reward
+from dp_helpers import free_port, length_reward
 
 
 def train_job(run: Path, prompts_per_rank: int, resume: bool = False, crash_after: int = 0,
               parallel: str = "ddp") -> None:
-    """`loop.train_run` of 6 GRPO steps (checkpoint every step) on samples fixed by the prompt, with
+    """`loop.train_run` of 6 GRPO steps (checkpoint every step), with
     SGD with momentum (linear in the gradients, see run_cases, and a state to checkpoint);
     crash_after k: stop with an error once step k's checkpoint is written."""
     from thinkrl.config import load_config
@@ -31,8 +32,7 @@ def train_job(run: Path, prompts_per_rank: int, resume: bool = False, crash_afte
             raise KeyboardInterrupt("simulated crash")
         return grpo_step(state, *a, **k)
 
-    real_sample, adamw = rollouts.sample, torch.optim.AdamW
-    rollouts.sample = fake_sample
+    adamw = torch.optim.AdamW
     torch.optim.AdamW = lambda params, lr, **_: torch.optim.SGD(params, lr=lr, momentum=0.9)
     rewards.register("test_dp_length")(length_reward)
     try:
@@ -46,7 +46,7 @@ def train_job(run: Path, prompts_per_rank: int, resume: bool = False, crash_afte
         except KeyboardInterrupt:
             pass
     finally:
-        rollouts.sample, torch.optim.AdamW = real_sample, adamw
+        torch.optim.AdamW = adamw
         rewards.REWARDS.pop("test_dp_length")
 
 

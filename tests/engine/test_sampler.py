@@ -391,3 +391,26 @@ def test_take_groups_and_concat_keep_each_rows_samples():
         assert torch.equal(joined.logprobs[n, :k], src.logprobs[r, :k])
         assert joined.completion_mask[n].sum() == k
         assert (joined.completion_ids[n, k:] == TOK.pad_token_id).all()
+
+
+def test_row_generators_make_a_prompts_samples_independent_of_its_batch_mates():
+    """One generator per row, seeded by (seed, key, sample): prompt B's completions are the same
+    sampled beside prompt A as alone (what lets N data-parallel ranks sample as one process);
+    with one generator for the batch they differ."""
+    model = tiny_llama(init=0.5)
+    with torch.no_grad():
+        model.lm_head.weight[TOK.eos_token_id] *= 2.0  # rows finish at different steps (dropped mid-decode)
+    a, b = enc("Hi there"), enc("Q: 2+2?")
+    params = SamplingParams(max_new_tokens=24, temperature=1.0, top_p=0.95)
+    gens = lambda keys: rollout.row_generators(7, keys, 3, "cpu")  # noqa: E731
+    both = sample(model, TOK, [a, b], 3, params, gens([10, 11]))
+    alone = sample(model, TOK, [b], 3, params, gens([11]))
+    assert len(set(both.lengths.tolist())) > 3
+    assert both.texts[3:] == alone.texts
+    assert len(set(both.texts)) > 2  # the rows really are random draws
+    assert sample(model, TOK, [b], 3, params, gens([12])).texts != alone.texts  # another key, other draws
+    shared = sample(model, TOK, [a, b], 3, params, torch.Generator().manual_seed(7))
+    shared_alone = sample(model, TOK, [b], 3, params, torch.Generator().manual_seed(7))
+    assert shared.texts[3:] != shared_alone.texts
+    with pytest.raises(ValueError, match="5 row generators for 2 prompts x 3 samples"):
+        sample(model, TOK, [a, b], 3, params, gens([10, 11])[:5])

@@ -13,7 +13,10 @@ Algorithm
 3. Decode one token per step for every live row: logits / temperature -> float32
    log-softmax -> optional top-p (nucleus) truncation -> one categorical draw per row by
    inverse CDF (`_categorical`) with the caller's generator, so a seeded generator makes
-   the rollout deterministic.
+   the rollout deterministic. The caller may instead pass one generator per row
+   (`row_generators`): each row then draws from its own stream, so its completion does not
+   depend on which other prompts share the batch (a prompt samples the same on any rank of
+   a data-parallel job as in one process, up to the batch shape's float rounding).
    temperature == 0 is greedy (argmax); its log-probs are then taken at temperature 1.
 4. A row finishes on an EOS id (the tokenizer's, plus `model.generation_config.eos_token_id`)
    or once its decoded completion contains a stop string; the finishing token is kept
@@ -39,7 +42,9 @@ The model is put in eval mode for the call and its mode restored afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -169,7 +174,30 @@ CDF_BLOCK = 256  # _categorical's block width
 CDF_ONE_LEVEL_MAX = 4096  # vocabularies up to this size: one float64 cumulative sum (fewer ops)
 
 
-def _categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+Generators = torch.Generator | Sequence[torch.Generator] | None  # one for the batch, or one per row
+
+
+def row_generators(seed: int, keys: Sequence[int], group_size: int, device) -> list[torch.Generator]:
+    """One generator per row (key k's G rows: k's sample 0..G-1), seeded from (seed, key, sample)
+    by a hash: a row's stream depends on nothing else. Keys: the prompts' global positions in the
+    prompt stream (unique over a run)."""
+    gens = []
+    for k in keys:
+        for j in range(group_size):
+            h = hashlib.blake2b(f"{seed}/{k}/{j}".encode(), digest_size=8).digest()
+            gens.append(torch.Generator(device=device).manual_seed(int.from_bytes(h, "little")))
+    return gens
+
+
+def _uniforms(n: int, generator: Generators, device) -> torch.Tensor:
+    """(n, 1) float64 uniforms in [0, 1): n from one generator, or one from each of n."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(n, 1, generator=generator, device=device, dtype=torch.float64)
+    assert len(generator) == n, f"{len(generator)} generators for {n} rows"
+    return torch.cat([torch.rand(1, 1, generator=g, device=device, dtype=torch.float64) for g in generator])
+
+
+def _categorical(probs: torch.Tensor, generator: Generators) -> torch.Tensor:
     """One draw per row from unnormalised probabilities (n, V), by inverting the CDF with one
     uniform per row: exact categorical sampling (zero-probability entries are never drawn), and
     far cheaper on the CPU than torch.multinomial, which draws an exponential variate for every
@@ -181,7 +209,7 @@ def _categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torc
     (0.13 -> 0.07 ms at 8 x 49,152 in `benchmarks/kernel_timings.py`; 1.5 ms for the one-level pass
     before `thinkrl.engine.allocator`'s defaults, when its 3 MB float64 copy was fresh pages each step)."""
     n, V = probs.shape
-    u = torch.rand(n, 1, generator=generator, device=probs.device, dtype=torch.float64)  # (n, 1)
+    u = _uniforms(n, generator, probs.device)  # (n, 1)
     if V <= CDF_ONE_LEVEL_MAX:
         cdf = probs.double().cumsum(dim=-1)  # (n, V)
         return _invert(cdf, u * cdf[:, -1:])  # (n,)
@@ -221,7 +249,7 @@ def _nucleus(logp: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tens
 
 
 def _next_token(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor, params: SamplingParams, generator: Generators
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row. logits: (n, V) float32. Returns tokens (n,) and their log-probs (n,)."""
     if params.temperature == 0:
@@ -253,7 +281,7 @@ def sample(
     prompt_ids: list[list[int]],
     group_size: int,
     params: SamplingParams,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     engine_dtype: torch.dtype | None = None,
     engine: str = "auto",
 ) -> Rollout:
@@ -265,7 +293,8 @@ def sample(
 
     `texts[n]` decodes the completion with skip_special_tokens=False, minus pads and minus
     a final EOS token (a stop string, by contrast, stays in the text). If the tokenizer has
-    no pad token, the EOS id pads. The generator must live on the model's device.
+    no pad token, the EOS id pads. The generator must live on the model's device; a list
+    holds one per row (B * G, row n = prompt n // G), see `row_generators`.
     """
     B, G = len(prompt_ids), group_size
     N = B * G
@@ -301,6 +330,10 @@ def sample(
             logits = logits.repeat_interleave(G, dim=0)  # (N, V)
             next_pos = attn.sum(dim=-1).repeat_interleave(G)  # (N,) position of the next token = prompt length
             live = torch.arange(N, device=device)  # (n,) global row of each live decode row
+            per_row = generator is not None and not isinstance(generator, torch.Generator)
+            if per_row and len(generator) != N:
+                raise ValueError(f"{len(generator)} row generators for {B} prompts x {G} samples")
+            draw = list(generator) if per_row else generator  # the live rows' generators when per row
 
             is_eos = ((lambda t: t == eos_ids[0]) if len(eos_ids) == 1  # noqa: E731
                       else (lambda t: torch.isin(t, eos_t)))
@@ -309,10 +342,10 @@ def sample(
             # ---- 3. decode, dropping finished rows
             for step in range(M):
                 if step < params.min_new_tokens:  # EOS not yet allowed; the log-prob is the policy's own
-                    tok, _ = _next_token(logits.index_fill(-1, eos_t, float("-inf")), params, generator)  # (n,)
+                    tok, _ = _next_token(logits.index_fill(-1, eos_t, float("-inf")), params, draw)  # (n,)
                     tok_logp = _logp_at(logits, tok, params.temperature)  # (n,)
                 else:
-                    tok, tok_logp = _next_token(logits, params, generator)  # (n,), (n,)
+                    tok, tok_logp = _next_token(logits, params, draw)  # (n,), (n,)
                 tokens[at, step] = tok
                 logprobs[at, step] = tok_logp
                 done = is_eos(tok)  # (n,)
@@ -332,6 +365,8 @@ def sample(
                         break
                     engine.keep_rows(keep)
                     live, tok, next_pos = live[keep], tok[keep], next_pos[keep]
+                    if per_row:
+                        draw = [draw[i] for i in keep.tolist()]
                     at = live
                 logits = engine.step(tok, next_pos)  # (n, V)
                 next_pos = next_pos + 1  # (n,)

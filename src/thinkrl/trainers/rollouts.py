@@ -28,7 +28,7 @@ from thinkrl.data.templates import encode_prompts
 from thinkrl.distributed import data_parallel as dp
 from thinkrl.distributed import fsdp
 from thinkrl.distributed.env import current
-from thinkrl.engine.sampler import Rollout, SamplingParams, concat_rollouts, sample, take_groups
+from thinkrl.engine.sampler import Rollout, SamplingParams, concat_rollouts, row_generators, sample, take_groups
 from thinkrl.trainers.metrics import PhaseTimer
 
 
@@ -78,11 +78,16 @@ def reward_options(cfg: Config) -> dict[str, dict]:
 def _draw(state, cfg: Config, build_prompt, completion_prefix: str, timer: PhaseTimer):
     """One round: the stream's next B problems, G samples each, scored. -> (problems, rollout, ScoreResult)."""
     g = cfg.grpo
-    problems = dp.shard(state.stream.next(g.prompts_per_step * current().size), current())  # this rank's share
+    first, n = state.stream.position, g.prompts_per_step * current().size
+    problems = dp.shard(state.stream.next(n), current())  # this rank's share
+    keys = dp.shard(list(range(first, first + n)), current())  # their positions in the global stream
     texts = [build_prompt(p.question) for p in problems]  # (B,) the prompts as the policy sees them
     prompts = encode_prompts(state.tokenizer, lambda t: t, texts)
+    # one generator per row, from (seed, stream position, sample): a prompt's samples are the same
+    # whichever rank draws it, so N ranks sample as one process and a resume may change N
+    gens = row_generators(cfg.run.seed, keys, g.group_size, state.generator.device)
     with timer("sample"):
-        ro = sample(state.model, state.tokenizer, prompts, g.group_size, sampling_params(cfg), state.generator,
+        ro = sample(state.model, state.tokenizer, prompts, g.group_size, sampling_params(cfg), gens,
                     engine_dtype=torch.bfloat16 if cfg.run.precision == "bf16" else None)
     with timer("reward"):
         columns = {**reward_columns(problems, g.group_size), "completion_length": ro.lengths.tolist(),
