@@ -38,6 +38,17 @@ class Setting:
     temperature: float = 1.0
     seed: int = 0
     cpu_micro_batch: int = 0  # thinkrl's grpo.micro_batch_size on the CPU (0 = whole batch: fastest)
+    lora_r: int = 0  # > 0: LoRA of this rank on every projection (alpha 2r, no dropout), the same peft config in both tools
+
+
+def lora_config(s: Setting):
+    """The peft LoraConfig both tools get for a LoRA setting."""
+    from peft import LoraConfig
+
+    from thinkrl.models.lora import DEFAULT_TARGETS
+
+    return LoraConfig(r=s.lora_r, lora_alpha=2 * s.lora_r, lora_dropout=0.0, target_modules=DEFAULT_TARGETS,
+                      task_type="CAUSAL_LM")
 
 
 SETTINGS = {
@@ -49,6 +60,9 @@ SETTINGS = {
     "smollm2-B4-micro1": Setting("smollm2-B4-micro1", "smollm2", prompts_per_step=4, cpu_micro_batch=1),
     # fp32 with the whole batch in one backward: thinkrl's fastest fp32 point (more activation memory)
     "smollm2-128-whole": Setting("smollm2-128-whole", "smollm2"),
+    # LoRA r 16 through peft in both tools (issue 23's table; lr as for adapters)
+    "smollm2-128-lora": Setting("smollm2-128-lora", "smollm2", cpu_micro_batch=2, lora_r=16, lr=1e-4),
+    "smollm2-128-whole-lora": Setting("smollm2-128-whole-lora", "smollm2", lora_r=16, lr=1e-4),
     # both tools' fastest mode: bf16, the whole batch in one backward (as TRL does)
     "smollm2-128-bf16": Setting("smollm2-128-bf16", "smollm2", precision="bf16"),
     # the tiny model's steps take ~0.1-0.3 s: more of them, for medians steadier than single-step noise

@@ -21,8 +21,8 @@ if "--tool" in sys.argv[:-1] and sys.argv[sys.argv.index("--tool") + 1] == "thin
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (SETTINGS, Setting, diversity_reward, emit, matmul_peak, model_dir, n_params,  # noqa: E402
-                          page_faults, peak_rss_gib, prompts)
+from bench_common import (SETTINGS, Setting, diversity_reward, emit, lora_config, matmul_peak, model_dir,  # noqa: E402
+                          n_params, page_faults, peak_rss_gib, prompts)
 
 
 def _load(setting: Setting, device: str):
@@ -108,6 +108,11 @@ def run_thinkrl(s: Setting, device: str, profile: str | None = None) -> None:
 
     rewards.register("bench_diversity")(diversity_reward)
     model, tok = _load(s, device)
+    if s.lora_r:  # as `thinkrl train model.lora_r=...` does (models/lora.py), with the benchmark's LoraConfig
+        from thinkrl.models import lora
+
+        c = lora_config(s)
+        model = lora.apply(model, c.r, c.lora_alpha, c.lora_dropout, sorted(c.target_modules))
     B, total = s.prompts_per_step, s.warmup + s.steps
     texts = prompts(s, tok, B * total)
     cfg = Config()
@@ -123,11 +128,11 @@ def run_thinkrl(s: Setting, device: str, profile: str | None = None) -> None:
     set_deterministic(cfg.run.deterministic)  # as `thinkrl train` runs
 
     class InOrder:  # the same prompts in the same order as TRL's unshuffled sampler
-        pos = 0
+        position = 0  # (PromptStream's name: the samplers' generators are seeded by it)
 
         def next(self, n):
-            out = [Problem(id=str(i), question=texts[i], answer="") for i in range(self.pos, self.pos + n)]
-            self.pos += n
+            out = [Problem(id=str(i), question=texts[i], answer="") for i in range(self.position, self.position + n)]
+            self.position += n
             return out
 
     opt, sched = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps)
@@ -173,7 +178,7 @@ def run_trl(s: Setting, device: str) -> None:
         bf16=s.precision == "bf16", dataloader_num_workers=0,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[diversity_reward], args=args, train_dataset=ds,
-                          processing_class=tok)
+                          processing_class=tok, peft_config=lora_config(s) if s.lora_r else None)
     phase = {"generate": 0.0, "gen_and_score": 0.0}
 
     def timed(name, fn):

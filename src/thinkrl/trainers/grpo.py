@@ -48,6 +48,7 @@ from thinkrl.engine import cast_cache
 from thinkrl.engine.cpu_kernels import fused_rms_norms, gqa_attention, onednn_linears, sparse_tied_embedding
 from thinkrl.engine.logprobs import (PromptStates, build_batch, completion_logprobs, grouped_completion_logprobs,
                                      root_completion_logprobs)
+from thinkrl.models import lora
 from thinkrl.trainers import rollouts
 from thinkrl.trainers.metrics import PhaseTimer, mean, peak_rss_gib
 
@@ -82,6 +83,7 @@ class TrainState:
     stream: PromptStream
     generator: torch.Generator
     ref_model: torch.nn.Module | None = None
+    ref_adapter_off: bool = False  # LoRA with β > 0: π_ref is the policy with its adapter disabled
     value_model: torch.nn.Module | None = None  # PPO's critic (`trainers/ppo.py`); None for GRPO
     value_optimizer: torch.optim.Optimizer | None = None
     step: int = 0
@@ -92,7 +94,7 @@ def make_optimizer(model, lr: float, weight_decay: float, warmup_steps: int, ext
     """AdamW on fp32 master weights, linear warm-up then constant (the paper's constant lr).
     The fused kernel: one pass over each tensor, no full-size temporaries (less peak memory).
     extra_groups: more parameter groups (a shared value head), under the same schedule."""
-    groups = [{"params": list(model.parameters())}, *extra_groups]
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}, *extra_groups]  # LoRA: the adapter
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
     return opt, sched
@@ -331,6 +333,9 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
     with timer("score"), torch.no_grad(), precision(model, bf16, cfg.run.onednn):
         old_logp = _score(logprobs_of, model, N, micro, ro.logprobs) if old_source == "recompute" else ro.logprobs
         ref_logp = None if state.ref_model is None else _score(logprobs_of, state.ref_model, N, micro, ro.logprobs)
+        if state.ref_adapter_off:
+            with lora.adapter_disabled(model):
+                ref_logp = _score(logprobs_of, model, N, micro, ro.logprobs)
 
     with timer("reward"):
         if advantage_fn is not None:

@@ -37,6 +37,7 @@ from thinkrl.distributed import fsdp
 from thinkrl.evaluation.evaluate import evaluate
 from thinkrl.engine.cpu import cpu_class
 from thinkrl.trainers.metrics import JsonlLog, peak_rss_gib
+from thinkrl.models import lora
 from thinkrl.models.loading import frozen_copy, load_model
 from thinkrl.evaluation.passk import summarize
 from thinkrl.trainers.report import write_report
@@ -117,17 +118,33 @@ def new_train_state(model, tokenizer, cfg: Config, train_problems) -> TrainState
     critic = VALUE_HEADS[g.value_head](model) if g.algo == "ppo" else None
     shared = g.algo == "ppo" and g.value_head == "shared"  # the head trains with the policy, in its optimizer
     head_group = ({"params": list(critic.parameters()), "lr": g.value_lr or g.lr},) if shared else ()
-    ref_model = frozen_copy(model) if g.beta > 0 else None  # whole, before any sharding
+    # π_ref: a frozen copy (whole, before any sharding); with LoRA the policy itself, adapter off
+    ref_model = frozen_copy(model) if g.beta > 0 and not lora.is_lora(model) else None
     if cfg.run.parallel == "fsdp2" and dist_env.current().size > 1:
         fsdp.shard(model)
     optimizer, scheduler = make_optimizer(model, g.lr, g.weight_decay, g.warmup_steps, head_group)
     device = next(model.parameters()).device
     state = TrainState(model, tokenizer, optimizer, scheduler, PromptStream(train_problems, cfg.run.seed),
                        torch.Generator(device=device).manual_seed(sampler_seed(cfg.run.seed, dist_env.current().rank)),
-                       ref_model=ref_model, value_model=critic)
+                       ref_model=ref_model, value_model=critic, ref_adapter_off=g.beta > 0 and lora.is_lora(model))
     if critic is not None and not shared:
         state.value_optimizer = torch.optim.AdamW(critic.parameters(), lr=g.value_lr or g.lr, betas=(0.9, 0.99))
     return state
+
+
+def load_policy(cfg: Config, ckpt: Path | None):
+    """(model, tokenizer): the checkpoint's weights, or the configured base (empty path: the
+    quickstart's shipped one). With LoRA the base always, its adapter injected, and a
+    checkpoint's adapter loaded into it (a LoRA checkpoint holds the adapter alone)."""
+    m = cfg.model
+    base = m.path or str(SHIPPED_BASE)
+    if not m.lora_r:
+        return load_model(str(ckpt) if ckpt else base, "" if ckpt else m.gguf_file, m.dtype)
+    model, tokenizer = load_model(base, m.gguf_file, m.dtype)
+    model = lora.apply(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
+    if ckpt is not None:
+        lora.load_adapter(model, ckpt / "adapter")
+    return model, tokenizer
 
 
 def sampler_seed(seed: int, rank: int) -> int:
@@ -169,10 +186,11 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     torch.manual_seed(cfg.run.seed)
 
     train_problems, eval_problems = train_heldout_problems(cfg)  # before anything slow: a bad dataset fails fast
-    model_path = cfg.model.path or str(SHIPPED_BASE)  # empty: the quickstart's shipped base model
     if not ckpt:
-        log(f"model: {model_path}")
-    model, tokenizer = load_model(str(ckpt) if ckpt else model_path, "" if ckpt else cfg.model.gguf_file, cfg.model.dtype)
+        log(f"model: {cfg.model.path or SHIPPED_BASE}" + (f" + LoRA r {cfg.model.lora_r}" if cfg.model.lora_r else ""))
+    if cfg.model.lora_r and world.size > 1:
+        raise config_mod.ConfigError("model.lora_r under data parallelism (--nproc > 1) is left out")
+    model, tokenizer = load_policy(cfg, ckpt)
     build, prefix = prompt_builder(cfg, tokenizer)
 
     if world.is_main and (ckpt is None or not (run_dir / "eval_before.json").exists()):
@@ -229,12 +247,20 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
         dp.barrier()
     if world.is_main:
         save_eval(run_dir / "eval_after.json", after)
-        model.save_pretrained(run_dir / "final_model", state_dict=weights)
+        if lora.is_lora(model):  # the adapter (peft format); the merged model on request
+            lora.save_adapter(model, run_dir / "final_model")
+            if cfg.model.lora_save_merged:
+                lora.save_merged(model, tokenizer, run_dir / "final_model_merged")
+        else:
+            model.save_pretrained(run_dir / "final_model", state_dict=weights)
         tokenizer.save_pretrained(run_dir / "final_model")
         summary = write_summary(run_dir, before, after, state, time.time() - start, cfg.rewards.weights, name)
         write_report(run_dir, summary=summary, samples_before=_read_samples(run_dir / "eval_before.samples.jsonl"),
                      samples_after=after["samples"][:4])
         log(outcome_text(summary, run_dir.resolve()))
+        if lora.is_lora(model):
+            log(f"  (final_model holds the LoRA adapter, peft format: PeftModel.from_pretrained(base, that folder)"
+                + (f"; merged: {run_dir.resolve() / 'final_model_merged'})" if cfg.model.lora_save_merged else ")"))
     dp.barrier()
     return run_dir
 

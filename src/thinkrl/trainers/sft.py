@@ -56,6 +56,7 @@ from tqdm import tqdm
 from thinkrl.distributed import data_parallel as dp
 from thinkrl.distributed import env as dist_env
 from thinkrl.distributed import fsdp
+from thinkrl.models import lora
 from thinkrl.trainers.checkpoint import fsync_dir
 from thinkrl.config import ConfigError, opt
 from thinkrl.data.loaders import DataError
@@ -100,6 +101,12 @@ class SFTConfig:
     eos_warn_below: float = opt(0.9, "Warn loudly when fewer than this share of EOS-check generations end with EOS.")
     parallel: str = opt("ddp", "Under torchrun (--nproc N): ddp (whole model on every rank) or fsdp2 (parameters, "
                                "gradients and optimizer state sharded; docs/distributed.md). One process: ignored.")
+    lora_r: int = opt(0, "LoRA rank through peft (the `lora` extra); 0 = train every weight. final_model then "
+                         "holds the adapter (peft format).")
+    lora_alpha: float = opt(32.0, "LoRA scale numerator: the update is (alpha / r) B A.")
+    lora_dropout: float = opt(0.0, "Dropout on the adapter's input, in [0, 1).")
+    lora_target_modules: tuple[str, ...] = opt(tuple(lora.DEFAULT_TARGETS), "Linears that get an adapter (module names).")
+    lora_save_merged: bool = opt(False, "Also write final_model_merged/: a plain HF model with B A added into W.")
 
 
 def validate_config(cfg: SFTConfig) -> None:
@@ -124,6 +131,11 @@ def validate_config(cfg: SFTConfig) -> None:
     for name, (ok, why) in rules.items():
         if not ok:
             raise ConfigError(f"sft {name}={getattr(cfg, name)!r}: {why}")
+    problem = cfg.lora_r and lora.check(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, "sft ")
+    if problem:
+        raise ConfigError(problem)
+    if cfg.lora_r and cfg.parallel == "fsdp2":
+        raise ConfigError("sft lora_r with parallel=fsdp2 is left out")
 
 
 # ---- pure pieces
@@ -208,13 +220,16 @@ def eos_check(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, t
 
 
 def save_model_atomic(model, tokenizer, dest: Path, weights: dict | None = None) -> Path:
-    """model + tokenizer in HF format at `dest`: written to a temp sibling, fsynced, renamed into place.
-    weights: the whole state dict of a sharded model."""
+    """model + tokenizer in HF format at `dest` (a LoRA model: its adapter, peft format): written to a
+    temp sibling, fsynced, renamed into place. weights: the whole state dict of a sharded model."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = dest.with_name(f".tmp-{dest.name}"), dest.with_name(f".old-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=weights)
+    if lora.is_lora(model):
+        lora.save_adapter(model, tmp)
+    else:
+        model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)
     fsync_dir(tmp)
     if dest.exists():
@@ -330,6 +345,10 @@ def fit(model, tokenizer, encoded: list[Encoded], cfg: SFTConfig, output_dir: Pa
         metrics = JsonlLog(output_dir / "metrics.jsonl")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     torch.manual_seed(cfg.seed)
+    if cfg.lora_r:  # the adapter alone trains (the optimizer takes the parameters that need gradients)
+        if world.size > 1:
+            raise ConfigError("sft lora_r under data parallelism (--nproc > 1) is left out")
+        model = lora.apply(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     if cfg.parallel == "fsdp2" and world.size > 1:
         fsdp.shard(model)  # stays sharded after training
     stats = _run_steps(model, encoded, cfg, micro_loss, pad_id, metrics, dist_env.main_only(log))
@@ -344,6 +363,8 @@ def fit(model, tokenizer, encoded: list[Encoded], cfg: SFTConfig, output_dir: Pa
         metrics.write({"step": stats["steps"], "eos_rate": eos["eos_rate"]})
 
     final = save_model_atomic(model, tokenizer, output_dir / "final_model", weights)
+    if cfg.lora_r and cfg.lora_save_merged:
+        lora.save_merged(model, tokenizer, output_dir / "final_model_merged")
     summary = {**(extra or {}), "examples": len(encoded), **stats, "eos_check": eos,
                "wall_seconds": time.time() - start, "final_model": str(final), "sft_config": dataclasses.asdict(cfg)}
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
