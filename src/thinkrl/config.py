@@ -159,9 +159,12 @@ class RunConfig:
     eval_temperature: float = opt(0.6, "Evaluation temperature. Paper: 0.6.")
     eval_top_p: float = opt(0.95, "Evaluation top-p. Paper: 0.95.")
     threads: int = opt(0, "torch CPU threads (0 = leave torch's default).")
-    precision: str = opt("fp32", "fp32, or bf16: sample with bf16 weight copies and train under bf16 autocast, keeping "
-                                 "fp32 master weights, log-softmax and optimizer state; refused on a CPU without bf16 matrix "
-                                 "instructions (AVX512_BF16 or AMX), where it would run ~100x slower. Paper: BF16/FP8 mixed precision.")
+    device: str = opt("auto", "Where the models run: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda, "
+                              "cuda:N. A GPU that is not there is refused before any model loads.")
+    precision: str = opt("auto", "auto (bf16 on a CUDA GPU that supports it, else fp32), fp32, or bf16: sample with bf16 "
+                                 "weight copies and train under bf16 autocast, keeping fp32 master weights, log-softmax and "
+                                 "optimizer state; refused on a CPU without bf16 matrix instructions (AVX512_BF16 or AMX), "
+                                 "where it would run ~100x slower. Paper: BF16/FP8 mixed precision.")
     onednn: bool = opt(True, "In fp32 on x86 CPUs, run the model's linears through oneDNN kernels (same math; faster "
                              "than MKL on AMD processors). Paper: not applicable.")
     deterministic: bool = opt(True, "torch deterministic algorithms (warn-only): with 2+ threads, the prompt-sharing "
@@ -322,6 +325,7 @@ def validate(cfg: Config) -> Config:
     from thinkrl import rewards
     from thinkrl.algos import grpo, registry, sampler_correction
     from thinkrl.data.templates import PROMPT_BUILDERS
+    from thinkrl.engine import device
     from thinkrl.engine.cpu import cpu_has_fast_bf16
 
     g = cfg.grpo
@@ -342,7 +346,7 @@ def validate(cfg: Config) -> Config:
         "grpo.kl_estimator": (g.kl_estimator, grpo.KL_ESTIMATORS),
         "data.template": (cfg.data.template, tuple(PROMPT_BUILDERS)),
         "model.dtype": (cfg.model.dtype, ("float32", "bfloat16")),
-        "run.precision": (cfg.run.precision, ("fp32", "bf16")),
+        "run.precision": (cfg.run.precision, ("auto", "fp32", "bf16")),
         "run.parallel": (cfg.run.parallel, ("ddp", "fsdp2")),
     }
     for key, (value, allowed) in choices.items():
@@ -377,7 +381,11 @@ def validate(cfg: Config) -> Config:
     for key, (value, ok, allowed) in ranges.items():
         if not ok:
             raise ConfigError(f"{key}={value}; must be {allowed}")
-    if cfg.run.precision == "bf16" and not cpu_has_fast_bf16():
+    try:  # before any model loads: a GPU that is not there, a misspelt device
+        on_cpu = device.resolve(cfg.run.device) == "cpu"
+    except device.DeviceError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.run.precision == "bf16" and on_cpu and not cpu_has_fast_bf16():
         raise ConfigError("run.precision=bf16: this CPU has no bf16 matrix instructions (AVX512_BF16 or AMX), so bf16 "
                           "products would run ~100x slower than fp32 here; use run.precision=fp32 (the default)")
     if cfg.data.few_shot and (cfg.data.template != "chat" or not is_few_shot(cfg.data.few_shot)):

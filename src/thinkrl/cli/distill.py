@@ -70,13 +70,13 @@ def distill_main(args) -> int:
     cfg = config_from_args(DistillConfig, args, sft=sft_cfg)
     validate_config(cfg)
     validate_sft(sft_cfg)
+    device = resolve_device(args.device)  # a GPU that is not there: refused first
     problems = load_problems(args)  # before the models: bad data fails fast
     if not problems:
         raise ConfigError(f"--data {args.data}: no problems")
     relaunched = relaunch_under_torchrun(args)
     if relaunched is not None:
         return relaunched
-    device = resolve_device(args.device)
     hf_logging.disable_progress_bar()
     teacher, teacher_tok = load_model(args.teacher, args.teacher_gguf_file or "", args.dtype)
     student, student_tok = load_model(args.student, args.student_gguf_file or "", args.dtype)

@@ -33,6 +33,7 @@ from rich.table import Table
 from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
+from thinkrl.cli.options import resolve_device
 from thinkrl.config import ConfigError
 from thinkrl.data import loaders
 from thinkrl.data import problems as problems_mod
@@ -48,11 +49,6 @@ from thinkrl.sandbox import refusal as sandbox_refusal
 STOP_STRINGS = ("</answer>",)  # as the training default
 BENCHMARK_SUFFIX: dict[str, str] = {"humaneval": CODE_SUFFIX}  # default suffix by benchmark, any template
 CODE_BENCHMARKS = frozenset(loaders.CODE_BENCHMARKS)
-DEVICES: dict[str, Callable[[], str]] = {
-    "auto": lambda: "cuda" if torch.cuda.is_available() else "cpu",
-    "cpu": lambda: "cpu",
-    "cuda": lambda: "cuda",
-}
 
 
 def validate_args(args) -> None:
@@ -66,8 +62,7 @@ def validate_args(args) -> None:
         raise ConfigError(f"--temperature {args.temperature}: must be >= 0 (0 = greedy)")
     if not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p {args.top_p}: must be in (0, 1]")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
+    resolve_device(args.device)  # a GPU that is not there: refused before the model loads
 
 
 def load_problems(args) -> tuple[list[loaders.Problem], str]:
@@ -135,7 +130,7 @@ def run_eval(args) -> dict:
     if refused:
         raise ConfigError(f"--benchmark {args.benchmark} runs model-written code: {refused}")
     out_dir = Path(args.output or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S"))
-    device = DEVICES[args.device]()
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     hf_logging.disable_progress_bar()  # our own bar is the one to watch; errors stay one line
     model, tokenizer = load_model(args.model, args.gguf_file or "")

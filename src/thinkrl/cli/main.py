@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from thinkrl import config as config_mod
-from thinkrl.cli.options import add_config_options, add_nproc_option, relaunch_under_torchrun, resolve_config
+from thinkrl.cli.options import (add_config_options, add_device_option, add_nproc_option, relaunch_under_torchrun,
+                                 resolve_config)
 from thinkrl.data.loaders import DataError
 
 TRAIN_HELP = """\
@@ -151,7 +152,7 @@ def _add_eval(sub) -> None:
     ev.add_argument("--answer-field", default="answer", metavar="F", help="gold answer field of a .jsonl benchmark")
     ev.add_argument("--batch-prompts", type=int, default=16, metavar="N", help="problems generated together")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed (and the arithmetic set's seed)")
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
+    add_device_option(ev)
     add_config_options(ev, "eval")
     ev.set_defaults(func=_eval)
 

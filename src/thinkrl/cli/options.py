@@ -151,7 +151,7 @@ def _option_value(action, value, key: str):
 def add_run_options(p) -> None:
     """--output-dir, --device, --dtype: what every model-running flag command takes."""
     p.add_argument("--output-dir", metavar="DIR", help="output directory (default runs/<command>-<timestamp>)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the models")
+    add_device_option(p)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="weights dtype (float32 recommended on CPU)")
 
@@ -172,16 +172,20 @@ def relaunch_under_torchrun(args) -> int | None:
     return None
 
 
+def add_device_option(p) -> None:
+    """--device: the one device setting (`train`'s `run.device`), same spellings and meaning everywhere."""
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="where to run the models: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda, cuda:N")
+
+
 def resolve_device(name: str) -> str:
-    """auto | cpu | cuda -> a torch device name; cuda without a device is a ConfigError."""
-    import torch
+    """--device -> a torch device name (`engine.device.resolve`); a misspelt or absent one is a ConfigError."""
+    from thinkrl.engine import device
 
-    from thinkrl.cli.eval import DEVICES
-
-    device = DEVICES[name]()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    return device
+    try:
+        return device.resolve(name, "--device")
+    except device.DeviceError as e:
+        raise ConfigError(str(e)) from None
 
 
 def output_dir(args, command: str) -> Path:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from thinkrl.cli.options import add_config_options, add_dataclass_options, config_from_args
+from thinkrl.cli.options import (add_config_options, add_dataclass_options, add_device_option, config_from_args,
+                                 resolve_device)
 from thinkrl.config import ConfigError
 from thinkrl.data import loaders
 from thinkrl.data import problems as problems_mod
@@ -68,7 +69,7 @@ def add_parser(sub) -> None:
     p.add_argument("--question-field", default="question", metavar="F", help="question field of a .jsonl file")
     p.add_argument("--answer-field", default="answer", metavar="F", help="gold answer field of a .jsonl file")
     p.add_argument("--output", required=True, metavar="FILE.jsonl", help="kept SFT rows; stats go next to it")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
+    add_device_option(p)
     add_dataclass_options(p, SampleConfig, "sampling and set-level filters")
     add_dataclass_options(p, FilterConfig, "per-sample filters", section="filter")
     add_config_options(p, "sample")
@@ -77,10 +78,8 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     """The `thinkrl sample` subcommand."""
-    import torch  # heavy imports only when sampling
     from transformers.utils import logging as hf_logging
 
-    from thinkrl.cli.eval import DEVICES
     from thinkrl.models.loading import load_model
     from thinkrl.trainers.rejection_sampling import run_rejection_sampling, validate
 
@@ -89,9 +88,7 @@ def main(args) -> int:
     problems = load_problems(args)  # before the model: bad data fails fast
     if not problems:
         raise ConfigError(f"--data {args.data}: no problems")
-    device = DEVICES[args.device]()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
+    device = resolve_device(args.device)
     hf_logging.disable_progress_bar()
     model, tokenizer = load_model(args.model, args.gguf_file or "")
     model.to(device)

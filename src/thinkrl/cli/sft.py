@@ -50,11 +50,11 @@ def sft_main(args) -> int:
 
     cfg = config_from_args(SFTConfig, args)
     validate_config(cfg)
+    device = resolve_device(args.device)  # a GPU that is not there: refused first
     examples = load_sft_examples(args.data)  # before the model: bad data fails fast
     relaunched = relaunch_under_torchrun(args)
     if relaunched is not None:
         return relaunched
-    device = resolve_device(args.device)
     hf_logging.disable_progress_bar()
     model, tokenizer = load_model(args.model, args.gguf_file or "", args.dtype)
     try:

@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 from thinkrl.config import ConfigError, opt, read_yaml_mapping
 from thinkrl.data.templates import PROMPT_BUILDERS
+from thinkrl.engine import device
 from thinkrl.pipeline.stages import COLD_START, KINDS, StageContext, task_config, update_dataclass
 
 __all__ = ["help_text", "EvalConfig", "Stage", "PipelineConfig", "load_pipeline", "stage_keys", "run_pipeline"]
@@ -122,6 +123,8 @@ class PipelineConfig:
     max_new_tokens: int = opt(64, "Default completion cap of every stage that generates, and of the evaluation.")
     seed: int = opt(0, "Seed of every stage (data order, initialisation, sampling).")
     threads: int = opt(0, "torch CPU threads (0 = torch's default). Not part of any stage key.")
+    device: str = opt("auto", "Where every stage and evaluation runs: auto, cpu, cuda, cuda:N (as `train`'s "
+                              "run.device). Not part of any stage key: a stage resumes on another device.")
     progress: bool = opt(True, "Progress bars. Not part of any stage key.")
     compare: list = opt([], "Pairs [stage_a, stage_b] the report puts side by side.")
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -187,6 +190,10 @@ def load_pipeline(path: str | Path, output_dir: str | None = None) -> PipelineCo
     p.eval.max_new_tokens = p.eval.max_new_tokens or p.max_new_tokens
     if p.template not in PROMPT_BUILDERS:
         raise ConfigError(f"{path}: template {p.template!r}; choose one of {', '.join(PROMPT_BUILDERS)}")
+    try:  # before any stage runs or any model loads
+        device.resolve(p.device, f"{path}: device")
+    except device.DeviceError as e:
+        raise ConfigError(str(e)) from None
     names = {s.get("name") for s in raw_stages if isinstance(s, dict)}  # for "a later stage" messages
     stages: dict[str, Stage] = {}
     for i, raw in enumerate(raw_stages):
@@ -264,6 +271,7 @@ def evaluate_model(model_path: Path, p: PipelineConfig, stage_dir: Path) -> dict
     cfg.run.eval_samples, cfg.run.eval_temperature, cfg.run.eval_top_p = p.eval.samples, p.eval.temperature, p.eval.top_p
     _, problems = train_heldout_problems(cfg)
     model, tokenizer = load_model(str(model_path))
+    model.to(device.resolve(p.device, "device"))
     build, prefix = prompt_builder(cfg, tokenizer)
     result = heldout_eval(model, tokenizer, problems, build, prefix, cfg, p.eval.seed)
     save_eval(stage_dir / "eval.json", result)
@@ -305,7 +313,7 @@ def _train_stage(stage: Stage, key: str, p: PipelineConfig, out: Path, records: 
         return ref
 
     ctx = StageContext(stage.name, sdir, stage.source, p, lambda r: ref_path(r, "model"),
-                       lambda r: ref_path(r, "data"), resume, log)
+                       lambda r: ref_path(r, "data"), resume, log, device.resolve(p.device, "device"))
     _seed_all(p.seed)
     wall, cpu = time.time(), _cpu_seconds()
     result = KINDS[stage.kind].run(ctx, stage.resolved)

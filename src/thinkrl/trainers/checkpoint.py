@@ -77,15 +77,29 @@ def damage(folder: Path) -> str | None:
 
 
 def rng_state(generator: torch.Generator) -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "sampler": generator.get_state()}
+    """Every RNG a step draws from: python, numpy, torch's CPU one, CUDA's (where a GPU is in use)
+    and the per-rank shuffle generator, with the device type it lives on."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "sampler": generator.get_state(), "sampler_device": generator.device.type}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def set_rng_state(state: dict, generator: torch.Generator) -> None:
+def set_rng_state(state: dict, generator: torch.Generator) -> bool:
+    """Restore `rng_state`'s states; False when the generator's state was written on another kind of
+    device (a GPU run resumed on the CPU, or the other way: the states do not transfer) and was left
+    for the caller to re-seed. CUDA's states are restored where the same number of GPUs is visible."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    if state.get("sampler_device", "cpu") != generator.device.type:
+        return False
     generator.set_state(state["sampler"])
+    return True
 
 
 def fsync_dir(path: Path) -> None:
@@ -158,7 +172,7 @@ def latest_checkpoint(run_dir: Path, verify: bool = False) -> Path | None:
 
 def load_state(ckpt: Path) -> dict:
     # Our own file: optimizer/RNG states need full unpickling (numpy RNG tuples).
-    return torch.load(ckpt / "state.pt", weights_only=False)
+    return torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")  # any device's run resumes here
 
 
 def load_ref_weights(ckpt: Path, ref_model) -> None:

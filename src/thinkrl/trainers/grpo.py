@@ -44,7 +44,7 @@ from thinkrl.data.loaders import Problem
 from thinkrl.distributed import data_parallel as dp
 from thinkrl.distributed import fsdp
 from thinkrl.distributed.env import current as current_world
-from thinkrl.engine import cast_cache
+from thinkrl.engine import cast_cache, device
 from thinkrl.engine.cpu_kernels import fused_rms_norms, gqa_attention, onednn_linears, sparse_tied_embedding
 from thinkrl.engine.logprobs import (PromptStates, build_batch, completion_logprobs, grouped_completion_logprobs,
                                      root_completion_logprobs)
@@ -421,6 +421,7 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
         "tokens_per_s": tokens / step_time if step_time else math.nan,
         "generated_tokens_per_s": int(batch.drawn_lengths.sum()) / timer.seconds["sample"],
         "peak_rss_gib": peak_rss_gib(),
+        **({"gpu_peak_gib": device.peak_memory_gib(str(ro.completion_ids.device))} if ro.completion_ids.is_cuda else {}),
         **after,
     }
     every = cfg.run.log_samples_every

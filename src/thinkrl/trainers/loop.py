@@ -35,6 +35,7 @@ from thinkrl.distributed import data_parallel as dp
 from thinkrl.distributed import env as dist_env
 from thinkrl.distributed import fsdp
 from thinkrl.evaluation.evaluate import evaluate
+from thinkrl.engine import device as device_mod
 from thinkrl.engine.cpu import cpu_class
 from thinkrl.trainers.metrics import JsonlLog, peak_rss_gib
 from thinkrl.models import lora
@@ -132,6 +133,17 @@ def new_train_state(model, tokenizer, cfg: Config, train_problems) -> TrainState
     return state
 
 
+def device_settings(cfg: Config) -> dict:
+    """`run.device` and `run.precision` resolved for this machine (`engine.device.defaults`)."""
+    try:
+        name = device_mod.resolve(cfg.run.device)
+    except device_mod.DeviceError as e:
+        raise config_mod.ConfigError(str(e)) from None
+    if name.startswith("cuda"):
+        torch.cuda.set_device(name)
+    return device_mod.defaults(name, cfg.run.precision)
+
+
 def load_policy(cfg: Config, ckpt: Path | None):
     """(model, tokenizer): the checkpoint's weights, or the configured base (empty path: the
     quickstart's shipped one). With LoRA the base always, its adapter injected, and a
@@ -159,16 +171,18 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     """Run (or resume) a whole training job whose steps are `step_fn`; returns the run directory.
     Under torchrun every rank runs this; rank 0 alone evaluates, writes files and logs."""
     start = time.time()
-    world = dist_env.init()
+    if resume:
+        if not (Path(resume) / "config.yaml").exists():
+            raise FileNotFoundError(f"{resume} has no config.yaml: it is not a run directory")
+        cfg = config_mod.load_config(Path(resume) / "config.yaml")
+    dev = device_settings(cfg)  # a GPU that is not there: refused before anything is written or loaded
+    world = dist_env.init(dev["device"])
     log = dist_env.main_only(log)
     if resume:
         run_dir = Path(resume)
         ckpt = checkpoint.latest_checkpoint(run_dir, verify=True)  # a damaged newest one: the one before it
-        if ckpt is None and not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"{run_dir} has neither a complete checkpoint nor the config.yaml of a run")
         if ckpt is None:  # killed before its first checkpoint: the run starts over from its saved config
             log(f"{run_dir} has no complete checkpoint yet: starting the run over from its config.yaml")
-        cfg = config_mod.load_config(run_dir / "config.yaml")
     if dashboards.missing(cfg.run.report_to):  # before the run directory or any model
         raise config_mod.ConfigError(dashboards.missing(cfg.run.report_to))
     if not resume:
@@ -180,6 +194,11 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
         ckpt = None
+    cfg.run.precision = dev["precision"]  # resolved (config.yaml keeps what the user wrote: `auto` re-resolves on resume)
+    device_mod.apply(dev, cfg.run.deterministic)
+    log("device: " + ", ".join(f"{k} {v}" for k, v in dev.items()))
+    if world.is_main:
+        (run_dir / "device.json").write_text(json.dumps(dev, indent=1))
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     set_deterministic(cfg.run.deterministic)
@@ -191,6 +210,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     if cfg.model.lora_r and world.size > 1:
         raise config_mod.ConfigError("model.lora_r under data parallelism (--nproc > 1) is left out")
     model, tokenizer = load_policy(cfg, ckpt)
+    model.to(dev["device"])
     build, prefix = prompt_builder(cfg, tokenizer)
 
     if world.is_main and (ckpt is None or not (run_dir / "eval_before.json").exists()):
@@ -259,7 +279,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
                      samples_after=after["samples"][:4])
         log(outcome_text(summary, run_dir.resolve()))
         if lora.is_lora(model):
-            log(f"  (final_model holds the LoRA adapter, peft format: PeftModel.from_pretrained(base, that folder)"
+            log("  (final_model holds the LoRA adapter, peft format: PeftModel.from_pretrained(base, that folder)"
                 + (f"; merged: {run_dir.resolve() / 'final_model_merged'})" if cfg.model.lora_save_merged else ")"))
     dp.barrier()
     return run_dir
@@ -320,8 +340,9 @@ def save(state: TrainState, run_dir: Path, cfg: Config) -> None:
 def restore(state: TrainState, ckpt: Path, seed: int) -> int:
     """Load everything but the policy weights (already loaded from the checkpoint directory);
     returns the number of ranks that wrote the checkpoint (one RNG state each).
-    RNG states: this rank's, when the checkpoint has the same number of ranks; otherwise (a
-    resume on another world size) each rank's sampler is re-seeded from (seed, step, rank)."""
+    RNG states: this rank's, when the checkpoint has the same number of ranks and was written on
+    the same kind of device; otherwise (another world size, a GPU run resumed on the CPU or the
+    other way) each rank's shuffle generator is re-seeded from (seed, step, rank)."""
     payload = checkpoint.load_state(ckpt)
     state.step = payload["step"]
     if "optimizer" not in payload:  # written sharded (FSDP2): read back for this world's layout
@@ -333,10 +354,8 @@ def restore(state: TrainState, ckpt: Path, seed: int) -> int:
     state.scheduler.load_state_dict(payload["scheduler"])
     world = dist_env.current()
     saved = payload.get("rng_per_rank") or [payload["rng"]]
-    if len(saved) == world.size:
-        checkpoint.set_rng_state(saved[world.rank], state.generator)
-    else:
-        state.generator.manual_seed(sampler_seed(seed + 7919 * state.step, world.rank))
+    if len(saved) != world.size or not checkpoint.set_rng_state(saved[world.rank], state.generator):
+        state.generator.manual_seed(sampler_seed(seed + 7919 * state.step, world.rank))  # another world or device
     state.stream.position = payload["data_position"]
     state.counters.update(payload["counters"])
     if state.ref_model is not None:
@@ -382,5 +401,8 @@ def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, w
         "mean_step_seconds": sum(m["time/step"] for m in metrics) / max(len(metrics), 1),
         "rewards": sorted(cfg_rewards), "cpu": cpu_class(),
     }
+    device = str(next(state.model.parameters()).device)
+    summary.update({"device": device, **({"gpu_peak_gib": device_mod.peak_memory_gib(device)}
+                                         if device.startswith("cuda") else {})})
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
