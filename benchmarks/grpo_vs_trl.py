@@ -120,11 +120,13 @@ def ratios(results: list[dict]) -> dict[str, dict]:
         a, b = by.get((setting, "thinkrl")), by.get((setting, "trl"))
         if a and b:
             out[setting] = {"step_time": a["step_s"] / b["step_s"], "peak_rss": a["peak_rss_gib"] / b["peak_rss_gib"]}
-    for model in ("smollm2", "tiny"):  # each tool in its fastest mode
-        mine = [r for (s, t), r in by.items() if t == "thinkrl" and SETTINGS[s].model == model and SETTINGS[s].prompts_per_step == 1
-                and SETTINGS[s].max_new_tokens == (128 if model == "smollm2" else 64)]
-        theirs = [r for (s, t), r in by.items() if t == "trl" and SETTINGS[s].model == model and SETTINGS[s].prompts_per_step == 1
-                  and SETTINGS[s].max_new_tokens == (128 if model == "smollm2" else 64)]
+    for model in ("smollm2", "tiny"):  # each tool in its fastest mode (full fine-tuning: LoRA is another job)
+        def fastest_mode(s: str, model=model) -> bool:
+            c = SETTINGS[s]
+            return c.model == model and c.prompts_per_step == 1 and not c.lora_r and \
+                c.max_new_tokens == (128 if model == "smollm2" else 64)
+        mine = [r for (s, t), r in by.items() if t == "thinkrl" and fastest_mode(s)]
+        theirs = [r for (s, t), r in by.items() if t == "trl" and fastest_mode(s)]
         if mine and theirs:
             fa, fb = min(mine, key=lambda r: r["step_s"]), min(theirs, key=lambda r: r["step_s"])
             out[f"{model} fastest"] = {"step_time": fa["step_s"] / fb["step_s"],

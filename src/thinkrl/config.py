@@ -409,13 +409,11 @@ def validate(cfg: Config) -> Config:
     if g.kl_in_reward and (g.algo != "ppo" or g.beta <= 0):
         raise ConfigError("grpo.kl_in_reward=true needs grpo.algo=ppo and grpo.beta > 0 (β weighs the per-token penalty)")
     m = cfg.model
-    if m.lora_r:
-        problem = lora.check(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules, "model.")
-        problem = problem or ("grpo.ref_reset_every with LoRA is left out (it would merge the adapter into the base)"
-                              if g.ref_reset_every else None)
-        problem = problem or ("model.lora_r with run.parallel=fsdp2 is left out" if cfg.run.parallel == "fsdp2" else None)
-        if problem:
-            raise ConfigError(problem)
+    problem = m.lora_r and (lora.check(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules, "model.") or (
+        "grpo.ref_reset_every with LoRA is left out (it would merge the adapter into the base)" if g.ref_reset_every
+        else "model.lora_r with run.parallel=fsdp2 is left out" if cfg.run.parallel == "fsdp2" else None))
+    if problem:
+        raise ConfigError(problem)
     if g.micro_batch_size < 0:
         raise ConfigError(f"grpo.micro_batch_size={g.micro_batch_size}; must be 0 (whole mini-batch) or positive")
     if g.group_size < 2:
