@@ -244,3 +244,27 @@ def test_eval_few_shot_turns_reach_the_prompt(model_dir, tmp_path, monkeypatch):
         _run_eval(model_dir, tmp_path / "e1", "--benchmark", "arithmetic", "--limit", "2", "--no-suffix",
                   "--few-shot", '[["What is 142 + 35?", "177"]]')
     assert seen["prompt"].startswith("<|user|>What is 142 + 35?<|end|><|assistant|>177<|end|><|user|>Fill in")
+
+
+def test_eval_with_a_template_that_opens_think_scores_the_completion_with_the_tag(model_dir, tmp_path, monkeypatch):
+    """A Qwen3 / R1-Distill style chat template opens <think> itself: `eval` detects it and its
+    format check sees the tag put back in front of each completion, as training does."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}")
+    tok.save_pretrained(model_dir)
+    seen = {}
+
+    def fake_evaluate(model, tokenizer, problems, build, samples, params, seed, prefix="", **k):
+        seen.update(prompt=build(problems[0].question), prefix=prefix)
+        return {"samples": [], "format": 1.0, "unverified": 0}
+
+    monkeypatch.setattr("thinkrl.cli.eval.evaluate", fake_evaluate)
+    monkeypatch.setattr("thinkrl.cli.eval.summarize", lambda *a: {"generated_tokens": 0})
+    monkeypatch.setattr("thinkrl.cli.eval.write_outputs", lambda out, summary, *a: seen.update(summary=summary))
+    monkeypatch.setattr("thinkrl.cli.eval.print_table", lambda *a, **k: None)
+    assert _run_eval(model_dir, tmp_path / "e", "--benchmark", "arithmetic", "--limit", "2", "--template", "chat") == 0
+    assert seen["prompt"].endswith("<|assistant|><think>\n") and seen["prefix"] == "<think>"
+    assert seen["summary"]["config"]["template_opens_think"] is True

@@ -37,7 +37,7 @@ from thinkrl.cli.options import resolve_device
 from thinkrl.config import ConfigError
 from thinkrl.data import loaders
 from thinkrl.data import problems as problems_mod
-from thinkrl.data.templates import CODE_SUFFIX, DEFAULT_SUFFIX, build_prompt
+from thinkrl.data.templates import CODE_SUFFIX, DEFAULT_SUFFIX, build_prompt, completion_prefix
 from thinkrl.evaluation.evaluate import evaluate
 from thinkrl.models.loading import load_model, resolve_model_path
 from thinkrl.evaluation.passk import summarize
@@ -145,7 +145,8 @@ def run_eval(args) -> dict:
 
     bar = tqdm(total=len(problems), desc=f"eval {args.benchmark}", unit="problem")
     t0 = time.time()
-    result = evaluate(model, tokenizer, problems, build, args.samples, params, args.seed,
+    prefix = completion_prefix(template, tokenizer)  # a template that opens <think>: the rewards see it
+    result = evaluate(model, tokenizer, problems, build, args.samples, params, args.seed, prefix,
                       batch_prompts=args.batch_prompts, on_batch=bar.update)
     eval_seconds = time.time() - t0
     bar.close()
@@ -162,6 +163,7 @@ def run_eval(args) -> dict:
             "model": args.model, "model_dir": str(resolve_model_path(args.model).resolve()),
             "gguf_file": args.gguf_file or None, "benchmark": args.benchmark, "data": source,
             "limit": args.limit, "template": template, "suffix": suffix, "few_shot": args.few_shot,
+            "template_opens_think": bool(prefix),
             "samples": args.samples,
             "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
             "stop_strings": list(STOP_STRINGS), "seed": args.seed, "batch_prompts": args.batch_prompts,

@@ -104,6 +104,12 @@ def chat_opens_think(tokenizer: Any) -> bool:
     return chat_prompt(tokenizer, "1 + 1 = ?").rstrip().endswith(THINK_OPEN)
 
 
+def completion_prefix(template: str, tokenizer: Any, force_think: bool = False) -> str:
+    """What the rewards must see in front of a completion: "<think>" when the prompt already opened
+    it (forced, or a chat template that thinks), else nothing. Training and `eval` alike."""
+    return THINK_OPEN if force_think or (template == "chat" and chat_opens_think(tokenizer)) else ""
+
+
 def plain_prompt(question: str, suffix: str | None = None) -> str:
     """The bare question, with `suffix` on a new line when given."""
     return _with_suffix(question, suffix)

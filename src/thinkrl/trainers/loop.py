@@ -30,7 +30,7 @@ from thinkrl import config as config_mod
 from thinkrl.trainers import checkpoint, dashboards
 from thinkrl.config import Config
 from thinkrl.data import hf_datasets, loaders, problems
-from thinkrl.data.templates import THINK_OPEN, build_prompt, chat_opens_think
+from thinkrl.data.templates import build_prompt, completion_prefix
 from thinkrl.distributed import data_parallel as dp
 from thinkrl.distributed import env as dist_env
 from thinkrl.distributed import fsdp
@@ -79,8 +79,7 @@ def prompt_builder(cfg: Config, tokenizer):
     if cfg.data.few_shot:
         kw["examples"] = [tuple(x) for x in cfg.data.few_shot]
     build = partial(build_prompt, cfg.data.template, tokenizer=tokenizer, **kw)
-    opened = cfg.data.force_think or (cfg.data.template == "chat" and chat_opens_think(tokenizer))  # the model thinks
-    return build, (THINK_OPEN if opened else "")
+    return build, completion_prefix(cfg.data.template, tokenizer, cfg.data.force_think)
 
 
 def heldout_eval(model, tokenizer, problems, build, prefix, cfg: Config, seed: int) -> dict:
