@@ -170,8 +170,8 @@ class RunConfig:
     deterministic: bool = opt(True, "torch deterministic algorithms (warn-only): with 2+ threads, the prompt-sharing "
                                     "gather's backward otherwise accumulates in a varying order, and resumes drift by 1 ulp.")
     progress: bool = opt(True, "Show a progress bar.")
-    report_to: list = opt([], "Dashboards besides metrics.jsonl: [tensorboard] writes RUN_DIR/tensorboard/ event files "
-                               "(the `logging` extra). TRL: report_to.")
+    report_to: list = opt([], "Dashboards besides metrics.jsonl: tensorboard (RUN_DIR/tensorboard/), wandb (RUN_DIR/"
+                               "wandb/, offline unless WANDB_MODE is set); the `logging` extra. TRL: report_to.")
     log_samples_every: int = opt(0, "With report_to: every N steps, a few of the step's completions and rewards as "
                                     "text (0 = never). TRL: log_completions.")
     parallel: str = opt("ddp", "Under torchrun (--nproc N): ddp (every rank holds the whole model, gradients summed) "

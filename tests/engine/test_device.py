@@ -47,3 +47,13 @@ def test_cuda_defaults():
     assert device.defaults(name, "fp32")["tf32"] is True
     with pytest.raises(device.DeviceError, match="CUDA device"):
         device.resolve(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_activation_estimate_and_micro_batch_by_hand():
+    """Korthikanti et al. §4.1: s·h·(34 + 5·a·s/h) bytes per layer at 2 bytes per element."""
+    # s 100, h 64, a 4: 100·64·(34 + 5·4·100/64) = 6400·65.25 = 417,600 bytes a layer; 2 layers; fp32 doubles
+    assert device.activation_bytes(100, 2, 64, 4, 2) == 835_200
+    assert device.activation_bytes(100, 2, 64, 4, 4) == 1_670_400
+    assert device.micro_batch_for(10_000_000, 64, 835_200) == 9  # 0.8 · 10 MB / 835,200 = 9.6
+    assert device.micro_batch_for(10**12, 64, 835_200) == 64  # never more than the rows
+    assert device.micro_batch_for(1_000, 64, 835_200) == 1  # never fewer than one

@@ -9,8 +9,10 @@ the rank's own GPU (`cuda:LOCAL_RANK`).
 Device-aware defaults (`defaults`): on CUDA, `precision: auto` is bf16 autocast (fp32 master
 weights) where the GPU supports bf16, fp32 otherwise, and fp32 products may use TF32; on the CPU,
 fp32 (bf16 only when asked, and refused without bf16 matrix instructions). What the user sets wins.
-Left out: micro-batches sized from free GPU memory (`grpo.micro_batch_size` 0, the default, is the
-whole mini-batch on either device), several GPUs per process.
+On CUDA, `grpo.micro_batch_size: 0` (the default: the whole mini-batch) becomes the most
+sequences whose activations fit the free GPU memory (`micro_batch_for`); on the CPU it stays the
+whole mini-batch. Left out: several GPUs per process; measuring instead of estimating the
+activations (the estimate is Korthikanti et al.'s, for a forward that keeps what backward needs).
 """
 
 from __future__ import annotations
@@ -75,6 +77,19 @@ def apply(settings: dict, deterministic: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = settings["tf32"]
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def activation_bytes(seq_len: int, layers: int, hidden: int, heads: int, elem_bytes: int) -> int:
+    """Activations one sequence keeps for backward: per layer s·h·(34 + 5·a·s/h) bytes at 2 bytes
+    per element (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+    Models", §4.1, attention scores kept), scaled to `elem_bytes` per element."""
+    per_layer = seq_len * hidden * (34 + 5 * heads * seq_len / hidden)
+    return int(layers * per_layer * elem_bytes / 2)
+
+
+def micro_batch_for(free_bytes: int, rows: int, per_row_bytes: int, headroom: float = 0.8) -> int:
+    """The most of `rows` sequences (at least 1) whose activations fit `headroom` of `free_bytes`."""
+    return max(1, min(rows, int(headroom * free_bytes // max(per_row_bytes, 1))))
 
 
 def peak_memory_gib(device: str) -> float | None:

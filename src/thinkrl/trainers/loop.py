@@ -143,6 +143,17 @@ def device_settings(cfg: Config) -> dict:
     return device_mod.defaults(name, cfg.run.precision)
 
 
+def gpu_micro_batch(model, cfg: Config, dev: dict) -> int:
+    """Rows per forward/backward on a GPU: the free memory, less what the optimizer will add
+    (gradients and Adam's two moments, fp32), over one row's activations (`device.activation_bytes`)
+    for a completion plus a generous 512-token prompt."""
+    c, g = model.config, cfg.grpo
+    free = torch.cuda.mem_get_info(dev["device"])[0] - 12 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    per_row = device_mod.activation_bytes(g.max_new_tokens + 512, c.num_hidden_layers, c.hidden_size,
+                                          c.num_attention_heads, 2 if dev["precision"] == "bf16" else 4)
+    return device_mod.micro_batch_for(free, g.prompts_per_step * g.group_size // g.minibatches, per_row)
+
+
 def load_policy(cfg: Config, ckpt: Path | None):
     """(model, tokenizer): the checkpoint's weights, or the configured base (empty path: the
     quickstart's shipped one). With LoRA the base always, its adapter injected, and a
@@ -221,9 +232,14 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
         log(f"base model: held-out accuracy {before['accuracy']:.3f}, mean length {before['mean_length']:.1f} tokens")
 
     g = cfg.grpo
+    if dev["device"].startswith("cuda") and g.micro_batch_size == 0:  # as many rows as fit, not the whole batch blindly
+        g.micro_batch_size = dev["micro_batch_size"] = gpu_micro_batch(model, cfg, dev)
+        log(f"grpo.micro_batch_size {g.micro_batch_size} (from the free GPU memory)")
+        if world.is_main:
+            (run_dir / "device.json").write_text(json.dumps(dev, indent=1))
     state = new_train_state(model, tokenizer, cfg, train_problems)
     log_file = JsonlLog(run_dir / "metrics.jsonl") if world.is_main else None
-    sinks = dashboards.open_all(cfg.run.report_to, run_dir) if world.is_main else []
+    sinks = dashboards.open_all(cfg.run.report_to, run_dir, config_mod.to_dict(cfg)) if world.is_main else []
     if ckpt is None and log_file:
         log_file.truncate_after(0)  # a start over: the killed attempt's lines go
     if ckpt is not None:
