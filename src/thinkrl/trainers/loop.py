@@ -188,6 +188,8 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     dev = device_settings(cfg)  # a GPU that is not there: refused before anything is written or loaded
     world = dist_env.init(dev["device"])
     log = dist_env.main_only(log)
+    if cfg.model.lora_r and world.size > 1:
+        raise config_mod.ConfigError("model.lora_r under data parallelism (--nproc > 1) is left out")
     if resume:
         run_dir = Path(resume)
         ckpt = checkpoint.latest_checkpoint(run_dir, verify=True)  # a damaged newest one: the one before it
@@ -206,7 +208,7 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
         ckpt = None
     cfg.run.precision = dev["precision"]  # resolved (config.yaml keeps what the user wrote: `auto` re-resolves on resume)
     device_mod.apply(dev, cfg.run.deterministic)
-    log("device: " + ", ".join(f"{k} {v}" for k, v in dev.items()))
+    log(f"device: {dev['device']} ({dev['device_name']}), precision {dev['precision']}" + (", TF32" if dev["tf32"] else ""))
     if world.is_main:
         (run_dir / "device.json").write_text(json.dumps(dev, indent=1))
     if cfg.run.threads:
@@ -217,8 +219,6 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     train_problems, eval_problems = train_heldout_problems(cfg)  # before anything slow: a bad dataset fails fast
     if not ckpt:
         log(f"model: {cfg.model.path or SHIPPED_BASE}" + (f" + LoRA r {cfg.model.lora_r}" if cfg.model.lora_r else ""))
-    if cfg.model.lora_r and world.size > 1:
-        raise config_mod.ConfigError("model.lora_r under data parallelism (--nproc > 1) is left out")
     model, tokenizer = load_policy(cfg, ckpt)
     model.to(dev["device"])
     build, prefix = prompt_builder(cfg, tokenizer)

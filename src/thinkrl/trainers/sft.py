@@ -29,8 +29,9 @@ Algorithm
 
 Under torchrun (`thinkrl sft --nproc N`) each rank runs every N-th example of each step; the
 step's token count and the gradients are summed over ranks, so the update is one process's;
-rank 0 checks EOS and writes the files.
-Left out: gradient checkpointing, mixed precision, LoRA, FSDP, resume, logit
+rank 0 checks EOS and writes the files. `lora_r > 0`: peft adapters train alone
+(`models/lora.py`), final_model holds the adapter.
+Left out: gradient checkpointing, mixed precision, LoRA under torchrun, resume, logit
 soft-capping (the LM head is applied to the hidden states directly, as in `engine/logprobs.py`).
 """
 
