@@ -99,8 +99,8 @@ def test_overrides_may_follow_options(monkeypatch, tmp_path):
         cli.main(["train", "--output-dir", str(tmp_path / "r"), "--nosuch"])
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["build-base", "--help"], ["eval", "--help"],
-                                  ["sandbox", "run", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in ("train", "build-base", "eval", "check-rewards",
+                                  "sample", "sft", "distill", "rm", "pipeline", "gridworld")), ["sandbox", "run", "--help"]])
 def test_help_imports_no_torch(argv):
     """`--help` answers in well under a second: nothing it runs imports torch or transformers."""
     code = ("import sys\nfrom thinkrl.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"

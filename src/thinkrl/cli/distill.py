@@ -29,7 +29,7 @@ DIR/final_model, DIR/metrics.jsonl, DIR/summary.json (trace_sft also DIR/traces.
 
 
 def add_distill_parser(sub, handler) -> None:
-    from thinkrl.trainers.distill import DistillConfig
+    from thinkrl.trainers.job_options import DistillConfig  # torch-free: --help stays light
     from thinkrl.data.problems import SOURCES
 
     defaults = DistillConfig()

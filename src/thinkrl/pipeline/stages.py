@@ -44,7 +44,6 @@ from typing import Any, Callable
 
 from thinkrl.config import BaseModelConfig, Config, ConfigError, coerce, did_you_mean, opt, validate_base
 from thinkrl.data.loaders import DataError, write_jsonl
-from thinkrl.models.tiny import completion_for
 
 __all__ = ["Kind", "KINDS", "StageContext", "StageResult", "task_config", "task_problems", "cold_start_rows",
            "update_dataclass"]
@@ -109,6 +108,8 @@ def cold_start_rows(problems: list) -> list[dict]:
     if missing:
         raise DataError(f"cold_start traces need worked solutions; problem {missing[0]} has none "
                         f"({len(missing)} of {len(problems)} lack one)")
+    from thinkrl.models.tiny import completion_for  # (torch: not at import, `pipeline --help` stays light)
+
     return [{"prompt": p.question, "response": completion_for(p, "reason"), "id": p.id} for p in problems]
 
 
@@ -193,7 +194,7 @@ def _run_base(ctx: StageContext, opts: BaseOptions) -> StageResult:
 # ---- sft
 
 def _default_sft(p):
-    from thinkrl.trainers.sft import SFTConfig
+    from thinkrl.trainers.job_options import SFTConfig
 
     return SFTConfig(template=p.template, suffix=p.suffix, seed=p.seed)
 
@@ -332,7 +333,7 @@ def _run_sample(ctx: StageContext, opts: SampleOptions) -> StageResult:
 # ---- distill
 
 def _default_distill(p):
-    from thinkrl.trainers.distill import DistillConfig
+    from thinkrl.trainers.job_options import DistillConfig
 
     cfg = DistillConfig(max_new_tokens=p.max_new_tokens)
     cfg.sft.template, cfg.sft.suffix, cfg.sft.seed = p.template, p.suffix, p.seed

@@ -42,7 +42,6 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -52,12 +51,13 @@ from tqdm import tqdm
 
 from thinkrl import rewards
 from thinkrl.algos import kd
-from thinkrl.config import ConfigError, opt
+from thinkrl.config import ConfigError
 from thinkrl.data.loaders import DataError, Problem, write_jsonl
 from thinkrl.distributed import data_parallel as dp
 from thinkrl.distributed import env as dist_env
 from thinkrl.engine.sampler import SamplingParams, sample
-from thinkrl.trainers.sft import SFTConfig, fit, response_logits, train_sft
+from thinkrl.trainers.job_options import DistillConfig
+from thinkrl.trainers.sft import fit, response_logits, train_sft
 from thinkrl.trainers.sft import validate_config as validate_sft_config
 from thinkrl.data.sft_rows import IGNORE, Encoded, MicroBatch, collate, encode_example, resolve_template
 
@@ -65,42 +65,6 @@ __all__ = ["DistillConfig", "distill", "check_same_tokenizer", "METHODS", "teach
 
 KEEP = ("auto", "correct", "all")
 AUTO_KEEP = {"trace_sft": "correct", "logit_kd": "all"}
-
-
-def _distill_sft() -> SFTConfig:
-    return SFTConfig(lr=1e-4, min_lr=1e-5, epochs=2)
-
-
-@dataclass
-class DistillConfig:
-    method: str = opt("trace_sft", "trace_sft: SFT on the teacher's correct traces (the paper's distillation); "
-                                   "logit_kd: match the teacher's full next-token distribution (needs a shared "
-                                   "tokenizer).")
-    samples_per_prompt: int = opt(4, "K, teacher samples per problem. Paper: several per prompt (rejection sampling), "
-                                     "~800k samples in all.")
-    teacher_temperature: float = opt(0.6, "Teacher sampling temperature (0 = greedy). Paper: not stated for "
-                                          "rejection sampling; 0.6 is its evaluation setting.")
-    teacher_top_p: float = opt(0.95, "Teacher nucleus sampling. Paper (evaluation): 0.95.")
-    max_new_tokens: int = opt(256, "Teacher completion cap in tokens. Paper: 32,768.")
-    stop: str = opt("</answer>", "Teacher generation also stops once its text contains this (empty: EOS only); "
-                                 "the trainer's default.")
-    batch_prompts: int = opt(16, "Problems the teacher samples together.")
-    keep: str = opt("auto", "Samples that teach the student: correct (reward >= min_reward; paper stage 3), all, "
-                            "or auto (correct for trace_sft, all for logit_kd).")
-    reward: str = opt("accuracy", "Registered reward that judges a sample against the gold answer "
-                                  "(code problems: code). Paper: rule-based accuracy.")
-    min_reward: float = opt(1.0, "A sample is correct when its reward is at least this.")
-    filters: bool = opt(True, "trace_sft: also drop traces that thinkrl.data.filters's per-sample filters reject "
-                              "(format, length, mixed language, long paragraphs, code blocks, repetition; R1 stage 3).")
-    kd_kind: str = opt("forward", "logit_kd divergence: forward KL(teacher||student) (classic KD), reverse "
-                                  "KL(student||teacher), or jsd. The seed: match the teacher's distribution.")
-    kd_temperature: float = opt(1.0, "logit_kd: both distributions softened by T, loss scaled by T^2 (Hinton). "
-                                     "Paper: not stated.")
-    jsd_beta: float = opt(0.5, "logit_kd jsd: mixture weight beta of the teacher, 0 < beta < 1 (0.5 = symmetric JSD).")
-    teacher_topk: int = opt(0, "logit_kd: 0 = the teacher's full distribution, recomputed each step; k > 0 = its "
-                               "top-k log-probs, computed once, stored in teacher_topk.safetensors (forward KL only).")
-    sft: SFTConfig = field(default_factory=_distill_sft, metadata={
-        "help": "Student training; defaults: the paper's distillation lr 1e-4 (1.5B) cosine to 0.1x, 2 epochs."})
 
 
 def validate_config(cfg: DistillConfig) -> None:

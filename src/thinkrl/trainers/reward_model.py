@@ -20,30 +20,20 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from thinkrl import rewards
 from thinkrl.algos.preference import bradley_terry_loss, pair_accuracy
-from thinkrl.config import ConfigError, opt
+from thinkrl.config import ConfigError
+from thinkrl.trainers.job_options import RMConfig
 from thinkrl.data.loaders import DataError, Problem, iter_jsonl, write_jsonl
 from thinkrl.data.templates import encode_prompts
 from thinkrl.engine.sampler import SamplingParams, sample
 from thinkrl.models import reward_model
 from thinkrl.trainers.rollouts import reward_columns
 from thinkrl.trainers.sft import save_model_atomic
-
-
-@dataclass
-class RMConfig:
-    epochs: int = opt(2, "Passes over the training pairs. InstructGPT: 1 (more overfits).")
-    lr: float = opt(1e-4, "AdamW learning rate (constant). InstructGPT: 9e-6 for a 6B model.")
-    batch_size: int = opt(16, "Pairs per optimizer step.")
-    heldout: float = opt(0.2, "Share of the pairs held out for pair accuracy.")
-    max_len: int = opt(256, "Tokens of prompt + response kept (longer ones are cut at the end).")
-    seed: int = opt(0, "Seed of the split, the order and pair building.")
 
 
 def validate_config(cfg: RMConfig) -> None:

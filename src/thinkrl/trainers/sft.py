@@ -46,7 +46,6 @@ import random
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -58,8 +57,9 @@ from thinkrl.distributed import data_parallel as dp
 from thinkrl.distributed import env as dist_env
 from thinkrl.distributed import fsdp
 from thinkrl.models import lora
+from thinkrl.trainers.job_options import SFTConfig
 from thinkrl.trainers.checkpoint import fsync_dir
-from thinkrl.config import ConfigError, opt
+from thinkrl.config import ConfigError
 from thinkrl.data.loaders import DataError
 from thinkrl.trainers.metrics import JsonlLog, peak_rss_gib
 from thinkrl.engine.sampler import SamplingParams, sample
@@ -70,44 +70,6 @@ __all__ = ["SFTConfig", "train_sft", "load_sft_examples", "fit", "eos_check", "c
            "response_logits", "save_model_atomic", "encode_all"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SFTConfig:
-    template: str = opt("auto", "Prompt format of prompt/response rows: chat (the tokenizer's chat template), r1_zero "
-                                "(paper Table 1), plain (prompt as is); auto = chat if the tokenizer has a chat "
-                                "template, else r1_zero. 'messages' rows always use the chat template.")
-    suffix: str = opt("", "Text put on a new line after each prompt (e.g. the paper's math suffix). Empty: none.")
-    epochs: int = opt(2, "Passes over the data. Paper: 2-3 (cold start), 2 (rejection-sampling SFT, distillation).")
-    lr: float = opt(5e-5, "Peak AdamW learning rate, reached after warm-up. Paper: 5e-5 (cold start); "
-                          "distillation 1e-4 (1.5B) ... 2e-5 (70B).")
-    min_lr: float = opt(5e-6, "Learning rate the cosine reaches at the last step. Paper: 5e-6 (cold start); "
-                              "distillation 0.1 x lr.")
-    warmup_ratio: float = opt(0.03, "Share of the steps with linear warm-up from 0 to lr. Paper: not stated.")
-    batch_size: int = opt(32, "Examples per optimizer step. Paper: 128 (cold start).")
-    micro_batch_size: int = opt(4, "Rows per forward/backward pass (gradients accumulate to batch_size examples). "
-                                   "Memory only: the loss does not depend on it.")
-    max_seq_len: int = opt(2048, "Longest example (prompt + response + EOS) in tokens, and the packed row length; "
-                                 "longer examples are dropped and counted. Paper: 32,768.")
-    packing: bool = opt(True, "Pack several examples into one row (position ids restart, no attention across "
-                              "examples); same loss as unpacked, less padding.")
-    weight_decay: float = opt(0.0, "AdamW weight decay. Paper: not stated.")
-    max_grad_norm: float = opt(1.0, "Gradient-norm clip. Paper: not stated.")
-    seed: int = opt(0, "Seed for the data order and the EOS-check sampling.")
-    eos_check_prompts: int = opt(8, "Training prompts generated from after training to check the model stops "
-                                    "with EOS (0 = skip the check).")
-    eos_check_max_new_tokens: int = opt(0, "Token budget of each EOS-check generation; 0 = twice the longest "
-                                           "response among the checked examples (at least 16).")
-    eos_check_temperature: float = opt(0.0, "EOS-check sampling temperature (0 = greedy).")
-    eos_warn_below: float = opt(0.9, "Warn loudly when fewer than this share of EOS-check generations end with EOS.")
-    parallel: str = opt("ddp", "Under torchrun (--nproc N): ddp (whole model on every rank) or fsdp2 (parameters, "
-                               "gradients and optimizer state sharded; docs/distributed.md). One process: ignored.")
-    lora_r: int = opt(0, "LoRA rank through peft (the `lora` extra); 0 = train every weight. final_model then "
-                         "holds the adapter (peft format).")
-    lora_alpha: float = opt(32.0, "LoRA scale numerator: the update is (alpha / r) B A.")
-    lora_dropout: float = opt(0.0, "Dropout on the adapter's input, in [0, 1).")
-    lora_target_modules: tuple[str, ...] = opt(tuple(lora.DEFAULT_TARGETS), "Linears that get an adapter (module names).")
-    lora_save_merged: bool = opt(False, "Also write final_model_merged/: a plain HF model with B A added into W.")
 
 
 def validate_config(cfg: SFTConfig) -> None:
