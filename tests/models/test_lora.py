@@ -75,7 +75,7 @@ def test_a_step_trains_the_adapter_alone_with_the_base_as_reference(tiny_model, 
     cfg.rewards.weights = {length_reward: 1.0}
     opt, sched = make_optimizer(model, cfg.grpo.lr, 0.0, 0)
     state = TrainState(model, tiny_tokenizer, opt, sched, PromptStream(sample_problems(8, "train", 0), 0),
-                       torch.Generator().manual_seed(0), ref_adapter_off=True)
+                       torch.Generator().manual_seed(0))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     m = grpo_step(state, cfg, lambda q: q)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}

@@ -62,7 +62,6 @@ def validate_args(args) -> None:
         raise ConfigError(f"--temperature {args.temperature}: must be >= 0 (0 = greedy)")
     if not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p {args.top_p}: must be in (0, 1]")
-    resolve_device(args.device)  # a GPU that is not there: refused before the model loads
 
 
 def load_problems(args) -> tuple[list[loaders.Problem], str]:
@@ -119,6 +118,7 @@ def run_eval(args) -> dict:
     """The whole `thinkrl eval` job; returns the summary written to <output>/summary.json."""
     start = time.time()
     validate_args(args)
+    device = resolve_device(args.device)  # a GPU that is not there: refused before data or model load
     problems, source = load_problems(args)  # before the model: bad data fails fast
     if not problems:
         raise ConfigError(f"--benchmark {args.benchmark}: no problems to evaluate")
@@ -130,7 +130,6 @@ def run_eval(args) -> dict:
     if refused:
         raise ConfigError(f"--benchmark {args.benchmark} runs model-written code: {refused}")
     out_dir = Path(args.output or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S"))
-    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     hf_logging.disable_progress_bar()  # our own bar is the one to watch; errors stay one line
     model, tokenizer = load_model(args.model, args.gguf_file or "")

@@ -87,15 +87,15 @@ class LeanDecoder:
         for layer in body.layers:
             a, m = layer.self_attn, layer.mlp
             biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
-            w = effective_weight
-            qkv = torch.cat([w(a.q_proj) * scale, w(a.k_proj), w(a.v_proj)])  # ((Hq+2Hkv)D, H)
+            ew = effective_weight  # W, or W + (α/r) B A under a LoRA adapter
+            qkv = torch.cat([ew(a.q_proj) * scale, ew(a.k_proj), ew(a.v_proj)])  # ((Hq+2Hkv)D, H)
             self.layers.append(dict(
                 qkv=pack(cast(fold(qkv, layer.input_layernorm))),
                 qkv_b=None if biases[0] is None else cast(torch.cat([biases[0] * scale, biases[1], biases[2]]).detach()),
-                o=pack(cast(w(a.o_proj))), o_b=cast(a.o_proj.bias),
-                gate_up=pack(cast(fold(torch.cat([w(m.gate_proj), w(m.up_proj)]),
+                o=pack(cast(ew(a.o_proj))), o_b=cast(a.o_proj.bias),
+                gate_up=pack(cast(fold(torch.cat([ew(m.gate_proj), ew(m.up_proj)]),
                                        layer.post_attention_layernorm))),  # (2I, H)
-                down=pack(cast(w(m.down_proj))),
+                down=pack(cast(ew(m.down_proj))),
             ))
             for name in ("o", "down"):  # plain matrices: the residual add goes into the product (addmm)
                 w = self.layers[-1][name]

@@ -6,7 +6,7 @@ trainers keep using the transformers forward they know; its PeftModel wrapper is
 for what needs it: `adapter_disabled` (the reference policy π_ref is the base with the adapter
 off, so β > 0 holds no second model), `save_adapter` / `load_adapter` (peft's own format:
 `adapter_config.json` + `adapter_model.safetensors`, loadable by `PeftModel.from_pretrained`),
-`save_merged` (a plain Hugging Face model with B A added into W, on request).
+`merged_copy` (a plain Hugging Face model with B A added into W, to save on request).
 The lean sampler reads each linear's effective weight W + (α / r) B A through
 `engine.decoder.effective_weight` (merged into its own copy of the weights at each sampling
 call; the model's weights are never modified).
@@ -73,10 +73,6 @@ def is_lora(model) -> bool:
     return model in _WRAPPERS
 
 
-def trainable_parameters(model) -> list:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 @contextlib.contextmanager
 def adapter_disabled(model):
     """The base model inside the block (the adapter's contribution off), restored on exit."""
@@ -100,8 +96,6 @@ def load_adapter(model, folder: Path) -> None:
         raise ValueError(f"{folder}: adapter weights that fit no LoRA layer of this model: {unexpected[:4]}")
 
 
-def save_merged(model, tokenizer, folder: Path) -> None:
+def merged_copy(model):
     """A plain Hugging Face model with each B A merged into its W (a copy: the run's model keeps its adapter)."""
-    merged = copy.deepcopy(_WRAPPERS[model]).merge_and_unload()
-    merged.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
+    return copy.deepcopy(_WRAPPERS[model]).merge_and_unload()

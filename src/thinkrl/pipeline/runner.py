@@ -271,7 +271,7 @@ def evaluate_model(model_path: Path, p: PipelineConfig, stage_dir: Path) -> dict
     cfg.run.eval_samples, cfg.run.eval_temperature, cfg.run.eval_top_p = p.eval.samples, p.eval.temperature, p.eval.top_p
     _, problems = train_heldout_problems(cfg)
     model, tokenizer = load_model(str(model_path))
-    model.to(device.resolve(p.device, "device"))
+    model.to(p.device)
     build, prefix = prompt_builder(cfg, tokenizer)
     result = heldout_eval(model, tokenizer, problems, build, prefix, cfg, p.eval.seed)
     save_eval(stage_dir / "eval.json", result)
@@ -313,7 +313,7 @@ def _train_stage(stage: Stage, key: str, p: PipelineConfig, out: Path, records: 
         return ref
 
     ctx = StageContext(stage.name, sdir, stage.source, p, lambda r: ref_path(r, "model"),
-                       lambda r: ref_path(r, "data"), resume, log, device.resolve(p.device, "device"))
+                       lambda r: ref_path(r, "data"), resume, log)
     _seed_all(p.seed)
     wall, cpu = time.time(), _cpu_seconds()
     result = KINDS[stage.kind].run(ctx, stage.resolved)
@@ -367,6 +367,7 @@ def run_pipeline(p: PipelineConfig, log: Callable[[str], None] = print) -> Path:
     from thinkrl.pipeline.report import write_pipeline_report
 
     refuse_launched("thinkrl pipeline")  # stages write shared files; run them one process each
+    p.device = device.resolve(p.device, "device")  # once, for every stage and evaluation (not in any stage key)
     start = time.time()
     hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load
     if p.threads:

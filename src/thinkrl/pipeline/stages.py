@@ -125,7 +125,6 @@ class StageContext:
     data_path: Callable[[str], str]  # stage name or path -> JSONL file
     resume: bool  # the directory holds an interrupted run of this very stage (same key)
     log: Callable[[str], None]
-    device: str = "cpu"  # the pipeline's `device`, resolved
 
 
 @dataclass
@@ -238,7 +237,7 @@ def _run_sft(ctx: StageContext, opts: SFTOptions) -> StageResult:
     else:
         rows = load_sft_examples(ctx.data_path(opts.data))
     model, tokenizer = load_model(ctx.model_path(ctx.source))
-    s = train_sft(model.to(ctx.device), tokenizer, rows, opts.sft, ctx.dir, ctx.log)
+    s = train_sft(model.to(ctx.pipeline.device), tokenizer, rows, opts.sft, ctx.dir, ctx.log)
     summary = {k: s.get(k) for k in ("examples", "steps", "response_tokens", "loss_first_step", "loss_last_step",
                                      "skipped_updates")}
     summary["eos_rate"] = (s.get("eos_check") or {}).get("eos_rate")
@@ -276,7 +275,7 @@ def _run_grpo(ctx: StageContext, resolved: Config) -> StageResult:
     run_dir = ctx.dir / "run"
     cfg.model.path = str(ctx.model_path(ctx.source))
     cfg.run.output_dir, cfg.run.progress, cfg.run.threads = str(run_dir), ctx.pipeline.progress, ctx.pipeline.threads
-    cfg.run.device = ctx.device
+    cfg.run.device = ctx.pipeline.device
     resume = None
     if ctx.resume and checkpoint.latest_checkpoint(run_dir) is not None:
         resume = str(run_dir)
@@ -321,7 +320,8 @@ def _run_sample(ctx: StageContext, opts: SampleOptions) -> StageResult:
 
     model, tokenizer = load_model(ctx.model_path(ctx.source))
     problems = task_problems(ctx.pipeline, opts.problems)
-    stats = run_rejection_sampling(model.to(ctx.device), tokenizer, problems, opts.sample, ctx.dir / "data.jsonl", ctx.log,
+    stats = run_rejection_sampling(model.to(ctx.pipeline.device), tokenizer, problems, opts.sample,
+                                   ctx.dir / "data.jsonl", ctx.log,
                                    source=ctx.pipeline.dataset)
     summary = {k: stats.get(k) for k in ("generated", "correct", "kept", "coverage", "mean_kept_tokens")}
     summary["dropped"] = {k: v for k, v in stats["dropped"].items() if v}
@@ -369,7 +369,9 @@ def _run_distill(ctx: StageContext, opts: DistillOptions) -> StageResult:
     teacher, teacher_tok = load_model(ctx.model_path(opts.teacher))
     student, student_tok = load_model(ctx.model_path(ctx.source))
     problems = task_problems(ctx.pipeline, opts.problems)
-    s = distill(teacher.to(ctx.device), student.to(ctx.device), student_tok, problems, opts.distill, ctx.dir, ctx.log, teacher_tokenizer=teacher_tok)
+    where = ctx.pipeline.device
+    s = distill(teacher.to(where), student.to(where), student_tok, problems, opts.distill, ctx.dir, ctx.log,
+                teacher_tokenizer=teacher_tok)
     t = s["teacher"]
     summary = {"method": s["method"], "teacher_samples": t["samples"], "teacher_kept": t["kept"],
                "teacher_correct": t["correct"], "teacher_seconds": t["seconds"], "steps": s.get("steps"),

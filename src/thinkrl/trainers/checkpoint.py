@@ -1,7 +1,8 @@
 """Atomic training checkpoints: everything needed to continue a run bit for bit.
 
 A checkpoint is a directory `checkpoints/step-000040/` holding the policy (Hugging Face
-format, loadable by `from_pretrained`; with LoRA its adapter alone, `adapter/` in peft's format), the reference model's weights when β > 0, and
+format, loadable by `from_pretrained`; with LoRA its adapter alone, `adapter/` in peft's
+format), the reference model's weights when β > 0, and
 `state.pt` with optimizer, scheduler, RNG states (python, numpy, torch, the sampling
 generator), the data position, the step and counters, plus `config.json`. It is written
 to a temporary sibling directory with a `MANIFEST.json` (every file's size and SHA-256),
@@ -155,6 +156,30 @@ def _write(tmp: Path, model, tokenizer, state: dict, ref_model, config, value_mo
     write_manifest(tmp)
     fsync_dir(tmp)
     (tmp / COMPLETE).write_text(str(step))
+
+
+def save_model_atomic(model, tokenizer, dest: Path, weights: dict | None = None, merged: bool = False) -> Path:
+    """model + tokenizer at `dest`, HF format (a LoRA model: its adapter, peft format; with `merged`
+    also `<dest>_merged/`, the plain model with B A added into W): written to a temp sibling,
+    fsynced, renamed into place. weights: the whole state dict of a sharded model."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = dest.with_name(f".tmp-{dest.name}"), dest.with_name(f".old-{dest.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if lora.is_lora(model):
+        lora.save_adapter(model, tmp)
+    else:
+        model.save_pretrained(tmp, state_dict=weights)
+    tokenizer.save_pretrained(tmp)
+    fsync_dir(tmp)
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    if merged and lora.is_lora(model):
+        save_model_atomic(lora.merged_copy(model), tokenizer, dest.with_name(f"{dest.name}_merged"))
+    return dest
 
 
 def latest_checkpoint(run_dir: Path, verify: bool = False) -> Path | None:

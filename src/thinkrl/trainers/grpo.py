@@ -83,7 +83,6 @@ class TrainState:
     stream: PromptStream
     generator: torch.Generator
     ref_model: torch.nn.Module | None = None
-    ref_adapter_off: bool = False  # LoRA with β > 0: π_ref is the policy with its adapter disabled
     value_model: torch.nn.Module | None = None  # PPO's critic (`trainers/ppo.py`); None for GRPO
     value_optimizer: torch.optim.Optimizer | None = None
     step: int = 0
@@ -333,7 +332,7 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
     with timer("score"), torch.no_grad(), precision(model, bf16, cfg.run.onednn):
         old_logp = _score(logprobs_of, model, N, micro, ro.logprobs) if old_source == "recompute" else ro.logprobs
         ref_logp = None if state.ref_model is None else _score(logprobs_of, state.ref_model, N, micro, ro.logprobs)
-        if state.ref_adapter_off:
+        if g.beta > 0 and lora.is_lora(model):  # π_ref: the policy with its adapter off (no copy was made)
             with lora.adapter_disabled(model):
                 ref_logp = _score(logprobs_of, model, N, micro, ro.logprobs)
 

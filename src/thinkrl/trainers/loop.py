@@ -126,7 +126,7 @@ def new_train_state(model, tokenizer, cfg: Config, train_problems) -> TrainState
     device = next(model.parameters()).device
     state = TrainState(model, tokenizer, optimizer, scheduler, PromptStream(train_problems, cfg.run.seed),
                        torch.Generator(device=device).manual_seed(sampler_seed(cfg.run.seed, dist_env.current().rank)),
-                       ref_model=ref_model, value_model=critic, ref_adapter_off=g.beta > 0 and lora.is_lora(model))
+                       ref_model=ref_model, value_model=critic)
     if critic is not None and not shared:
         state.value_optimizer = torch.optim.AdamW(critic.parameters(), lr=g.value_lr or g.lr, betas=(0.9, 0.99))
     return state
@@ -148,7 +148,8 @@ def gpu_micro_batch(model, cfg: Config, dev: dict) -> int:
     (gradients and Adam's two moments, fp32), over one row's activations (`device.activation_bytes`)
     for a completion plus a generous 512-token prompt."""
     c, g = model.config, cfg.grpo
-    free = torch.cuda.mem_get_info(dev["device"])[0] - 12 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    free = torch.cuda.mem_get_info(dev["device"])[0] - 12 * trained  # fp32 gradient + Adam m, v
     per_row = device_mod.activation_bytes(g.max_new_tokens + 512, c.num_hidden_layers, c.hidden_size,
                                           c.num_attention_heads, 2 if dev["precision"] == "bf16" else 4)
     return device_mod.micro_batch_for(free, g.prompts_per_step * g.group_size // g.minibatches, per_row)
@@ -206,11 +207,10 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
         ckpt = None
-    cfg.run.precision = dev["precision"]  # resolved (config.yaml keeps what the user wrote: `auto` re-resolves on resume)
+    cfg.run.precision = dev["precision"]  # resolved; config.yaml keeps what the user wrote (`auto` re-resolves on resume)
     device_mod.apply(dev, cfg.run.deterministic)
-    log(f"device: {dev['device']} ({dev['device_name']}), precision {dev['precision']}" + (", TF32" if dev["tf32"] else ""))
-    if world.is_main:
-        (run_dir / "device.json").write_text(json.dumps(dev, indent=1))
+    tf32 = ", TF32" if dev["tf32"] else ""
+    log(f"device: {dev['device']} ({dev['device_name']}), precision {dev['precision']}{tf32}")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     set_deterministic(cfg.run.deterministic)
@@ -235,8 +235,8 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     if dev["device"].startswith("cuda") and g.micro_batch_size == 0:  # as many rows as fit, not the whole batch blindly
         g.micro_batch_size = dev["micro_batch_size"] = gpu_micro_batch(model, cfg, dev)
         log(f"grpo.micro_batch_size {g.micro_batch_size} (from the free GPU memory)")
-        if world.is_main:
-            (run_dir / "device.json").write_text(json.dumps(dev, indent=1))
+    if world.is_main:
+        (run_dir / "device.json").write_text(json.dumps(dev, indent=1))
     state = new_train_state(model, tokenizer, cfg, train_problems)
     log_file = JsonlLog(run_dir / "metrics.jsonl") if world.is_main else None
     sinks = dashboards.open_all(cfg.run.report_to, run_dir, config_mod.to_dict(cfg)) if world.is_main else []
@@ -282,20 +282,12 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
         dp.barrier()
     if world.is_main:
         save_eval(run_dir / "eval_after.json", after)
-        if lora.is_lora(model):  # the adapter (peft format); the merged model on request
-            lora.save_adapter(model, run_dir / "final_model")
-            if cfg.model.lora_save_merged:
-                lora.save_merged(model, tokenizer, run_dir / "final_model_merged")
-        else:
-            model.save_pretrained(run_dir / "final_model", state_dict=weights)
-        tokenizer.save_pretrained(run_dir / "final_model")
+        checkpoint.save_model_atomic(model, tokenizer, run_dir / "final_model", weights,
+                                     merged=cfg.model.lora_save_merged)
         summary = write_summary(run_dir, before, after, state, time.time() - start, cfg.rewards.weights, name)
         write_report(run_dir, summary=summary, samples_before=_read_samples(run_dir / "eval_before.samples.jsonl"),
                      samples_after=after["samples"][:4])
         log(outcome_text(summary, run_dir.resolve()))
-        if lora.is_lora(model):
-            log("  (final_model holds the LoRA adapter, peft format: PeftModel.from_pretrained(base, that folder)"
-                + (f"; merged: {run_dir.resolve() / 'final_model_merged'})" if cfg.model.lora_save_merged else ")"))
     dp.barrier()
     return run_dir
 
@@ -319,7 +311,8 @@ def outcome_text(s: dict, run_dir: Path) -> str:
         f"{'the model now reasons more before it answers' if longer > 0 else 'no more reasoning than before'})",
         f"The only training signal was the rule rewards {', '.join(s['rewards'])} (no worked solutions shown).",
         f"Report with plots and sample answers: {run_dir / 'report.md'}",
-        f"Trained model (Hugging Face format):  {run_dir / 'final_model'}",
+        *([f"Trained LoRA adapter (peft format: PeftModel.from_pretrained(base, it)):  {run_dir / 'final_model'}"]
+          if s.get("lora_adapter") else [f"Trained model (Hugging Face format):  {run_dir / 'final_model'}"]),
     ])
 
 
@@ -417,7 +410,8 @@ def write_summary(run_dir: Path, before: dict, after: dict, state: TrainState, w
         "rewards": sorted(cfg_rewards), "cpu": cpu_class(),
     }
     device = str(next(state.model.parameters()).device)
-    summary.update({"device": device, **({"gpu_peak_gib": device_mod.peak_memory_gib(device)}
-                                         if device.startswith("cuda") else {})})
+    summary.update(device=device, lora_adapter=lora.is_lora(state.model))
+    if device.startswith("cuda"):
+        summary["gpu_peak_gib"] = device_mod.peak_memory_gib(device)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -33,7 +33,7 @@ from thinkrl.data.templates import encode_prompts
 from thinkrl.engine.sampler import SamplingParams, sample
 from thinkrl.models import reward_model
 from thinkrl.trainers.rollouts import reward_columns
-from thinkrl.trainers.sft import save_model_atomic
+from thinkrl.trainers.checkpoint import save_model_atomic
 
 
 def validate_config(cfg: RMConfig) -> None:

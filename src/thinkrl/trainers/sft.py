@@ -41,9 +41,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -58,7 +56,7 @@ from thinkrl.distributed import env as dist_env
 from thinkrl.distributed import fsdp
 from thinkrl.models import lora
 from thinkrl.trainers.job_options import SFTConfig
-from thinkrl.trainers.checkpoint import fsync_dir
+from thinkrl.trainers.checkpoint import save_model_atomic
 from thinkrl.config import ConfigError
 from thinkrl.data.loaders import DataError
 from thinkrl.trainers.metrics import JsonlLog, peak_rss_gib
@@ -67,7 +65,7 @@ from thinkrl.data.sft_rows import (IGNORE, TEMPLATES, WHERE, Encoded, MicroBatch
                               load_sft_examples, resolve_template, step_micro_batches)
 
 __all__ = ["SFTConfig", "train_sft", "load_sft_examples", "fit", "eos_check", "cosine_lr", "nll_sum",
-           "response_logits", "save_model_atomic", "encode_all"]
+           "response_logits", "encode_all"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,27 +178,6 @@ def eos_check(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, t
         lengths += ro.lengths.tolist()
     return {"eos_rate": sum(stopped) / len(stopped), "prompts": len(prompts), "max_new_tokens": max_new_tokens,
             "temperature": temperature, "mean_length": sum(lengths) / len(lengths)}
-
-
-def save_model_atomic(model, tokenizer, dest: Path, weights: dict | None = None) -> Path:
-    """model + tokenizer in HF format at `dest` (a LoRA model: its adapter, peft format): written to a
-    temp sibling, fsynced, renamed into place. weights: the whole state dict of a sharded model."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = dest.with_name(f".tmp-{dest.name}"), dest.with_name(f".old-{dest.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if lora.is_lora(model):
-        lora.save_adapter(model, tmp)
-    else:
-        model.save_pretrained(tmp, state_dict=weights)
-    tokenizer.save_pretrained(tmp)
-    fsync_dir(tmp)
-    if dest.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-    return dest
 
 
 # ---- the loop
@@ -325,9 +302,7 @@ def fit(model, tokenizer, encoded: list[Encoded], cfg: SFTConfig, output_dir: Pa
     if eos is not None:
         metrics.write({"step": stats["steps"], "eos_rate": eos["eos_rate"]})
 
-    final = save_model_atomic(model, tokenizer, output_dir / "final_model", weights)
-    if cfg.lora_r and cfg.lora_save_merged:
-        lora.save_merged(model, tokenizer, output_dir / "final_model_merged")
+    final = save_model_atomic(model, tokenizer, output_dir / "final_model", weights, merged=cfg.lora_save_merged)
     summary = {**(extra or {}), "examples": len(encoded), **stats, "eos_check": eos,
                "wall_seconds": time.time() - start, "final_model": str(final), "sft_config": dataclasses.asdict(cfg)}
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
