@@ -179,6 +179,12 @@ def main() -> None:
     meta = {"started": started, "date": started[:10], **git_commit(), "device": a.device,
             "machine": platform.processor() or platform.machine(), "machine_name": machine,
             "cpus": os.cpu_count(), "python": platform.python_version(), "command": " ".join(sys.argv)}
+    if a.device == "cpu":
+        from thinkrl.engine.cpu import cpu_class
+
+        cpu = meta["cpu"] = cpu_class()  # model, flags, the kernel path, and thinkrl's float32 kernel choice
+        print(f"CPU: {cpu['model']}, {cpu['class']} ({' '.join(cpu['flags'])}), thinkrl float32 products: "
+              f"training {cpu['kernels']['train']}, sampling {cpu['kernels']['decode']}", flush=True)
     peak = meta["matmul_peak_gflops"] = matmul_peak(a.device)
     print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()), flush=True)
     results = []

@@ -1,6 +1,9 @@
-"""thinkrl.engine.cpu_kernels: oneDNN float32 linears equal F.linear in values and gradients."""
+"""thinkrl.engine.cpu_kernels: oneDNN float32 linears equal F.linear in values and gradients, on
+either kernel choice; the choice itself is measured once, cached and follows the faster kernel."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -10,6 +13,66 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from thinkrl.engine import cpu_kernels as onednn
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="torch build without oneDNN linear kernels")
+
+
+@pytest.fixture(autouse=True, params=["onednn", "aten"])
+def kernel(request, monkeypatch):
+    """Every test here runs on both kernel choices (forced, not measured)."""
+    monkeypatch.setenv(onednn.FORCE_ENV, request.param)
+    onednn.choice.cache_clear()
+    yield request.param
+    onednn.choice.cache_clear()
+
+
+def test_pick_takes_mkl_only_when_clearly_faster():
+    got = onednn.pick({"train": {"onednn": 200.0, "aten": 190.0}, "decode": {"onednn": 3.0, "aten": 9.0}})
+    assert got == {"train": "onednn", "decode": "aten"}
+    assert onednn.pick({"train": {"onednn": 200.0, "aten": 209.0}}) == {"train": "onednn"}  # within 5%: no flapping
+    assert onednn.pick({"train": {"onednn": 200.0, "aten": 211.0}}) == {"train": "aten"}
+
+
+def test_choice_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv(onednn.FORCE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    fake = {"train": {"onednn": 100.0, "aten": 150.0}, "small": {"onednn": 5.0, "aten": 5.0},
+            "decode": {"onednn": 9.0, "aten": 2.0}}
+    monkeypatch.setattr(onednn, "measure", lambda: calls.append(1) or fake)
+    onednn.choice.cache_clear()
+    first = onednn.choice()
+    onednn.choice.cache_clear()
+    again = onednn.choice()
+    assert len(calls) == 1 and (first["train"], first["decode"]) == ("aten", "onednn")
+    assert (again["train"], again["decode"]) == ("aten", "onednn") and "earlier" in again["source"]
+    assert "training torch/MKL (small weights oneDNN), sampling oneDNN" in onednn.describe()
+    assert list(json.loads((tmp_path / "thinkrl" / "cpu_kernels.json").read_text()).values()) == [fake]
+
+
+def test_a_bad_forced_kernel_names_the_variable(monkeypatch):
+    monkeypatch.setenv(onednn.FORCE_ENV, "mkl")
+    onednn.choice.cache_clear()
+    with pytest.raises(ValueError, match="THINKRL_CPU_KERNELS='mkl'; must be auto, onednn or aten"):
+        onednn.choice()
+
+
+def test_small_weights_take_the_small_role(tmp_path, monkeypatch):
+    monkeypatch.delenv(onednn.FORCE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fake = {"train": {"onednn": 2.0, "aten": 1.0}, "small": {"onednn": 1.0, "aten": 2.0}, "decode": {"onednn": 2.0, "aten": 1.0}}
+    monkeypatch.setattr(onednn, "measure", lambda: fake)
+    onednn.choice.cache_clear()
+    x = torch.randn(6, 128, requires_grad=True)
+    small, large = torch.randn(384, 128, requires_grad=True), torch.randn(1024, 128, requires_grad=True)
+    assert "Linear" not in type(onednn.linear(x, small).grad_fn).__name__  # torch's own addmm / mm
+    assert "Linear" in type(onednn.linear(x, large).grad_fn).__name__  # oneDNN's autograd function
+
+
+def test_the_choice_decides_every_path(kernel):
+    w = torch.randn(600, 512)  # above PACK_MIN_ELEMENTS
+    assert onednn.pack(w).is_mkldnn == (kernel == "onednn")
+    lin = torch.nn.Linear(4, 3)
+    with onednn.onednn_linears(lin):
+        assert ("forward" in lin.__dict__) == (kernel == "onednn")
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -29,11 +92,11 @@ def test_linear_matches_f_linear_forward_and_backward(bias):
 
 
 def test_packed_linear_matches_f_linear():
-    w, x, b = torch.randn(300, 64), torch.randn(2, 7, 64), torch.randn(300)
+    w, x, b = torch.randn(600, 512), torch.randn(2, 7, 512), torch.randn(600)  # packed: above PACK_MIN_ELEMENTS
     torch.testing.assert_close(onednn.packed_linear(x, onednn.pack(w), b), F.linear(x, w, b), atol=1e-4, rtol=1e-5)
 
 
-def test_context_manager_same_loss_and_grads_and_restores_forward():
+def test_context_manager_same_loss_and_grads_and_restores_forward(kernel):
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, vocab_size=50, max_position_embeddings=64)
@@ -48,7 +111,7 @@ def test_context_manager_same_loss_and_grads_and_restores_forward():
 
     ref_loss, ref_grads = loss_and_grads()
     with onednn.onednn_linears(model):
-        assert all("forward" in m.__dict__ for m in model.modules() if type(m) is torch.nn.Linear)
+        assert all(("forward" in m.__dict__) == (kernel == "onednn") for m in model.modules() if type(m) is torch.nn.Linear)
         loss, grads = loss_and_grads()
     assert not any("forward" in m.__dict__ for m in model.modules())  # restored
     torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)

@@ -46,12 +46,16 @@ def cpu_class() -> dict:
 
     `capability` is what ATen dispatches to (`ATEN_CPU_CAPABILITY=avx2` makes an AVX-512
     machine take the AVX2 kernels); `class` is "AVX-512" or "AVX2" by that, the CPU's flags
-    in `flags`, and the kernel environment variables that were set in `env`.
+    in `flags`, the kernel environment variables that were set in `env`, and which float32
+    kernel training and sampling take here in `kernels` (`cpu_kernels.choice`).
     """
     import torch
+
+    from thinkrl.engine.cpu_kernels import choice
 
     model, flags = cpu_info()
     capability = torch.backends.cpu.get_cpu_capability()
     return {"class": "AVX-512" if capability.startswith("AVX512") else capability, "capability": capability,
             "model": model, "flags": sorted(f for f in flags if f.startswith(("avx", "amx"))),
-            "fast_bf16": cpu_has_fast_bf16(flags), "env": {k: v for k in KERNEL_ENV if (v := os.environ.get(k))}}
+            "fast_bf16": cpu_has_fast_bf16(flags), "env": {k: v for k in KERNEL_ENV if (v := os.environ.get(k))},
+            "kernels": {k: v for k, v in choice().items() if k != "source"}}

@@ -1,11 +1,16 @@
 """
-float32 matrix products through oneDNN on x86 CPUs.
+float32 matrix products through oneDNN on x86 CPUs, where this CPU runs them faster.
 
 Why: torch's CPU `F.linear` / `mm` on float32 calls MKL's sgemm, which on AMD processors
-runs a far slower code path than oneDNN (measured on this project's 2-core EPYC: MKL
+can run a far slower code path than oneDNN (measured on this project's 2-core EPYC: MKL
 ~215 GFLOP/s, oneDNN ~480 GFLOP/s for (1024x576)·(576x1536); single-row decode products
-2-4x faster). torch already routes bfloat16 products to oneDNN. Same float32 math, other
-kernel: results agree to float32 rounding (tests compare against `F.linear`).
+2-4x faster). But the two trade places with the CPU (an AVX2-only EPYC, the ISA caps, even
+this VM on a slow day: 188 vs 211), so the choice is measured, not assumed: `choice()` times
+both on a training-sized and a decode-sized product once per CPU, kernel caps, torch version
+and thread count, caches the verdict in `~/.cache/thinkrl/cpu_kernels.json`, and every path
+below takes oneDNN only where it won (`THINKRL_CPU_KERNELS=onednn|aten` forces one). torch
+already routes bfloat16 products to oneDNN. Same float32 math, other kernel: results agree
+to float32 rounding (tests compare against `F.linear`).
 
 - `pack(w)` / `packed_linear(x, packed, bias)`: weights reordered once into oneDNN's
   blocked layout, for the sampler (many products with the same weights).
@@ -38,9 +43,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+FORCE_ENV = "THINKRL_CPU_KERNELS"  # auto (measure), onednn or aten
+MARGIN = 1.05  # MKL must beat oneDNN by 5% to be chosen: near-ties keep one stable answer
 
 
 @functools.cache
@@ -54,8 +67,109 @@ def available() -> bool:
         return False
 
 
-def _usable(*tensors: torch.Tensor) -> bool:
-    return available() and all(t.device.type == "cpu" for t in tensors)
+def pick(gflops: dict[str, dict[str, float]]) -> dict[str, str]:
+    """{role: {"onednn": GFLOP/s, "aten": GFLOP/s}} -> {role: the kernel to use}."""
+    return {role: "aten" if g["aten"] > MARGIN * g["onednn"] else "onednn" for role, g in gflops.items()}
+
+
+def _best_gflops(fns: dict, flop: float, rounds: int) -> dict[str, float]:
+    """The best GFLOP/s of each fn over `rounds`, the fns interleaved so drift hits them alike."""
+    for fn in fns.values():  # warm-up (oneDNN builds its primitive on the first calls)
+        fn(), fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {name: flop / sec / 1e9 for name, sec in best.items()}
+
+
+ROLES = ("train", "small", "decode")
+SMALL_WEIGHT = 1 << 16  # elements: the quickstart model's matrices (<= 446 x 128) are under it, SmolLM2's over
+
+
+def _step(linear_fn, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor):
+    """One training linear through `linear_fn`: forward and both gradient products."""
+    return lambda: torch.autograd.grad(linear_fn(x, w, None), (x, w), g)
+
+
+def measure() -> dict[str, dict[str, float]]:
+    """GFLOP/s of oneDNN and of torch's own kernel (MKL) in each role: train, a linear's forward
+    and backward at 1024 tokens through a SmolLM2-sized MLP matrix; small, the same at 640 tokens
+    through the quickstart model's (a weight under SMALL_WEIGHT, where per-call costs count); decode, one product of 8 rows, the weight packed as the sampler packs it.
+    ~0.5 s on a 2-core EPYC."""
+    with torch.inference_mode(False), torch.enable_grad():  # callable from anywhere, sampling included
+        out = {}
+        for role, (n, i, o), rounds in (("train", (1024, 576, 1536), 5), ("small", (640, 128, 384), 20)):
+            x, w, g = torch.randn(n, i, requires_grad=True), torch.randn(o, i, requires_grad=True), torch.randn(n, o)
+            out[role] = _best_gflops({"onednn": _step(_Linear.apply, x, w, g), "aten": _step(F.linear, x, w, g)},
+                                     3 * 2 * n * i * o, rounds)
+        with torch.no_grad():
+            r, w = torch.randn(8, 576), torch.randn(1536, 576)
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 8)
+            out["decode"] = _best_gflops({"onednn": lambda: _mm(r, packed), "aten": lambda: F.linear(r, w)},
+                                         2 * r.numel() * 1536, 60)
+    return out
+
+
+def _cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "thinkrl" / "cpu_kernels.json"
+
+
+def _cache_key() -> str:
+    from thinkrl.engine.cpu import KERNEL_ENV, cpu_info
+
+    caps = ",".join(f"{k}={os.environ[k]}" for k in KERNEL_ENV if k in os.environ)
+    return (f"{cpu_info()[0]}|{torch.backends.cpu.get_cpu_capability()}|{caps}|torch {torch.__version__}"
+            f"|{torch.get_num_threads()} threads")
+
+
+@functools.cache
+def choice() -> dict:
+    """Which float32 kernel each role uses on this CPU (train: training products and the LM head
+    with weights of SMALL_WEIGHT elements or more; small: those with smaller weights; decode: the
+    sampler's packed products): {"train", "small", "decode", "source", "gflops"?}.
+    Measured once per cache key (CPU, kernel caps, torch, threads) and kept in the cache file;
+    call it after the thread count is set."""
+    forced = os.environ.get(FORCE_ENV, "auto")
+    if forced not in ("auto", "onednn", "aten"):
+        raise ValueError(f"{FORCE_ENV}={forced!r}; must be auto, onednn or aten")
+    if not available():
+        return {**dict.fromkeys(ROLES, "aten"), "source": "this torch build has no oneDNN linear kernels"}
+    if forced != "auto":
+        return {**dict.fromkeys(ROLES, forced), "source": f"{FORCE_ENV}={forced}"}
+    path, key = _cache_file(), _cache_key()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if set(cache.get(key, ())) == set(ROLES):
+        return {**pick(cache[key]), "source": f"measured earlier ({path})", "gflops": cache[key]}
+    gflops = measure()
+    try:  # atomic: concurrent first runs each write a whole file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            json.dump({**cache, key: gflops}, f, indent=1)
+        os.replace(f.name, path)
+    except OSError:
+        pass  # a read-only home: measured again next time
+    return {**pick(gflops), "source": "measured now", "gflops": gflops}
+
+
+def describe() -> str:
+    """One log line: the kernel of each role and why."""
+    c = choice()
+    g = c.get("gflops")
+    rates = "" if g is None else " (" + "; ".join(
+        f"{role}: oneDNN {v['onednn']:.0f}, MKL {v['aten']:.0f} GFLOP/s" for role, v in g.items()) + ")"
+    name = {"onednn": "oneDNN", "aten": "torch/MKL"}
+    return (f"float32 products: training {name[c['train']]} (small weights {name[c['small']]}), "
+            f"sampling {name[c['decode']]}, {c['source']}{rates}")
+
+
+def _usable(role: str, *tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" for t in tensors) and choice()[role] == "onednn"
 
 
 def _mm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,7 +183,7 @@ PACK_MIN_ELEMENTS = 1 << 18  # smaller matrices: oneDNN's ~20 µs per call costs
 def pack(w: torch.Tensor, batch_hint: int = 8):
     """w (O, I) -> an opaque oneDNN-packed weight for `packed_linear`; w itself where oneDNN
     is unusable or the matrix is small."""
-    if not _usable(w) or w.numel() < PACK_MIN_ELEMENTS:
+    if w.numel() < PACK_MIN_ELEMENTS or not _usable("decode", w):
         return w
     return torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch_hint)
 
@@ -102,7 +216,8 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear with oneDNN float32 kernels in forward and backward (F.linear where not applicable)."""
-    if x.dtype != torch.float32 or w.dtype != torch.float32 or not _usable(x, w) or torch.is_autocast_enabled("cpu"):
+    role = "train" if w.numel() >= SMALL_WEIGHT else "small"
+    if x.dtype != torch.float32 or w.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or not _usable(role, x, w):
         return F.linear(x, w, bias)
     return _Linear.apply(x, w, bias)
 
@@ -110,7 +225,8 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
 @contextlib.contextmanager
 def onednn_linears(model: torch.nn.Module, enabled: bool = True):
     """Route the model's float32 CPU `nn.Linear`s through `linear` inside the block."""
-    with _swapped_forwards(model, lambda m: type(m) is torch.nn.Linear, _module_forward, enabled and available()):
+    use = enabled and next(model.parameters()).device.type == "cpu" and "onednn" in (choice()["train"], choice()["small"])
+    with _swapped_forwards(model, lambda m: type(m) is torch.nn.Linear, _module_forward, use):
         yield
 
 

@@ -36,6 +36,7 @@ from thinkrl.distributed import env as dist_env
 from thinkrl.distributed import fsdp
 from thinkrl.evaluation.evaluate import evaluate
 from thinkrl.engine import device as device_mod
+from thinkrl.engine import cpu_kernels
 from thinkrl.engine.cpu import cpu_class
 from thinkrl.trainers.metrics import JsonlLog, peak_rss_gib
 from thinkrl.models import lora
@@ -213,6 +214,8 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     log(f"device: {dev['device']} ({dev['device_name']}), precision {dev['precision']}{tf32}")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    if dev["device"] == "cpu" and cfg.run.onednn:
+        log(cpu_kernels.describe())  # measured on this CPU's first run, then cached
     set_deterministic(cfg.run.deterministic)
     torch.manual_seed(cfg.run.seed)
 
