@@ -184,7 +184,8 @@ def main() -> None:
 
         cpu = meta["cpu"] = cpu_class()  # model, flags, the kernel path, and thinkrl's float32 kernel choice
         print(f"CPU: {cpu['model']}, {cpu['class']} ({' '.join(cpu['flags'])}), thinkrl float32 products: "
-              f"training {cpu['kernels']['train']}, sampling {cpu['kernels']['decode']}", flush=True)
+              f"training {cpu['kernels']['train']} (small weights {cpu['kernels']['small']}), "
+              f"sampling {cpu['kernels']['decode']}", flush=True)
     peak = meta["matmul_peak_gflops"] = matmul_peak(a.device)
     print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()), flush=True)
     results = []

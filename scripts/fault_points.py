@@ -10,7 +10,8 @@ The phases and their moments (counted in the order the run meets them):
 - checkpoint: each step of a checkpoint write: before its state.pt (the weights written), before
   its manifest, before its fsync, before it is renamed into place;
 - save: each step of any other atomic write: the fsync of a final model's temp folder, and
-  every other rename into place (final models, a pipeline's stage outputs and files).
+  every other rename into place (final models, a pipeline's stage outputs and files; not the
+  user cache, where the first run on a machine keeps its kernel choice).
 
 `--kill PHASE:K` SIGKILLs the process at its K-th moment of PHASE: for sampling and update,
 `--delay` seconds into that call (or at its return, if it ends first); for the writes, right
@@ -98,8 +99,11 @@ def main() -> int:
         moment("checkpoint" if in_checkpoint(path) else "save")
         return fsync_dir(path)
 
+    user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+
     def replace_then(src, dst, **kw):
-        moment("checkpoint" if in_checkpoint(src) else "save")
+        if not os.path.abspath(dst).startswith(user_cache):  # (the kernel choice's cache: not the command's)
+            moment("checkpoint" if in_checkpoint(src) else "save")
         return replace(src, dst, **kw)
 
     checkpoint.write_manifest, checkpoint.fsync_dir, os.replace = manifest_then, fsync_then, replace_then

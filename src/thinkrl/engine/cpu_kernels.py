@@ -6,11 +6,12 @@ can run a far slower code path than oneDNN (measured on this project's 2-core EP
 ~215 GFLOP/s, oneDNN ~480 GFLOP/s for (1024x576)·(576x1536); single-row decode products
 2-4x faster). But the two trade places with the CPU (an AVX2-only EPYC, the ISA caps, even
 this VM on a slow day: 188 vs 211), so the choice is measured, not assumed: `choice()` times
-both on a training-sized and a decode-sized product once per CPU, kernel caps, torch version
-and thread count, caches the verdict in `~/.cache/thinkrl/cpu_kernels.json`, and every path
-below takes oneDNN only where it won (`THINKRL_CPU_KERNELS=onednn|aten` forces one). torch
-already routes bfloat16 products to oneDNN. Same float32 math, other kernel: results agree
-to float32 rounding (tests compare against `F.linear`).
+both on a training linear (forward and backward) with a large and with a small weight and on a
+decode product, once per CPU, kernel caps, torch version and thread count, caches the verdict
+in `~/.cache/thinkrl/cpu_kernels.json`, and every path takes oneDNN only where it won
+(`THINKRL_CPU_KERNELS=onednn|aten` forces one). torch already routes bfloat16 products to
+oneDNN. Same float32 math, other kernel: results agree to float32 rounding (tests compare
+against `F.linear`).
 
 - `pack(w)` / `packed_linear(x, packed, bias)`: weights reordered once into oneDNN's
   blocked layout, for the sampler (many products with the same weights).
@@ -65,107 +66,6 @@ def available() -> bool:
         return bool(torch.allclose(got, F.linear(torch.ones(2, 3), w), atol=1e-5))
     except (AttributeError, RuntimeError):
         return False
-
-
-def pick(gflops: dict[str, dict[str, float]]) -> dict[str, str]:
-    """{role: {"onednn": GFLOP/s, "aten": GFLOP/s}} -> {role: the kernel to use}."""
-    return {role: "aten" if g["aten"] > MARGIN * g["onednn"] else "onednn" for role, g in gflops.items()}
-
-
-def _best_gflops(fns: dict, flop: float, rounds: int) -> dict[str, float]:
-    """The best GFLOP/s of each fn over `rounds`, the fns interleaved so drift hits them alike."""
-    for fn in fns.values():  # warm-up (oneDNN builds its primitive on the first calls)
-        fn(), fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t)
-    return {name: flop / sec / 1e9 for name, sec in best.items()}
-
-
-ROLES = ("train", "small", "decode")
-SMALL_WEIGHT = 1 << 16  # elements: the quickstart model's matrices (<= 446 x 128) are under it, SmolLM2's over
-
-
-def _step(linear_fn, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor):
-    """One training linear through `linear_fn`: forward and both gradient products."""
-    return lambda: torch.autograd.grad(linear_fn(x, w, None), (x, w), g)
-
-
-def measure() -> dict[str, dict[str, float]]:
-    """GFLOP/s of oneDNN and of torch's own kernel (MKL) in each role: train, a linear's forward
-    and backward at 1024 tokens through a SmolLM2-sized MLP matrix; small, the same at 640 tokens
-    through the quickstart model's (a weight under SMALL_WEIGHT, where per-call costs count); decode, one product of 8 rows, the weight packed as the sampler packs it.
-    ~0.5 s on a 2-core EPYC."""
-    with torch.inference_mode(False), torch.enable_grad():  # callable from anywhere, sampling included
-        out = {}
-        for role, (n, i, o), rounds in (("train", (1024, 576, 1536), 5), ("small", (640, 128, 384), 20)):
-            x, w, g = torch.randn(n, i, requires_grad=True), torch.randn(o, i, requires_grad=True), torch.randn(n, o)
-            out[role] = _best_gflops({"onednn": _step(_Linear.apply, x, w, g), "aten": _step(F.linear, x, w, g)},
-                                     3 * 2 * n * i * o, rounds)
-        with torch.no_grad():
-            r, w = torch.randn(8, 576), torch.randn(1536, 576)
-            packed = torch.ops.mkldnn._reorder_linear_weight(w, 8)
-            out["decode"] = _best_gflops({"onednn": lambda: _mm(r, packed), "aten": lambda: F.linear(r, w)},
-                                         2 * r.numel() * 1536, 60)
-    return out
-
-
-def _cache_file() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "thinkrl" / "cpu_kernels.json"
-
-
-def _cache_key() -> str:
-    from thinkrl.engine.cpu import KERNEL_ENV, cpu_info
-
-    caps = ",".join(f"{k}={os.environ[k]}" for k in KERNEL_ENV if k in os.environ)
-    return (f"{cpu_info()[0]}|{torch.backends.cpu.get_cpu_capability()}|{caps}|torch {torch.__version__}"
-            f"|{torch.get_num_threads()} threads")
-
-
-@functools.cache
-def choice() -> dict:
-    """Which float32 kernel each role uses on this CPU (train: training products and the LM head
-    with weights of SMALL_WEIGHT elements or more; small: those with smaller weights; decode: the
-    sampler's packed products): {"train", "small", "decode", "source", "gflops"?}.
-    Measured once per cache key (CPU, kernel caps, torch, threads) and kept in the cache file;
-    call it after the thread count is set."""
-    forced = os.environ.get(FORCE_ENV, "auto")
-    if forced not in ("auto", "onednn", "aten"):
-        raise ValueError(f"{FORCE_ENV}={forced!r}; must be auto, onednn or aten")
-    if not available():
-        return {**dict.fromkeys(ROLES, "aten"), "source": "this torch build has no oneDNN linear kernels"}
-    if forced != "auto":
-        return {**dict.fromkeys(ROLES, forced), "source": f"{FORCE_ENV}={forced}"}
-    path, key = _cache_file(), _cache_key()
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if set(cache.get(key, ())) == set(ROLES):
-        return {**pick(cache[key]), "source": f"measured earlier ({path})", "gflops": cache[key]}
-    gflops = measure()
-    try:  # atomic: concurrent first runs each write a whole file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            json.dump({**cache, key: gflops}, f, indent=1)
-        os.replace(f.name, path)
-    except OSError:
-        pass  # a read-only home: measured again next time
-    return {**pick(gflops), "source": "measured now", "gflops": gflops}
-
-
-def describe() -> str:
-    """One log line: the kernel of each role and why."""
-    c = choice()
-    g = c.get("gflops")
-    rates = "" if g is None else " (" + "; ".join(
-        f"{role}: oneDNN {v['onednn']:.0f}, MKL {v['aten']:.0f} GFLOP/s" for role, v in g.items()) + ")"
-    name = {"onednn": "oneDNN", "aten": "torch/MKL"}
-    return (f"float32 products: training {name[c['train']]} (small weights {name[c['small']]}), "
-            f"sampling {name[c['decode']]}, {c['source']}{rates}")
 
 
 def _usable(role: str, *tensors: torch.Tensor) -> bool:
@@ -327,3 +227,108 @@ def gqa_attention(model: torch.nn.Module, enabled: bool = True):
     finally:
         if use:
             config._attn_implementation = "sdpa"
+
+
+# ---- which kernel each role takes: measured once per CPU, cached
+
+
+def pick(gflops: dict[str, dict[str, float]]) -> dict[str, str]:
+    """{role: {"onednn": GFLOP/s, "aten": GFLOP/s}} -> {role: the kernel to use}."""
+    return {role: "aten" if g["aten"] > MARGIN * g["onednn"] else "onednn" for role, g in gflops.items()}
+
+
+def _best_gflops(fns: dict, flop: float, rounds: int) -> dict[str, float]:
+    """The best GFLOP/s of each fn over `rounds`, the fns interleaved so drift hits them alike."""
+    for fn in fns.values():  # warm-up (oneDNN builds its primitive on the first calls)
+        fn(), fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {name: flop / sec / 1e9 for name, sec in best.items()}
+
+
+ROLES = ("train", "small", "decode")
+SMALL_WEIGHT = 1 << 16  # elements: the quickstart model's matrices (<= 446 x 128) are under it, SmolLM2's over
+
+
+def _step(linear_fn, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor):
+    """One training linear through `linear_fn`: forward and both gradient products."""
+    return lambda: torch.autograd.grad(linear_fn(x, w, None), (x, w), g)
+
+
+def measure() -> dict[str, dict[str, float]]:
+    """GFLOP/s of oneDNN and of torch's own kernel (MKL) in each role: train, a linear's forward
+    and backward at 1024 tokens through a SmolLM2-sized MLP matrix; small, the same at 640
+    tokens through the quickstart model's (a weight under SMALL_WEIGHT, where per-call costs
+    count); decode, one product of 8 rows, the weight packed as the sampler packs it. ~1 s on a
+    2-core EPYC."""
+    with torch.inference_mode(False), torch.enable_grad():  # callable from anywhere, sampling included
+        out = {}
+        for role, (n, i, o), rounds in (("train", (1024, 576, 1536), 5), ("small", (640, 128, 384), 20)):
+            x, w, g = torch.randn(n, i, requires_grad=True), torch.randn(o, i, requires_grad=True), torch.randn(n, o)
+            out[role] = _best_gflops({"onednn": _step(_Linear.apply, x, w, g), "aten": _step(F.linear, x, w, g)},
+                                     3 * 2 * n * i * o, rounds)
+        with torch.no_grad():
+            r, w = torch.randn(8, 576), torch.randn(1536, 576)
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 8)
+            out["decode"] = _best_gflops({"onednn": lambda: _mm(r, packed), "aten": lambda: F.linear(r, w)},
+                                         2 * r.numel() * 1536, 60)
+    return out
+
+
+def _cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "thinkrl" / "cpu_kernels.json"
+
+
+def _cache_key() -> str:
+    from thinkrl.engine.cpu import KERNEL_ENV, cpu_info
+
+    caps = ",".join(f"{k}={os.environ[k]}" for k in KERNEL_ENV if k in os.environ)
+    return (f"{cpu_info()[0]}|{torch.backends.cpu.get_cpu_capability()}|{caps}|torch {torch.__version__}"
+            f"|{torch.get_num_threads()} threads")
+
+
+@functools.cache
+def choice() -> dict:
+    """Which float32 kernel each role uses on this CPU (train: training products and the LM head
+    with weights of SMALL_WEIGHT elements or more; small: those with smaller weights; decode: the
+    sampler's packed products): {"train", "small", "decode", "source", "gflops"?}.
+    Measured once per cache key (CPU, kernel caps, torch, threads) and kept in the cache file;
+    call it after the thread count is set."""
+    forced = os.environ.get(FORCE_ENV, "auto")
+    if forced not in ("auto", "onednn", "aten"):
+        raise ValueError(f"{FORCE_ENV}={forced!r}; must be auto, onednn or aten")
+    if not available():
+        return {**dict.fromkeys(ROLES, "aten"), "source": "this torch build has no oneDNN linear kernels"}
+    if forced != "auto":
+        return {**dict.fromkeys(ROLES, forced), "source": f"{FORCE_ENV}={forced}"}
+    path, key = _cache_file(), _cache_key()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if set(cache.get(key, ())) == set(ROLES):
+        return {**pick(cache[key]), "source": f"measured earlier ({path})", "gflops": cache[key]}
+    gflops = measure()
+    try:  # atomic: concurrent first runs each write a whole file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            json.dump({**cache, key: gflops}, f, indent=1)
+        os.replace(f.name, path)
+    except OSError:
+        pass  # a read-only home: measured again next time
+    return {**pick(gflops), "source": "measured now", "gflops": gflops}
+
+
+def describe() -> str:
+    """One log line: the kernel of each role and why."""
+    c = choice()
+    g = c.get("gflops")
+    rates = "" if g is None else " (" + "; ".join(
+        f"{role}: oneDNN {v['onednn']:.0f}, MKL {v['aten']:.0f} GFLOP/s" for role, v in g.items()) + ")"
+    name = {"onednn": "oneDNN", "aten": "torch/MKL"}
+    return (f"float32 products: training {name[c['train']]} (small weights {name[c['small']]}), "
+            f"sampling {name[c['decode']]}, {c['source']}{rates}")
