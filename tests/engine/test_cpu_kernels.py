@@ -202,3 +202,12 @@ def test_gqa_attention_same_values_and_grads_without_repeated_heads(monkeypatch)
         bf16 = model(input_ids=ids, attention_mask=mask).logits
     assert bf16.dtype == torch.bfloat16 and seen[-1][3] == torch.float32
     torch.testing.assert_close(bf16.float(), out[0][0], atol=0.1, rtol=0.05)
+
+
+def test_measuring_leaves_the_global_rng_alone():
+    """A run's random draws must not depend on whether this machine's choice was cached."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    onednn.measure()
+    assert torch.equal(torch.rand(3), expected)

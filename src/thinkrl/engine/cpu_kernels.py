@@ -265,14 +265,16 @@ def measure() -> dict[str, dict[str, float]]:
     tokens through the quickstart model's (a weight under SMALL_WEIGHT, where per-call costs
     count); decode, one product of 8 rows, the weight packed as the sampler packs it. ~1 s on a
     2-core EPYC."""
+    rng = torch.Generator().manual_seed(0)  # not the global one: a run's draws must not depend on a cache miss
+    randn = lambda *shape, grad=False: torch.randn(*shape, generator=rng, requires_grad=grad)  # noqa: E731
     with torch.inference_mode(False), torch.enable_grad():  # callable from anywhere, sampling included
         out = {}
         for role, (n, i, o), rounds in (("train", (1024, 576, 1536), 5), ("small", (640, 128, 384), 20)):
-            x, w, g = torch.randn(n, i, requires_grad=True), torch.randn(o, i, requires_grad=True), torch.randn(n, o)
+            x, w, g = randn(n, i, grad=True), randn(o, i, grad=True), randn(n, o)
             out[role] = _best_gflops({"onednn": _step(_Linear.apply, x, w, g), "aten": _step(F.linear, x, w, g)},
                                      3 * 2 * n * i * o, rounds)
         with torch.no_grad():
-            r, w = torch.randn(8, 576), torch.randn(1536, 576)
+            r, w = randn(8, 576), randn(1536, 576)
             packed = torch.ops.mkldnn._reorder_linear_weight(w, 8)
             out["decode"] = _best_gflops({"onednn": lambda: _mm(r, packed), "aten": lambda: F.linear(r, w)},
                                          2 * r.numel() * 1536, 60)
