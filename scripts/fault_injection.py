@@ -151,8 +151,8 @@ def main() -> int:
             counts = json.loads((work / "counts.json").read_text())
             ref = weights(final)
             trials = []
-            start = rng.randrange(len(PHASES))
-            for i in range(start, start + args.points):
+            first_phase = rng.randrange(len(PHASES))
+            for i in range(first_phase, first_phase + args.points):
                 if args.aim == "phases":
                     (phase, wrapper), delay = aimed(rng, counts, i), 0.0
                 else:
