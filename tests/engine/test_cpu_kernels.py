@@ -1,9 +1,8 @@
 """thinkrl.engine.cpu_kernels: oneDNN float32 linears equal F.linear in values and gradients, on
-either kernel choice; the choice itself is measured once, cached and follows the faster kernel."""
+either kernel choice (forced), and the choice decides every path. The choice itself:
+test_kernel_choice.py."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
@@ -22,49 +21,6 @@ def kernel(request, monkeypatch):
     onednn.choice.cache_clear()
     yield request.param
     onednn.choice.cache_clear()
-
-
-def test_pick_takes_mkl_only_when_clearly_faster():
-    got = onednn.pick({"train": {"onednn": 200.0, "aten": 190.0}, "decode": {"onednn": 3.0, "aten": 9.0}})
-    assert got == {"train": "onednn", "decode": "aten"}
-    assert onednn.pick({"train": {"onednn": 200.0, "aten": 209.0}}) == {"train": "onednn"}  # within 5%: no flapping
-    assert onednn.pick({"train": {"onednn": 200.0, "aten": 211.0}}) == {"train": "aten"}
-
-
-def test_choice_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.delenv(onednn.FORCE_ENV)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    calls = []
-    fake = {"train": {"onednn": 100.0, "aten": 150.0}, "small": {"onednn": 5.0, "aten": 5.0},
-            "decode": {"onednn": 9.0, "aten": 2.0}}
-    monkeypatch.setattr(onednn, "measure", lambda: calls.append(1) or fake)
-    onednn.choice.cache_clear()
-    first = onednn.choice()
-    onednn.choice.cache_clear()
-    again = onednn.choice()
-    assert len(calls) == 1 and (first["train"], first["decode"]) == ("aten", "onednn")
-    assert (again["train"], again["decode"]) == ("aten", "onednn") and "earlier" in again["source"]
-    assert "training torch/MKL (small weights oneDNN), sampling oneDNN" in onednn.describe()
-    assert list(json.loads((tmp_path / "thinkrl" / "cpu_kernels.json").read_text()).values()) == [fake]
-
-
-def test_a_bad_forced_kernel_names_the_variable(monkeypatch):
-    monkeypatch.setenv(onednn.FORCE_ENV, "mkl")
-    onednn.choice.cache_clear()
-    with pytest.raises(ValueError, match="THINKRL_CPU_KERNELS='mkl'; must be auto, onednn or aten"):
-        onednn.choice()
-
-
-def test_small_weights_take_the_small_role(tmp_path, monkeypatch):
-    monkeypatch.delenv(onednn.FORCE_ENV)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    fake = {"train": {"onednn": 2.0, "aten": 1.0}, "small": {"onednn": 1.0, "aten": 2.0}, "decode": {"onednn": 2.0, "aten": 1.0}}
-    monkeypatch.setattr(onednn, "measure", lambda: fake)
-    onednn.choice.cache_clear()
-    x = torch.randn(6, 128, requires_grad=True)
-    small, large = torch.randn(384, 128, requires_grad=True), torch.randn(1024, 128, requires_grad=True)
-    assert "Linear" not in type(onednn.linear(x, small).grad_fn).__name__  # torch's own addmm / mm
-    assert "Linear" in type(onednn.linear(x, large).grad_fn).__name__  # oneDNN's autograd function
 
 
 def test_the_choice_decides_every_path(kernel):
@@ -202,12 +158,3 @@ def test_gqa_attention_same_values_and_grads_without_repeated_heads(monkeypatch)
         bf16 = model(input_ids=ids, attention_mask=mask).logits
     assert bf16.dtype == torch.bfloat16 and seen[-1][3] == torch.float32
     torch.testing.assert_close(bf16.float(), out[0][0], atol=0.1, rtol=0.05)
-
-
-def test_measuring_leaves_the_global_rng_alone():
-    """A run's random draws must not depend on whether this machine's choice was cached."""
-    torch.manual_seed(0)
-    expected = torch.rand(3)
-    torch.manual_seed(0)
-    onednn.measure()
-    assert torch.equal(torch.rand(3), expected)
