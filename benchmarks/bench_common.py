@@ -197,7 +197,7 @@ def matmul_peak(device: str, rounds: int = 3) -> dict:
         b = torch.randn(n, n, device=device, dtype=dtype)
         fns = {"torch.mm": lambda: a @ b}
         if device == "cpu" and dtype == torch.float32 and cpu_kernels.available():
-            fns["oneDNN"] = lambda: cpu_kernels._mm(a, b.t())
+            fns["oneDNN"] = lambda: cpu_kernels.onednn_mm(a, b.t())
         for label, fn in fns.items():
             fn()
             if device != "cpu":

@@ -105,12 +105,12 @@ def top_p(model) -> None:
 
 
 def head_product(model) -> None:
-    from thinkrl.engine.cpu_kernels import _mm, pack, packed_linear
+    from thinkrl.engine.cpu_kernels import onednn_mm, pack, packed_linear
 
     w = model.get_output_embeddings().weight.detach()  # (V, H)
     x = torch.randn(256, w.shape[1])
     packed = pack(w, 256)
-    print(f"head product 256 rows    oneDNN unpacked {ms(lambda: _mm(x, w), 10):6.1f} ms   "
+    print(f"head product 256 rows    oneDNN unpacked {ms(lambda: onednn_mm(x, w), 10):6.1f} ms   "
           f"pre-packed {ms(lambda: packed_linear(x, packed), 10):6.1f} ms   "
           f"(packing itself {ms(lambda: pack(w, 256), 5):.1f} ms)")
 
@@ -119,12 +119,12 @@ def layer_products() -> None:
     """The three float32 products of one training linear (SmolLM2's up projection, 1,024
     tokens) as `onednn.linear` runs them: forward, input gradient, weight gradient (its
     operands transposed, copied to contiguous by oneDNN's linear); GFLOP/s each."""
-    from thinkrl.engine.cpu_kernels import _mm
+    from thinkrl.engine.cpu_kernels import onednn_mm
 
     M, I, O = 1024, 576, 1536
     x, w, g = torch.randn(M, I), torch.randn(O, I), torch.randn(M, O)
     flop = 2 * M * I * O / 1e6  # per product, in MFLOP (so MFLOP / ms = GFLOP/s)
-    fwd, dx, dw = ms(lambda: _mm(x, w)), ms(lambda: _mm(g, w.t())), ms(lambda: _mm(g.t(), x.t()))
+    fwd, dx, dw = ms(lambda: onednn_mm(x, w)), ms(lambda: onednn_mm(g, w.t())), ms(lambda: onednn_mm(g.t(), x.t()))
     print(f"linear 1024x576->1536    forward {flop / fwd:4.0f}   input grad {flop / dx:4.0f}   "
           f"weight grad {flop / dw:4.0f} GFLOP/s (oneDNN, fp32)")
 
@@ -151,11 +151,11 @@ def head_weight_grad() -> None:
     49,152), transposed, times h (512 x 576)): oneDNN's linear on the transposed views (what
     `logprobs._HeadGradients` runs; oneDNN copies the 101 MB operand itself) vs contiguous
     copies made by torch first, and torch.mm (MKL) on the views."""
-    from thinkrl.engine.cpu_kernels import _mm
+    from thinkrl.engine.cpu_kernels import onednn_mm
 
     g, x = torch.randn(512, 49152), torch.randn(512, 576)
-    views = ms(lambda: _mm(g.t(), x.t()), 5)
-    copies = ms(lambda: _mm(g.t().contiguous(), x.t().contiguous()), 5)
+    views = ms(lambda: onednn_mm(g.t(), x.t()), 5)
+    copies = ms(lambda: onednn_mm(g.t().contiguous(), x.t().contiguous()), 5)
     print(f"head weight grad 512 rows oneDNN on views {views:6.1f} ms   on torch copies {copies:6.1f} ms   "
           f"torch.mm {ms(lambda: g.t().mm(x), 5):6.1f} ms")
 

@@ -4,6 +4,7 @@ machine, cached, follows the faster kernel by a margin, and leaves a run's rando
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -15,8 +16,9 @@ pytestmark = pytest.mark.skipif(not onednn.available(), reason="torch build with
 
 @pytest.fixture(autouse=True)
 def measured(tmp_path, monkeypatch):
-    """No forced kernel, an empty cache folder, no choice remembered in the process."""
+    """No forced kernel, an empty cache folder, no choice remembered in the process, an idle machine."""
     monkeypatch.delenv(onednn.FORCE_ENV, raising=False)
+    monkeypatch.setattr(onednn.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     onednn.choice.cache_clear()
     yield
@@ -39,9 +41,39 @@ def test_choice_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch)
     onednn.choice.cache_clear()
     again = onednn.choice()
     assert len(calls) == 1 and (first["train"], first["decode"]) == ("aten", "onednn")
-    assert (again["train"], again["decode"]) == ("aten", "onednn") and "earlier" in again["source"]
+    assert (again["train"], again["decode"]) == ("aten", "onednn") and "measured on 20" in again["source"]
     assert "training torch/MKL (small weights oneDNN), sampling oneDNN" in onednn.describe()
-    assert list(json.loads((tmp_path / "thinkrl" / "cpu_kernels.json").read_text()).values()) == [fake]
+    [entry] = json.loads((tmp_path / "thinkrl" / "cpu_kernels.json").read_text()).values()
+    assert entry["gflops"] == fake and abs(entry["measured_at"] - time.time()) < 60
+
+
+FAKE = {"train": {"onednn": 100.0, "aten": 150.0}, "small": {"onednn": 5.0, "aten": 5.0},
+        "decode": {"onednn": 9.0, "aten": 2.0}}
+
+
+@pytest.mark.parametrize("entry", [
+    {"gflops": FAKE, "measured_at": 0.0},  # 1970: older than a week
+    FAKE,  # the layout before entries carried their date
+    {"gflops": {"train": FAKE["train"]}, "measured_at": "now"},  # incomplete
+])
+def test_a_stale_or_foreign_cache_entry_is_measured_again(tmp_path, monkeypatch, entry):
+    if entry.get("measured_at") == "now":
+        entry = {**entry, "measured_at": time.time()}
+    path = tmp_path / "thinkrl" / "cpu_kernels.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({onednn._cache_key(): entry}))
+    calls = []
+    monkeypatch.setattr(onednn, "measure", lambda: calls.append(1) or FAKE)
+    assert onednn.choice()["source"] == "measured now" and calls == [1]
+    assert json.loads(path.read_text())[onednn._cache_key()]["gflops"] == FAKE
+
+
+def test_a_verdict_measured_under_load_is_used_but_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(onednn.os, "getloadavg", lambda: (torch.get_num_threads() + 1.5, 0.0, 0.0))
+    monkeypatch.setattr(onednn, "measure", lambda: FAKE)
+    got = onednn.choice()
+    assert got["train"] == "aten" and "under load" in got["source"] and "not cached" in got["source"]
+    assert not (tmp_path / "thinkrl" / "cpu_kernels.json").exists()
 
 
 def test_a_bad_forced_kernel_names_the_variable(monkeypatch):

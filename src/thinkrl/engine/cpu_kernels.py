@@ -8,11 +8,13 @@ can run a far slower code path than oneDNN (measured on this project's 2-core EP
 this VM on a slow day: 188 vs 211), so the choice is measured, not assumed: `choice()` times
 both on a training linear (forward and backward) with a large and with a small weight and on a
 decode product, once per CPU, kernel caps, torch version and thread count, caches the verdict
-in `~/.cache/thinkrl/cpu_kernels.json`, and every path takes oneDNN only where it won
+for a week in `~/.cache/thinkrl/cpu_kernels.json` (not one measured under load), and every
+path takes oneDNN only where it won
 (`THINKRL_CPU_KERNELS=onednn|aten` forces one). torch already routes bfloat16 products to
 oneDNN. Same float32 math, other kernel: results agree to float32 rounding (tests compare
 against `F.linear`).
 
+- `onednn_mm(x, w, bias)`: one float32 product x·wᵀ through oneDNN (no autograd).
 - `pack(w)` / `packed_linear(x, packed, bias)`: weights reordered once into oneDNN's
   blocked layout, for the sampler (many products with the same weights).
 - `linear(x, w, bias)`: an autograd function whose forward and both backward products
@@ -72,7 +74,7 @@ def _usable(role: str, *tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" for t in tensors) and choice()[role] == "onednn"
 
 
-def _mm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def onednn_mm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., I) · w (O, I)ᵀ [+ bias (O,)] -> (..., O), through oneDNN."""
     return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
 
@@ -90,7 +92,7 @@ def pack(w: torch.Tensor, batch_hint: int = 8):
 
 def packed_linear(x: torch.Tensor, packed, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., I) -> (..., O) with a weight from `pack`. No autograd (sampling only)."""
-    return _mm(x, packed, bias) if packed.is_mkldnn else F.linear(x, packed, bias)
+    return onednn_mm(x, packed, bias) if packed.is_mkldnn else F.linear(x, packed, bias)
 
 
 class _Linear(torch.autograd.Function):
@@ -98,7 +100,7 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x, w, bias):
         ctx.save_for_backward(x, w)
         ctx.has_bias = bias is not None
-        return _mm(x, w, bias)
+        return onednn_mm(x, w, bias)
 
     @staticmethod
     def backward(ctx, g):
@@ -106,9 +108,9 @@ class _Linear(torch.autograd.Function):
         g2 = g.reshape(-1, g.shape[-1])  # (M, O)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = _mm(g2, w.t()).view(*g.shape[:-1], w.shape[1])  # (..., I) = g · W
+            gx = onednn_mm(g2, w.t()).view(*g.shape[:-1], w.shape[1])  # (..., I) = g · W
         if ctx.needs_input_grad[1]:
-            gw = _mm(g2.t(), x.reshape(-1, x.shape[-1]).t())  # (O, I) = gᵀ · x
+            gw = onednn_mm(g2.t(), x.reshape(-1, x.shape[-1]).t())  # (O, I) = gᵀ · x
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g2.sum(0)  # (O,)
         return gx, gw, gb
@@ -276,7 +278,7 @@ def measure() -> dict[str, dict[str, float]]:
         with torch.no_grad():
             r, w = randn(8, 576), randn(1536, 576)
             packed = torch.ops.mkldnn._reorder_linear_weight(w, 8)
-            out["decode"] = _best_gflops({"onednn": lambda: _mm(r, packed), "aten": lambda: F.linear(r, w)},
+            out["decode"] = _best_gflops({"onednn": lambda: onednn_mm(r, packed), "aten": lambda: F.linear(r, w)},
                                          2 * r.numel() * 1536, 60)
     return out
 
@@ -293,13 +295,34 @@ def _cache_key() -> str:
             f"|{torch.get_num_threads()} threads")
 
 
+MAX_AGE_S = 7 * 86400  # a verdict is measured again after a week: a VM's speed changes from day to day
+
+
+def _busy_load() -> float | None:
+    """The 1-minute load average when other work competes for the cores (above this process's
+    thread count), else None. A verdict measured then is used, not cached."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    return load if load > torch.get_num_threads() else None
+
+
+def _cached(entry, now: float) -> dict | None:
+    """A cache entry's GFLOP/s if it is current (every role, under MAX_AGE_S old), else None."""
+    if not isinstance(entry, dict) or set(entry.get("gflops", ())) != set(ROLES):
+        return None  # another layout (an older thinkrl) or incomplete: measured again
+    return entry["gflops"] if 0 <= now - entry.get("measured_at", -MAX_AGE_S) < MAX_AGE_S else None
+
+
 @functools.cache
 def choice() -> dict:
     """Which float32 kernel each role uses on this CPU (train: training products and the LM head
     with weights of SMALL_WEIGHT elements or more; small: those with smaller weights; decode: the
     sampler's packed products): {"train", "small", "decode", "source", "gflops"?}.
-    Measured once per cache key (CPU, kernel caps, torch, threads) and kept in the cache file;
-    call it after the thread count is set."""
+    Measured once per cache key (CPU, kernel caps, torch, threads) and kept in the cache file for
+    a week; a measurement taken while other work loads the cores is used but not kept. Call it
+    after the thread count is set."""
     forced = os.environ.get(FORCE_ENV, "auto")
     if forced not in ("auto", "onednn", "aten"):
         raise ValueError(f"{FORCE_ENV}={forced!r}; must be auto, onednn or aten")
@@ -307,18 +330,24 @@ def choice() -> dict:
         return {**dict.fromkeys(ROLES, "aten"), "source": "this torch build has no oneDNN linear kernels"}
     if forced != "auto":
         return {**dict.fromkeys(ROLES, forced), "source": f"{FORCE_ENV}={forced}"}
-    path, key = _cache_file(), _cache_key()
+    path, key, now = _cache_file(), _cache_key(), time.time()
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
-    if set(cache.get(key, ())) == set(ROLES):
-        return {**pick(cache[key]), "source": f"measured earlier ({path})", "gflops": cache[key]}
+    gflops = _cached(cache.get(key), now) if isinstance(cache, dict) else None
+    if gflops is not None:
+        day = time.strftime("%Y-%m-%d", time.localtime(cache[key]["measured_at"]))
+        return {**pick(gflops), "source": f"measured on {day} ({path})", "gflops": gflops}
+    busy = _busy_load()
     gflops = measure()
+    if busy is not None:
+        return {**pick(gflops), "source": f"measured now, under load {busy:.1f} (not cached)", "gflops": gflops}
     try:  # atomic: concurrent first runs each write a whole file
         path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"gflops": gflops, "measured_at": now}
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            json.dump({**cache, key: gflops}, f, indent=1)
+            json.dump({**(cache if isinstance(cache, dict) else {}), key: entry}, f, indent=1)
         os.replace(f.name, path)
     except OSError:
         pass  # a read-only home: measured again next time
