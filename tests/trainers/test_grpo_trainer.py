@@ -90,6 +90,33 @@ def test_rewards_see_problem_columns(tiny_model, tiny_tokenizer):
     assert seen["start"][0] == seen["start"][3] and isinstance(seen["ops"][0], list)
 
 
+def test_the_reward_model_scores_the_sampled_text_with_the_opened_think_once(tiny_model, tiny_tokenizer, monkeypatch):
+    """force_think: the prompt ends in "<think>" and the rule rewards see it put back in front of
+    each completion; the reward model must see prompt + sampled tokens, the tag once."""
+    from thinkrl.data.templates import r1_zero_prompt
+    from thinkrl.models import reward_model
+
+    scored, seen = [], {}
+    monkeypatch.setattr(reward_model, "load", lambda path: (torch.nn.Linear(1, 1), None))
+    monkeypatch.setattr(reward_model, "score", lambda rm, tok, texts, bs: scored.extend(texts) or torch.zeros(len(texts)))
+
+    @rewards.register("test_seen")
+    def _seen(completions, prompt_text, **_):
+        seen.update(completions=completions, prompt_text=prompt_text)
+        return [0.0] * len(completions)
+
+    try:
+        cfg, state = _state(tiny_model, tiny_tokenizer)
+        cfg.rewards.weights = {"reward_model": 1.0, "test_seen": 1.0}
+        cfg.rewards.reward_model_path = "unused"
+        grpo_step(state, cfg, lambda q: r1_zero_prompt(q, force_think=True), completion_prefix="<think>")
+    finally:
+        rewards.REWARDS.pop("test_seen")
+    assert len(scored) == 8 and not any("<think><think>" in t for t in scored)
+    assert all(c.startswith("<think>") for c in seen["completions"])  # the rule rewards still see the tag
+    assert scored == [p + c[len("<think>"):] for p, c in zip(seen["prompt_text"], seen["completions"])]
+
+
 def test_train_state_loads_a_reference_only_for_a_kl_term(tiny_model, tiny_tokenizer):
     """What `train_run` builds: β = 0 loads no π_ref; β > 0 a frozen copy of the policy."""
     cfg = Config()

@@ -91,7 +91,8 @@ def _draw(state, cfg: Config, build_prompt, completion_prefix: str, timer: Phase
                     engine_dtype=torch.bfloat16 if cfg.run.precision == "bf16" else None)
     with timer("reward"):
         columns = {**reward_columns(problems, g.group_size), "completion_length": ro.lengths.tolist(),
-                   "prompt_text": [t for t in texts for _ in range(g.group_size)]}
+                   "prompt_text": [t for t in texts for _ in range(g.group_size)],
+                   "completion_prefix": [completion_prefix] * len(ro.texts)}  # in the prompt already
         options = reward_options(cfg)
         options["reward_model"]["device"] = str(ro.completion_ids.device)  # the reward model beside the policy
         scored = rewards.score([completion_prefix + t for t in ro.texts], columns, cfg.rewards.weights, options)
