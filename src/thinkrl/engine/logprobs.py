@@ -328,6 +328,40 @@ def _cache_kw(backbone) -> str:
     return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 
+def grouped_completion_hidden(
+    model,
+    prompts: list[list[int]],
+    group: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    pad_id: int,
+    states: PromptStates | None = None,
+) -> torch.Tensor:
+    """The last hidden state before each completion token, (N, L, H), running each prompt once
+    for all its samples. model: a causal LM or its transformer body (anything `_backbone`,
+    `config` and `get_input_embeddings` serve). prompts: the distinct prompts; group: (N,)
+    prompt index of each row (any subset of prompts may be used); completion_ids,
+    completion_mask: (N, L). `states`: the prompts already run (`PromptStates` over indices
+    including every row's), else they are run here (`shared=False`: in one graph with the
+    completions)."""
+    device = completion_ids.device
+    backbone = _backbone(model)
+    if states is None:  # this call's prompts, in one graph with the completions
+        states = PromptStates(model, prompts, torch.unique(group.cpu()), pad_id, device, shared=False)
+    at = torch.full((max(int(states.used.max()), int(group.max())) + 1,), -1, dtype=torch.long)
+    at[states.used] = torch.arange(len(states.used))
+    rows = at[group.cpu()]  # (N,) index into the run prompts
+    if (rows < 0).any():
+        raise ValueError("grouped_completion_hidden: a row's prompt is not in `states`")
+    cache, row_mask, first = states.cache_for(rows.to(device), model.config)  # (N, ...), (N, P), (N, 1, H)
+    c_emb = model.get_input_embeddings()(completion_ids)  # (N, L, H)
+    attn = torch.cat([row_mask, completion_mask.long()], dim=1)  # (N, P+L)
+    c_pos = row_mask.sum(1, keepdim=True) + torch.arange(completion_ids.shape[1], device=device)  # (N, L)
+    c_out = backbone(inputs_embeds=c_emb.view(*completion_ids.shape, -1), attention_mask=attn, position_ids=c_pos,
+                     use_cache=True, **{_cache_kw(backbone): cache})
+    return torch.cat([first, c_out.last_hidden_state[:, :-1]], dim=1)  # (N, L, H)
+
+
 def grouped_completion_logprobs(
     model,
     prompts: list[list[int]],
@@ -341,29 +375,9 @@ def grouped_completion_logprobs(
     states: PromptStates | None = None,
     grad_hint=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Like `completion_logprobs`, running each prompt once for all its samples.
-
-    prompts: the distinct prompts; group: (N,) prompt index of each row (any subset of
-    prompts may be used); completion_ids, completion_mask: (N, L). `states`: the prompts
-    already run (`PromptStates` over indices including every row's), else they are run here
-    (`shared=False`: in one graph with the completions). grad_hint: as in `completion_logprobs`.
-    Returns (logp (N, L), entropy (N, L) or None).
-    """
-    device = completion_ids.device
-    backbone, T = _backbone(model), _logprob_temperature(temperature)
-    if states is None:  # this call's prompts, in one graph with the completions
-        states = PromptStates(model, prompts, torch.unique(group.cpu()), pad_id, device, shared=False)
-    at = torch.full((max(int(states.used.max()), int(group.max())) + 1,), -1, dtype=torch.long)
-    at[states.used] = torch.arange(len(states.used))
-    rows = at[group.cpu()]  # (N,) index into the run prompts
-    if (rows < 0).any():
-        raise ValueError("grouped_completion_logprobs: a row's prompt is not in `states`")
-    cache, row_mask, first = states.cache_for(rows.to(device), model.config)  # (N, ...), (N, P), (N, 1, H)
-    c_emb = model.get_input_embeddings()(completion_ids)  # (N, L, H)
-    attn = torch.cat([row_mask, completion_mask.long()], dim=1)  # (N, P+L)
-    c_pos = row_mask.sum(1, keepdim=True) + torch.arange(completion_ids.shape[1], device=device)  # (N, L)
-    c_out = backbone(inputs_embeds=c_emb.view(*completion_ids.shape, -1), attention_mask=attn, position_ids=c_pos,
-                     use_cache=True, **{_cache_kw(backbone): cache})
-    hidden = torch.cat([first, c_out.last_hidden_state[:, :-1]], dim=1)  # (N, L, H)
-    return _logprobs_from_hidden(hidden, model.get_output_embeddings(), completion_ids, T, chunk, want_entropy,
-                                 grad_hint)
+    """Like `completion_logprobs`, running each prompt once for all its samples
+    (`grouped_completion_hidden`, whose arguments these are). grad_hint: as in
+    `completion_logprobs`. Returns (logp (N, L), entropy (N, L) or None)."""
+    hidden = grouped_completion_hidden(model, prompts, group, completion_ids, completion_mask, pad_id, states)
+    return _logprobs_from_hidden(hidden, model.get_output_embeddings(), completion_ids,
+                                 _logprob_temperature(temperature), chunk, want_entropy, grad_hint)

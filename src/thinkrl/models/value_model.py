@@ -7,7 +7,9 @@ two layouts (`grpo.value_head`).
   backbone. The head's parameters are its only ones (`parameters()`); the backbone stays
   the policy's, so one optimizer trains both on policy loss + c₁ · value loss (PPO Eq. 9).
 
-Both return Hugging Face's `TokenClassifierOutput`: `.logits` (n, T, 1).
+Both return Hugging Face's `TokenClassifierOutput`: `.logits` (n, T, 1); `body_and_head(vm)`
+gives either layout's transformer body and head, for the trainer's values at completion tokens
+(each prompt run once for its samples: `engine.logprobs.grouped_completion_hidden`).
 Left out: a value head reading the policy forward's own hidden states (the shared layout runs
 the backbone a second time per micro-batch, as a separate critic would).
 """
@@ -48,6 +50,11 @@ class SharedValueHead(torch.nn.Module):
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state  # (n, T, H)
         return TokenClassifierOutput(logits=self.head(h))  # (n, T, 1)
+
+
+def body_and_head(vm) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(transformer body, scalar head (H -> 1)) of a critic of either layout."""
+    return (vm.backbone, vm.head) if isinstance(vm, SharedValueHead) else (vm.base_model, vm.score)
 
 
 VALUE_HEADS = {"copy": copied_critic, "shared": SharedValueHead}  # grpo.value_head -> builder(policy)

@@ -28,7 +28,8 @@ from thinkrl.algos.advantages import gae_advantages
 from thinkrl.algos.value import clipped_value_loss
 from thinkrl.config import Config
 from thinkrl.distributed.env import refuse_launched
-from thinkrl.engine.logprobs import build_batch
+from thinkrl.engine.logprobs import grouped_completion_hidden
+from thinkrl.models.value_model import body_and_head
 from thinkrl.trainers.grpo import TrainState, grpo_step
 
 
@@ -37,9 +38,9 @@ def token_values(vm, ro, rows: torch.Tensor, pad_id: int, L: int | None = None) 
     to their first L tokens (default: all), 0 at padding."""
     L = L or ro.completion_ids.shape[1]
     mask = ro.completion_mask[rows, :L]  # (n, L)
-    ids, attn, pos = build_batch(ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L], mask, pad_id)  # (n, P+L)
-    out = vm(input_ids=ids, attention_mask=attn, position_ids=pos).logits[..., 0]  # (n, P+L)
-    return out[:, -L - 1:-1].float() * mask  # (n, L)
+    body, head = body_and_head(vm)  # each distinct prompt runs once for its rows, not once per row
+    hidden = grouped_completion_hidden(body, ro.prompt_ids, ro.group[rows], ro.completion_ids[rows, :L], mask, pad_id)
+    return head(hidden)[..., 0].float() * mask  # (n, L) from hidden (n, L, H)
 
 
 def joint_value_loss(vm, ro, pad_id: int, old_v: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
