@@ -4,6 +4,7 @@ machine, cached, follows the faster kernel by a margin, and leaves a run's rando
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from thinkrl.engine import cpu_kernels as onednn
 
+REAL_BUSY_SHARE = onednn._busy_share  # the autouse fixture replaces it (an idle machine)
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="torch build without oneDNN linear kernels")
 
 
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.skipif(not onednn.available(), reason="torch build with
 def measured(tmp_path, monkeypatch):
     """No forced kernel, an empty cache folder, no choice remembered in the process, an idle machine."""
     monkeypatch.delenv(onednn.FORCE_ENV, raising=False)
-    monkeypatch.setattr(onednn.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(onednn, "_busy_share", lambda: 0.0)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     onednn.choice.cache_clear()
     yield
@@ -69,11 +71,20 @@ def test_a_stale_or_foreign_cache_entry_is_measured_again(tmp_path, monkeypatch,
 
 
 def test_a_verdict_measured_under_load_is_used_but_not_cached(tmp_path, monkeypatch):
-    monkeypatch.setattr(onednn.os, "getloadavg", lambda: (torch.get_num_threads() + 1.5, 0.0, 0.0))
+    times = iter([(1000, 5000), (1040, 5200)])  # (idle, total) jiffies: 40 of 200 idle, the others used 80%
+    monkeypatch.setattr(onednn, "_cpu_times", lambda: next(times))
+    monkeypatch.setattr(onednn, "_busy_share", lambda: REAL_BUSY_SHARE(window=0.0))
     monkeypatch.setattr(onednn, "measure", lambda: FAKE)
     got = onednn.choice()
-    assert got["train"] == "aten" and "under load" in got["source"] and "not cached" in got["source"]
+    assert got["train"] == "aten" and "used 80% of the CPUs (not cached)" in got["source"]
     assert not (tmp_path / "thinkrl" / "cpu_kernels.json").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="no /proc/stat")
+def test_busy_share_reads_the_machine_now():
+    """A share in [0, 1] from the real /proc/stat (the arithmetic is checked by hand above)."""
+    share = REAL_BUSY_SHARE(0.05)
+    assert share is not None and 0.0 <= share <= 1.0
 
 
 def test_a_bad_forced_kernel_names_the_variable(monkeypatch):

@@ -298,14 +298,28 @@ def _cache_key() -> str:
 MAX_AGE_S = 7 * 86400  # a verdict is measured again after a week: a VM's speed changes from day to day
 
 
-def _busy_load() -> float | None:
-    """The 1-minute load average when other work competes for the cores (above this process's
-    thread count), else None. A verdict measured then is used, not cached."""
+BUSY_SHARE = 0.5  # other work using more than this share of the CPUs: a verdict then is used, not cached
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs since boot, from /proc/stat; None where there is none."""
     try:
-        load = os.getloadavg()[0]
-    except OSError:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]  # user nice system idle iowait irq softirq steal ...
+    except (OSError, ValueError):
         return None
-    return load if load > torch.get_num_threads() else None
+    return ticks[3] + ticks[4], sum(ticks[:8])
+
+
+def _busy_share(window: float = 0.1) -> float | None:
+    """The share of CPU time the rest of the machine used over `window` seconds while this
+    process slept (None: not measurable here). Unlike the load average, it is the present."""
+    first = _cpu_times()
+    time.sleep(window)
+    second = _cpu_times()
+    if first is None or second is None or second[1] <= first[1]:
+        return None
+    return 1.0 - (second[0] - first[0]) / (second[1] - first[1])
 
 
 def _cached(entry, now: float) -> dict | None:
@@ -321,7 +335,7 @@ def choice() -> dict:
     with weights of SMALL_WEIGHT elements or more; small: those with smaller weights; decode: the
     sampler's packed products): {"train", "small", "decode", "source", "gflops"?}.
     Measured once per cache key (CPU, kernel caps, torch, threads) and kept in the cache file for
-    a week; a measurement taken while other work loads the cores is used but not kept. Call it
+    a week; a measurement taken while other work used over half the CPUs is used but not kept. Call it
     after the thread count is set."""
     forced = os.environ.get(FORCE_ENV, "auto")
     if forced not in ("auto", "onednn", "aten"):
@@ -339,10 +353,11 @@ def choice() -> dict:
     if gflops is not None:
         day = time.strftime("%Y-%m-%d", time.localtime(cache[key]["measured_at"]))
         return {**pick(gflops), "source": f"measured on {day} ({path})", "gflops": gflops}
-    busy = _busy_load()
+    busy = _busy_share()
     gflops = measure()
-    if busy is not None:
-        return {**pick(gflops), "source": f"measured now, under load {busy:.1f} (not cached)", "gflops": gflops}
+    if busy is not None and busy > BUSY_SHARE:
+        return {**pick(gflops), "source": f"measured now while other work used {busy:.0%} of the CPUs (not cached)",
+                "gflops": gflops}
     try:  # atomic: concurrent first runs each write a whole file
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"gflops": gflops, "measured_at": now}
