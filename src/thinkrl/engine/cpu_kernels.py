@@ -9,10 +9,9 @@ this VM on a slow day: 188 vs 211), so the choice is measured, not assumed: `cho
 both on a training linear (forward and backward) with a large and with a small weight and on a
 decode product, once per CPU, kernel caps, torch version and thread count, caches the verdict
 for a week in `~/.cache/thinkrl/cpu_kernels.json` (not one measured under load), and every
-path takes oneDNN only where it won
-(`THINKRL_CPU_KERNELS=onednn|aten` forces one). torch already routes bfloat16 products to
-oneDNN. Same float32 math, other kernel: results agree to float32 rounding (tests compare
-against `F.linear`).
+path takes oneDNN only where it won (`THINKRL_CPU_KERNELS=onednn|aten` forces one). torch
+already routes bfloat16 products to oneDNN. Same float32 math, other kernel: results agree
+to float32 rounding (tests compare against `F.linear`).
 
 - `onednn_mm(x, w, bias)`: one float32 product x·wᵀ through oneDNN (no autograd).
 - `pack(w)` / `packed_linear(x, packed, bias)`: weights reordered once into oneDNN's
@@ -296,8 +295,6 @@ def _cache_key() -> str:
 
 
 MAX_AGE_S = 7 * 86400  # a verdict is measured again after a week: a VM's speed changes from day to day
-
-
 BUSY_SHARE = 0.5  # other work using more than this share of the CPUs: a verdict then is used, not cached
 
 
@@ -335,8 +332,8 @@ def choice() -> dict:
     with weights of SMALL_WEIGHT elements or more; small: those with smaller weights; decode: the
     sampler's packed products): {"train", "small", "decode", "source", "gflops"?}.
     Measured once per cache key (CPU, kernel caps, torch, threads) and kept in the cache file for
-    a week; a measurement taken while other work used over half the CPUs is used but not kept. Call it
-    after the thread count is set."""
+    a week; a measurement taken while other work used over half the CPUs is used but not kept.
+    Call it after the thread count is set."""
     forced = os.environ.get(FORCE_ENV, "auto")
     if forced not in ("auto", "onednn", "aten"):
         raise ValueError(f"{FORCE_ENV}={forced!r}; must be auto, onednn or aten")

@@ -53,8 +53,11 @@ class SharedValueHead(torch.nn.Module):
 
 
 def body_and_head(vm) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(transformer body, scalar head (H -> 1)) of a critic of either layout."""
-    return (vm.backbone, vm.head) if isinstance(vm, SharedValueHead) else (vm.base_model, vm.score)
+    """(transformer body, scalar head (H -> 1)) of a critic of either layout (a copied critic's
+    head is transformers' `score`, or `classifier` in the families that name it so)."""
+    if isinstance(vm, SharedValueHead):
+        return vm.backbone, vm.head
+    return vm.base_model, (vm.score if hasattr(vm, "score") else vm.classifier)
 
 
 VALUE_HEADS = {"copy": copied_critic, "shared": SharedValueHead}  # grpo.value_head -> builder(policy)
