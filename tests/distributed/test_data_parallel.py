@@ -36,10 +36,12 @@ def _initial_model():
     return tiny.build_model(tiny.BaseModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64), tok), tok
 
 
-def run_cases(prompts_per_step: int, parallel: str = "ddp") -> list[dict]:
-    """One GRPO step per case from the same initial model; the updated parameters and the loss
-    (whole tensors: gathered from the shards under FSDP2)."""
+def run_cases(prompts_per_step: int, parallel: str = "ddp", lora_r: int = 0) -> list[dict]:
+    """One GRPO step per case from the same initial model (with lora_r: a LoRA adapter of that
+    rank on every projection, the adapter alone trained); the trained parameters before and
+    after, their gradients and the loss (whole tensors: gathered from the shards under FSDP2)."""
     from thinkrl.distributed.fsdp import local
+    from thinkrl.models import lora
 
     real = rollouts.sample
     rollouts.sample = fake_sample
@@ -48,6 +50,9 @@ def run_cases(prompts_per_step: int, parallel: str = "ddp") -> list[dict]:
         out = []
         for beta, aggregation, scale, mu in CASES:
             model, tok = _initial_model()
+            if lora_r:
+                torch.manual_seed(1)  # the adapter's A (B starts at 0), the same on every rank, as train_run seeds it
+                model = lora.apply(model, lora_r, 2.0 * lora_r, 0.0, lora.DEFAULT_TARGETS)
             cfg = Config()
             g = cfg.grpo
             g.prompts_per_step, g.group_size, g.max_new_tokens, g.lr = prompts_per_step, G, 8, 1e-2
@@ -55,16 +60,18 @@ def run_cases(prompts_per_step: int, parallel: str = "ddp") -> list[dict]:
             cfg.rewards.weights = {"test_dp_length": 1.0}
             cfg.run.parallel = parallel
             state = loop.new_train_state(model, tok, cfg, sample_problems(16, "train", 0))
+            trained = [p for p in model.parameters() if p.requires_grad]  # (FSDP2's sharded ones, once wrapped)
+            before = [local(p.detach()).clone() for p in trained]
             # plain SGD: the update is lr x the gradient, so parameters compare as tightly as gradients
             # (Adam's first step, ~lr x sign(g), would turn a 1e-9 difference in a near-zero gradient into 1e-2)
-            state.optimizer = torch.optim.SGD(model.parameters(), lr=g.lr)
+            state.optimizer = torch.optim.SGD(trained, lr=g.lr)
             state.scheduler = torch.optim.lr_scheduler.LambdaLR(state.optimizer, lambda s: 1.0)
             grads = []
             state.optimizer.register_step_pre_hook(
-                lambda *_: grads.append([local(p.grad).clone() for p in model.parameters()]))
+                lambda *_: grads.append([local(p.grad).clone() for p in trained]))
             m = grpo_step(state, cfg, lambda q: q)
-            out.append({"params": [local(p.detach()).clone() for p in model.parameters()], "grads": grads, "loss": m["loss"],
-                        "reward": m["reward/total"], "rows": m["trained_rows"]})
+            out.append({"before": before, "params": [local(p.detach()).clone() for p in trained], "grads": grads,
+                        "loss": m["loss"], "reward": m["reward/total"], "rows": m["trained_rows"]})
         return out
     finally:
         rollouts.sample = real
@@ -141,7 +148,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     env.init()
     try:
-        torch.save({"grpo": run_cases(B), "grpo_fsdp2": run_cases(B, "fsdp2"), "sft": run_sft(Path(out) / "sft"),
+        torch.save({"grpo": run_cases(B), "grpo_fsdp2": run_cases(B, "fsdp2"), "grpo_lora": run_cases(B, lora_r=4),
+                    "sft": run_sft(Path(out) / "sft"),
                     "sft_fsdp2": run_sft(Path(out) / "sft_fsdp2", "fsdp2"), "kd": run_kd(Path(out) / "kd", 0),
                     "kd_fsdp2": run_kd(Path(out) / "kd_fsdp2", 0, "fsdp2"),
                     "kd_topk": run_kd(Path(out) / "kd_topk", 3), "teacher": run_teacher_samples()},
@@ -191,11 +199,11 @@ def test_teacher_samples_are_shared_out_and_gathered_in_problem_order(two_ranks)
     assert r0 == r1 == [(i, k, sample_problems(5, "train", 0)[i].id) for i in range(5) for k in range(2)]
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2", "ddp_lora"])
 def test_two_ranks_equal_one_process_with_the_whole_batch(two_ranks, parallel):
-    ranks = two_ranks["grpo" if parallel == "ddp" else "grpo_fsdp2"]
+    ranks = two_ranks[{"ddp": "grpo", "fsdp2": "grpo_fsdp2", "ddp_lora": "grpo_lora"}[parallel]]
     torch.set_num_threads(1)
-    single = run_cases(2 * B)
+    single = run_cases(2 * B, lora_r=4 if parallel == "ddp_lora" else 0)
     for case, one, r0, r1 in zip(CASES, single, *ranks):
         assert len(one["grads"]) == len(r0["grads"]) == len(r1["grads"]) == case[3]  # μ optimizer steps
         for step_one, step_r0, step_r1 in zip(one["grads"], r0["grads"], r1["grads"]):
@@ -207,8 +215,8 @@ def test_two_ranks_equal_one_process_with_the_whole_batch(two_ranks, parallel):
             torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=lambda m: f"{case}: {m}")
         assert r0["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-7), case
         assert r0["reward"] == pytest.approx(one["reward"]) and r0["rows"] == one["rows"], case
-    initial = [p.detach() for p in _initial_model()[0].parameters()]
-    assert any(not torch.equal(a, b) for a, b in zip(initial, single[0]["params"]))  # the step moved the weights
+    for one in single:  # each step moved the trained weights (with LoRA: the adapter's B away from 0)
+        assert any(not torch.equal(a, b) for a, b in zip(one["before"], one["params"]))
 
 
 def test_helpers_in_a_one_process_world():

@@ -190,8 +190,6 @@ def train_run(cfg: Config, resume: str | None = None, log=print, step_fn: StepFn
     dev = device_settings(cfg)  # a GPU that is not there: refused before anything is written or loaded
     world = dist_env.init(dev["device"])
     log = dist_env.main_only(log)
-    if cfg.model.lora_r and world.size > 1:
-        raise config_mod.ConfigError("model.lora_r under data parallelism (--nproc > 1) is left out")
     if resume:
         run_dir = Path(resume)
         ckpt = checkpoint.latest_checkpoint(run_dir, verify=True)  # a damaged newest one: the one before it
