@@ -79,15 +79,16 @@ def run_cases(prompts_per_step: int, parallel: str = "ddp", lora_r: int = 0) -> 
 
 
 
-def run_sft(out: Path, parallel: str = "ddp") -> dict:
-    """Two epochs of SFT (steps of 5 examples: the ranks get 3 and 2) with plain SGD; parameters and losses."""
+def run_sft(out: Path, parallel: str = "ddp", lora_r: int = 0) -> dict:
+    """Two epochs of SFT (steps of 5 examples: the ranks get 3 and 2) with plain SGD, the whole
+    model or a LoRA adapter of rank lora_r; parameters and losses."""
     from thinkrl.distributed.fsdp import local
     from thinkrl.trainers.sft import SFTConfig, train_sft
 
     model, tok = _initial_model()
     examples = [{"prompt": f"{i} + {i % 3} =", "response": f" {i + i % 3}" * (1 + i % 4)} for i in range(9)]
     cfg = SFTConfig(template="plain", epochs=2, batch_size=5, micro_batch_size=2, lr=1e-2, min_lr=1e-3,
-                    eos_check_prompts=2, parallel=parallel)
+                    eos_check_prompts=2, parallel=parallel, lora_r=lora_r, lora_alpha=2.0 * max(lora_r, 1))
     adamw = torch.optim.AdamW
     torch.optim.AdamW = lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr)  # see run_cases
     try:
@@ -150,7 +151,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         torch.save({"grpo": run_cases(B), "grpo_fsdp2": run_cases(B, "fsdp2"), "grpo_lora": run_cases(B, lora_r=4),
                     "sft": run_sft(Path(out) / "sft"),
-                    "sft_fsdp2": run_sft(Path(out) / "sft_fsdp2", "fsdp2"), "kd": run_kd(Path(out) / "kd", 0),
+                    "sft_fsdp2": run_sft(Path(out) / "sft_fsdp2", "fsdp2"),
+                    "sft_lora": run_sft(Path(out) / "sft_lora", lora_r=4), "kd": run_kd(Path(out) / "kd", 0),
                     "kd_fsdp2": run_kd(Path(out) / "kd_fsdp2", 0, "fsdp2"),
                     "kd_topk": run_kd(Path(out) / "kd_topk", 3), "teacher": run_teacher_samples()},
                    Path(out) / f"rank{rank}.pt")
@@ -164,15 +166,15 @@ def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
     mp.start_processes(_worker, args=(2, free_port(), str(out)), nprocs=2, start_method="spawn", join=True)
     results = [torch.load(out / f"rank{r}.pt") for r in range(2)]
-    for job in ("sft", "sft_fsdp2", "kd_fsdp2"):  # written once, by rank 0
+    for job in ("sft", "sft_fsdp2", "sft_lora", "kd_fsdp2"):  # written once, by rank 0
         assert (out / job / "final_model").is_dir() and (out / job / "summary.json").exists()
     return {job: [r[job] for r in results] for job in results[0]}
 
 
-@pytest.mark.parametrize("job", ["sft", "sft_fsdp2"])
+@pytest.mark.parametrize("job", ["sft", "sft_fsdp2", "sft_lora"])
 def test_sft_on_two_ranks_equals_one_process(two_ranks, tmp_path, job):
     torch.set_num_threads(1)
-    one = run_sft(tmp_path)
+    one = run_sft(tmp_path, lora_r=4 if job == "sft_lora" else 0)
     r0, r1 = two_ranks[job]
     assert r0["loss_first"] == pytest.approx(one["loss_first"], rel=1e-5)
     assert r0["loss_last"] == pytest.approx(one["loss_last"], rel=1e-5) and r0["loss_last"] != one["loss_first"]

@@ -31,7 +31,7 @@ Under torchrun (`thinkrl sft --nproc N`) each rank runs every N-th example of ea
 step's token count and the gradients are summed over ranks, so the update is one process's;
 rank 0 checks EOS and writes the files. `lora_r > 0`: peft adapters train alone
 (`models/lora.py`), final_model holds the adapter.
-Left out: gradient checkpointing, mixed precision, LoRA under torchrun, resume, logit
+Left out: gradient checkpointing, mixed precision, LoRA with FSDP2, resume, logit
 soft-capping (the LM head is applied to the hidden states directly, as in `engine/logprobs.py`).
 """
 
@@ -285,9 +285,8 @@ def fit(model, tokenizer, encoded: list[Encoded], cfg: SFTConfig, output_dir: Pa
         metrics = JsonlLog(output_dir / "metrics.jsonl")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     torch.manual_seed(cfg.seed)
-    if cfg.lora_r:  # the adapter alone trains (the optimizer takes the parameters that need gradients)
-        if world.size > 1:
-            raise ConfigError("sft lora_r under data parallelism (--nproc > 1) is left out")
+    if cfg.lora_r:  # the adapter alone trains (the optimizer takes the parameters that need gradients;
+        # under data parallelism their gradients alone are summed; every rank seeded alike: the same A)
         model = lora.apply(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     if cfg.parallel == "fsdp2" and world.size > 1:
         fsdp.shard(model)  # stays sharded after training
