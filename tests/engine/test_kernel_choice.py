@@ -54,13 +54,11 @@ FAKE = {"train": {"onednn": 100.0, "aten": 150.0}, "small": {"onednn": 5.0, "ate
 
 
 @pytest.mark.parametrize("entry", [
-    {"gflops": FAKE, "measured_at": 0.0},  # 1970: older than a week
+    {"gflops": FAKE, "measured_at": time.time() - 8 * 86400},  # older than a week
     FAKE,  # the layout before entries carried their date
-    {"gflops": {"train": FAKE["train"]}, "measured_at": "now"},  # incomplete
-])
+    {"gflops": {"train": FAKE["train"]}, "measured_at": time.time()},  # incomplete
+], ids=["a week old", "undated layout", "incomplete"])
 def test_a_stale_or_foreign_cache_entry_is_measured_again(tmp_path, monkeypatch, entry):
-    if entry.get("measured_at") == "now":
-        entry = {**entry, "measured_at": time.time()}
     path = tmp_path / "thinkrl" / "cpu_kernels.json"
     path.parent.mkdir()
     path.write_text(json.dumps({onednn._cache_key(): entry}))

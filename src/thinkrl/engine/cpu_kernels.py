@@ -323,7 +323,7 @@ def _cached(entry, now: float) -> dict | None:
     """A cache entry's GFLOP/s if it is current (every role, under MAX_AGE_S old), else None."""
     if not isinstance(entry, dict) or set(entry.get("gflops", ())) != set(ROLES):
         return None  # another layout (an older thinkrl) or incomplete: measured again
-    return entry["gflops"] if 0 <= now - entry.get("measured_at", -MAX_AGE_S) < MAX_AGE_S else None
+    return entry["gflops"] if 0 <= now - entry.get("measured_at", 0.0) < MAX_AGE_S else None
 
 
 @functools.cache
