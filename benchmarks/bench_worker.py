@@ -3,7 +3,9 @@
     python benchmarks/bench_worker.py --tool thinkrl --setting smollm2-128 [--device cpu] [--profile [step|train|ops]]
 
 Prints `BENCH {json}` lines: one per step (warm-up steps flagged) and a final summary with
-the process's peak RSS. The driver is `grpo_vs_trl.py`.
+the process's peak RSS. The driver is `grpo_vs_trl.py`. With --lockstep the worker waits for
+a line on stdin before each step and before its summary's peak measurement: the driver keeps
+both tools' workers alive and hands the CPU to one at a time, their steps interleaved.
 """
 
 from __future__ import annotations
@@ -96,10 +98,27 @@ def _op_timed(fn, *args, **kwargs):
           f"{sum(v[2] for v in acc.values())} page faults", file=sys.stderr)
     for (name, shapes, dtypes), (calls, sec, faults) in rows[:25]:
         print(f"{sec * 1000:8.1f} ms {calls:5d} calls {faults:6d} faults  {name} {shapes} {dtypes}", file=sys.stderr)
+    by_name: dict[str, list] = {}
+    for (name, _, _), (calls, sec, _) in acc.items():
+        entry = by_name.setdefault(name, [0, 0.0])
+        entry[0], entry[1] = entry[0] + calls, entry[1] + sec
+    print("by op:", file=sys.stderr)
+    for name, (calls, sec) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:20]:
+        print(f"{sec * 1000:8.1f} ms {calls:5d} calls  {name}", file=sys.stderr)
     return out
 
 
-def run_thinkrl(s: Setting, device: str, profile: str | None = None) -> None:
+def _go() -> None:
+    """Runs at once (the worker runs on its own)."""
+
+
+def _wait_for_driver() -> None:
+    """--lockstep: block until the driver writes a line (its go for the next step)."""
+    if not sys.stdin.readline():
+        sys.exit("the driver closed stdin")
+
+
+def run_thinkrl(s: Setting, device: str, profile: str | None = None, turn=_go) -> None:
     from thinkrl import rewards
     from thinkrl.trainers import grpo as trainer
     from thinkrl.config import Config
@@ -139,6 +158,7 @@ def run_thinkrl(s: Setting, device: str, profile: str | None = None) -> None:
     state = TrainState(model, tok, opt, sched, InOrder(), torch.Generator(device=device).manual_seed(s.seed))
     for i in range(total):
         actual, nominal = _counts(tok, texts[i * B:(i + 1) * B], s)
+        turn()
         faults = page_faults()
         step = lambda: grpo_step(state, cfg, build_prompt=lambda q: q)  # noqa: E731
         last = i == total - 1
@@ -152,11 +172,12 @@ def run_thinkrl(s: Setting, device: str, profile: str | None = None) -> None:
               "train_s": m["time/train"], "gen_tokens": int(m["length/mean"] * B * s.group_size),
               "train_tokens": actual, "nominal_tokens": nominal, "reward": m["reward/total"], "page_faults": faults})
     rss = peak_rss_gib()  # before the peak measurement's matrices
+    turn()
     emit({"tool": "thinkrl", "setting": s.name, "summary": True, "peak_rss_gib": rss,
           "params": n_params(model), "versions": {"torch": torch.__version__}, "matmul_peak_gflops": matmul_peak(device)})
 
 
-def run_trl(s: Setting, device: str) -> None:
+def run_trl(s: Setting, device: str, turn=_go) -> None:
     import transformers
     import trl
     from datasets import Dataset
@@ -195,6 +216,7 @@ def run_trl(s: Setting, device: str) -> None:
 
     class Steps(TrainerCallback):
         def on_step_begin(self, *a, **kw):
+            turn()
             phase.update(generate=0.0, gen_and_score=0.0)
             self.t, self.faults = time.perf_counter(), page_faults()
 
@@ -211,6 +233,7 @@ def run_trl(s: Setting, device: str) -> None:
     trainer.add_callback(Steps())
     trainer.train()
     rss = peak_rss_gib()  # before the peak measurement's matrices
+    turn()
     emit({"tool": "trl", "setting": s.name, "summary": True, "peak_rss_gib": rss, "params": n_params(model),
           "matmul_peak_gflops": matmul_peak(device),
           "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}})
@@ -228,16 +251,19 @@ def main() -> None:
                          "by shape and by name, huge pages faulted in); its times include the profiler's overhead. "
                          "ops: the update's forward+backward with each aten call timed and its page faults "
                          "counted (a dispatch mode, lighter than the profiler)")
+    ap.add_argument("--lockstep", action="store_true",
+                    help="wait for a line on stdin before each step and before the summary (grpo_vs_trl.py's driver)")
     a = ap.parse_args()
+    turn = _wait_for_driver if a.lockstep else _go
     s = SETTINGS[a.setting]
     if a.steps:
         s.steps = a.steps
     if a.smoke:
         s.prompts_per_step, s.group_size, s.max_new_tokens, s.steps = 1, 2, 8, 1
     if a.tool == "thinkrl":
-        run_thinkrl(s, a.device, a.profile)
+        run_thinkrl(s, a.device, a.profile, turn)
     else:
-        run_trl(s, a.device)
+        run_trl(s, a.device, turn)
     if a.device != "cpu":
         emit({"tool": a.tool, "setting": s.name, "summary_gpu": True,
               "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30})

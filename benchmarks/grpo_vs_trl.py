@@ -6,9 +6,14 @@
     python benchmarks/grpo_vs_trl.py --save   # also one file per setting: results/<machine>/<setting>.json
 
 For each setting (see bench_common.SETTINGS: same weights, prompts, B, G, max new tokens,
-temperature, lr, β = 0, μ = 1, precision), thinkrl and TRL each run in a fresh process,
-one after the other, the order flipping from setting to setting; each run does its
-warm-up steps and then the measured steps (SmolLM2: 1 and 3; the tiny model: 3 and 10).
+temperature, lr, β = 0, μ = 1, precision), thinkrl and TRL each run in a fresh process
+(its own peak RSS), both alive at once and in lockstep: step i of one, then step i of the
+other (which goes first flips from step to step), never two at once; each does its warm-up
+steps and then the measured steps (SmolLM2: 1 and 3; the tiny model: 3 and 10). A shared
+or throttled machine changes speed within minutes (this project's VM: the same tiny-model
+run 0.14 to 0.34 s a step within one minute), so steps taken seconds apart are compared: the
+step-time ratio is the median over the measured steps of step i's ratio. --sequential runs
+one tool's worker after the other instead (the ratio of their median steps).
 Printed: per-phase seconds (sample / reward+score / train), generation tokens/s, training
 GFLOP/s (6·params·tokens actually processed / train time) and its share of the matrix-
 product peak the worker measured after its steps, peak RSS; then the ratios; the last
@@ -29,6 +34,8 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,20 +76,20 @@ def git_commit() -> dict:
     return {"commit": head.stdout.strip() or None, "dirty": dirty}
 
 
-def run_worker(tool: str, setting: str, device: str, timeout: int) -> dict:
-    cmd = [sys.executable, str(HERE / "bench_worker.py"), "--tool", tool, "--setting", setting, "--device", device]
-    t = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    records = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
-    if proc.returncode != 0 or not any(r.get("summary") for r in records):
-        tail = (proc.stderr or proc.stdout)[-3000:]
-        return {"tool": tool, "setting": setting, "error": f"exit {proc.returncode}: {tail}"}
+def _worker_cmd(tool: str, setting: str, device: str) -> list[str]:
+    return [sys.executable, str(HERE / "bench_worker.py"), "--tool", tool, "--setting", setting, "--device", device]
+
+
+def _result(tool: str, setting: str, records: list[dict], wall: float, rc: int | None, log: str) -> dict:
+    """One tool's result from its worker's BENCH records: medians of the measured steps, the summary."""
+    if rc != 0 or not any(r.get("summary") for r in records):
+        return {"tool": tool, "setting": setting, "error": f"exit {rc}: {log[-3000:]}"}
     steps = [r for r in records if "step" in r and not r["warmup"]]
     summary = next(r for r in records if r.get("summary"))
     gpu = next((r for r in records if r.get("summary_gpu")), {})
     med = lambda k: statistics.median(r[k] for r in steps)  # noqa: E731
     return {
-        "tool": tool, "setting": setting, "wall_s": time.time() - t, "steps": steps,
+        "tool": tool, "setting": setting, "wall_s": wall, "steps": steps,
         "step_s": med("step_s"), "sample_s": med("sample_s"), "score_s": med("score_s"), "train_s": med("train_s"),
         "gen_tok_s": med("gen_tokens") / med("sample_s"), "page_faults": med("page_faults"),
         "train_gflops": 6 * summary["params"] * med("train_tokens") / med("train_s") / 1e9,
@@ -90,6 +97,59 @@ def run_worker(tool: str, setting: str, device: str, timeout: int) -> dict:
         "worker_matmul_peak": summary.get("matmul_peak_gflops"),
         "params": summary["params"], "versions": summary["versions"],
     }
+
+
+def run_worker(tool: str, setting: str, device: str, timeout: int) -> dict:
+    """--sequential: one tool's worker alone, all its steps in one go."""
+    t = time.time()
+    proc = subprocess.run(_worker_cmd(tool, setting, device), capture_output=True, text=True, timeout=timeout)
+    records = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+    return _result(tool, setting, records, time.time() - t, proc.returncode, proc.stderr or proc.stdout)
+
+
+def run_lockstep(order: tuple[str, str], setting: str, device: str, timeout: int) -> list[dict]:
+    """Both tools' workers alive at once, one stepping at a time: step i of each runs back to back
+    (the first tool flipping from step to step), then each one's summary in turn, so a slow phase
+    of a shared machine lands on both tools' step i alike. Returns both results, in `order`."""
+    s = SETTINGS[setting]
+    t = time.time()
+    logs = {tool: tempfile.TemporaryFile("w+") for tool in order}  # stderr: a file, so no pipe fills up
+    procs = {tool: subprocess.Popen(_worker_cmd(tool, setting, device) + ["--lockstep"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=logs[tool], text=True) for tool in order}
+    records: dict[str, list[dict]] = {tool: [] for tool in order}
+    watchdog = threading.Timer(timeout, lambda: [p.kill() for p in procs.values()])
+    watchdog.start()
+    try:
+        for i in range(s.warmup + s.steps + 1):  # the last round: the summaries
+            for tool in order if i % 2 == 0 else order[::-1]:
+                p = procs[tool]
+                if p.poll() is not None:
+                    continue
+                try:
+                    p.stdin.write("go\n")
+                    p.stdin.flush()
+                except BrokenPipeError:  # it has just exited: its result says how
+                    continue
+                for line in p.stdout:  # up to this turn's record (a step, or the summary)
+                    if line.startswith("BENCH "):
+                        records[tool].append(json.loads(line[6:]))
+                        if records[tool][-1].get("summary") or "step" in records[tool][-1]:
+                            break
+        out = []
+        for tool in order:
+            p = procs[tool]
+            p.stdin.close()
+            rest = p.stdout.read()  # e.g. the GPU summary
+            records[tool] += [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("BENCH ")]
+            rc = p.wait()
+            logs[tool].seek(0)
+            out.append(_result(tool, setting, records[tool], time.time() - t, rc, logs[tool].read()))
+        return out
+    finally:
+        watchdog.cancel()
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
 
 
 def _pct(r: dict) -> str:
@@ -120,6 +180,10 @@ def ratios(results: list[dict]) -> dict[str, dict]:
         a, b = by.get((setting, "thinkrl")), by.get((setting, "trl"))
         if a and b:
             out[setting] = {"step_time": a["step_s"] / b["step_s"], "peak_rss": a["peak_rss_gib"] / b["peak_rss_gib"]}
+            pairs = step_pairs(a, b)
+            if pairs:  # lockstep: the median of step i's ratios, each pair run back to back
+                out[setting].update(step_time=statistics.median(pairs), step_time_of_medians=out[setting]["step_time"],
+                                    step_pairs=pairs)
     for model in ("smollm2", "tiny"):  # each tool in its fastest mode (full fine-tuning: LoRA is another job)
         def fastest_mode(s: str, model=model) -> bool:
             c = SETTINGS[s]
@@ -129,9 +193,18 @@ def ratios(results: list[dict]) -> dict[str, dict]:
         theirs = [r for (s, t), r in by.items() if t == "trl" and fastest_mode(s)]
         if mine and theirs:
             fa, fb = min(mine, key=lambda r: r["step_s"]), min(theirs, key=lambda r: r["step_s"])
-            out[f"{model} fastest"] = {"step_time": fa["step_s"] / fb["step_s"],
+            same = fa["setting"] == fb["setting"] and "step_pairs" in out.get(fa["setting"], {})  # lockstep's median
+            out[f"{model} fastest"] = {"step_time": out[fa["setting"]]["step_time"] if same else fa["step_s"] / fb["step_s"],
                                        "modes": f"thinkrl {fa['setting']} vs TRL {fb['setting']}"}
     return out
+
+
+def step_pairs(mine: dict, theirs: dict) -> list[float]:
+    """thinkrl/TRL step time of each measured step i that both ran back to back (lockstep runs), else []."""
+    if mine.get("protocol") != "lockstep" or theirs.get("protocol") != "lockstep":
+        return []
+    t = {r["step"]: r["step_s"] for r in theirs["steps"]}
+    return [r["step_s"] / t[r["step"]] for r in mine["steps"] if r["step"] in t]
 
 
 def markdown(results: list[dict], rat: dict, peak: dict, started: str, a) -> str:
@@ -154,7 +227,7 @@ def markdown(results: list[dict], rat: dict, peak: dict, started: str, a) -> str
         out.append(f"| {k}{' (' + v['modes'] + ')' if 'modes' in v else ''} | {v['step_time']:.2f} | "
                    f"{v['peak_rss']:.2f} |" if "peak_rss" in v else f"| {k} ({v['modes']}) | {v['step_time']:.2f} | |")
     out += ["", "Per-step values are medians of the measured steps (SmolLM2: 3 after one warm-up step; "
-            "tiny: 10 after 3). Train GFLOP/s = 6 × parameters × tokens the trainer actually ran "
+            "tiny: 10 after 3); a lockstep run's step-time ratio is the median of step i's ratios. Train GFLOP/s = 6 × parameters × tokens the trainer actually ran "
             "(thinkrl: each prompt once per group) / train seconds; % of peak: against the matrix-product peak "
             "(fp32: oneDNN, bf16: torch.mm) each worker measured in its own process right after its steps."]
     return "\n".join(out) + "\n"
@@ -164,7 +237,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", default=CPU_DEFAULT, help=f"comma-separated, from: {', '.join(SETTINGS)}")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per tool's run")
+    ap.add_argument("--sequential", action="store_true", help="each tool's worker alone, one after the other "
+                    "(the protocol before lockstep): each tool's steps run in a different stretch of time")
     ap.add_argument("--json", type=Path, help="write all results here")
     ap.add_argument("--save", action="store_true", help="write each setting's results to "
                     "benchmarks/results/<machine>/<setting>.json (settings that failed are not written)")
@@ -191,8 +266,12 @@ def main() -> None:
     results = []
     for i, setting in enumerate(names):
         order = ("thinkrl", "trl") if i % 2 == 0 else ("trl", "thinkrl")
-        for tool in order:
-            r = run_worker(tool, setting, a.device, a.timeout)
+        if a.sequential:
+            pair = [run_worker(tool, setting, a.device, a.timeout) for tool in order]
+        else:
+            pair = run_lockstep(order, setting, a.device, 2 * a.timeout)
+        for r in pair:
+            r["protocol"] = "sequential" if a.sequential else "lockstep"
             results.append(r)
             print(table([r]).splitlines()[-1], flush=True)
     print()
@@ -201,6 +280,9 @@ def main() -> None:
     print()
     for k, v in rat.items():
         extra = f" ({v['modes']})" if "modes" in v else f" peak_rss={v['peak_rss']:.2f}"
+        if "step_pairs" in v:
+            extra += (f" (median of the steps run back to back: {' '.join(f'{x:.2f}' for x in v['step_pairs'])}; "
+                      f"ratio of the medians {v['step_time_of_medians']:.2f})")
         print(f"{k:24s} thinkrl/TRL step_time={v['step_time']:.2f}{extra}")
     if a.json:
         a.json.write_text(json.dumps({"meta": meta, "results": results, "ratios": rat}, indent=1))
