@@ -408,6 +408,8 @@ def validate(cfg: Config) -> Config:
                           "a reward model directory (thinkrl rm ... -> DIR/final_model)")
     if g.kl_in_reward and (g.algo != "ppo" or g.beta <= 0):
         raise ConfigError("grpo.kl_in_reward=true needs grpo.algo=ppo and grpo.beta > 0 (β weighs the per-token penalty)")
+    if g.algo == "ppo" and cfg.run.parallel == "fsdp2":
+        raise ConfigError("grpo.algo=ppo with run.parallel=fsdp2 is left out (the critic is not sharded): use run.parallel=ddp")
     m = cfg.model
     problem = m.lora_r and (lora.check(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules, "model.") or (
         "grpo.ref_reset_every with LoRA is left out (it would merge the adapter into the base)" if g.ref_reset_every

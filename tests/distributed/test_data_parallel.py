@@ -79,6 +79,42 @@ def run_cases(prompts_per_step: int, parallel: str = "ddp", lora_r: int = 0) -> 
 
 
 
+PPO_CASES = [("copy", 0.0, False), ("shared", 0.0, False), ("copy", 0.04, True)]  # (critic layout, beta, kl_in_reward)
+
+
+def run_ppo(prompts_per_step: int) -> list[dict]:
+    """One PPO step per case from the same initial model, plain SGD for the policy and the
+    critic: their parameters after the step and the value metrics."""
+    from thinkrl.trainers.ppo import ppo_step
+
+    real = rollouts.sample
+    rollouts.sample = fake_sample
+    rewards.register("test_dp_length")(length_reward)
+    try:
+        out = []
+        for layout, beta, kl_in_reward in PPO_CASES:
+            model, tok = _initial_model()
+            cfg = Config()
+            g = cfg.grpo
+            g.prompts_per_step, g.group_size, g.max_new_tokens, g.lr, g.micro_batch_size = prompts_per_step, G, 8, 1e-2, 3
+            g.algo, g.value_head, g.beta, g.kl_in_reward, g.mu = "ppo", layout, beta, kl_in_reward, 2
+            cfg.rewards.weights = {"test_dp_length": 1.0}
+            state = loop.new_train_state(model, tok, cfg, sample_problems(16, "train", 0))  # the head: seeded alike
+            state.optimizer = torch.optim.SGD(state.optimizer.param_groups, lr=g.lr)  # see run_cases
+            state.scheduler = torch.optim.lr_scheduler.LambdaLR(state.optimizer, lambda s: 1.0)
+            if state.value_optimizer is not None:
+                state.value_optimizer = torch.optim.SGD(state.value_model.parameters(), lr=g.lr)
+            critic0 = [p.detach().clone() for p in state.value_model.parameters()]
+            m = ppo_step(state, cfg, lambda q: q)
+            out.append({"policy": [p.detach().clone() for p in model.parameters()], "critic0": critic0,
+                        "critic": [p.detach().clone() for p in state.value_model.parameters()],
+                        **{k: m[k] for k in ("loss", "value/loss", "value/explained_variance")}})
+        return out
+    finally:
+        rollouts.sample = real
+        rewards.REWARDS.pop("test_dp_length")
+
+
 def run_sft(out: Path, parallel: str = "ddp", lora_r: int = 0) -> dict:
     """Two epochs of SFT (steps of 5 examples: the ranks get 3 and 2) with plain SGD, the whole
     model or a LoRA adapter of rank lora_r; parameters and losses."""
@@ -150,6 +186,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     env.init()
     try:
         torch.save({"grpo": run_cases(B), "grpo_fsdp2": run_cases(B, "fsdp2"), "grpo_lora": run_cases(B, lora_r=4),
+                    "ppo": run_ppo(B),
                     "sft": run_sft(Path(out) / "sft"),
                     "sft_fsdp2": run_sft(Path(out) / "sft_fsdp2", "fsdp2"),
                     "sft_lora": run_sft(Path(out) / "sft_lora", lora_r=4), "kd": run_kd(Path(out) / "kd", 0),
@@ -221,8 +258,26 @@ def test_two_ranks_equal_one_process_with_the_whole_batch(two_ranks, parallel):
         assert any(not torch.equal(a, b) for a, b in zip(one["before"], one["params"]))
 
 
+def test_ppo_on_two_ranks_equals_one_process(two_ranks):
+    """PPO (a copied critic, a shared head, the KL in the reward): GAE per row, advantages whitened
+    over the whole batch, the critic's gradients summed; μ = 2 updates of each."""
+    torch.set_num_threads(1)
+    single = run_ppo(2 * B)
+    for case, one, r0, r1 in zip(PPO_CASES, single, *two_ranks["ppo"]):
+        for key in ("policy", "critic"):
+            for a, b, c in zip(one[key], r0[key], r1[key]):
+                assert torch.equal(b, c), (case, key)  # every rank applied the same update
+                torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=lambda m: f"{case} {key}: {m}")
+        assert any(not torch.equal(a, b) for a, b in zip(one["critic0"], one["critic"])), case  # the critic learned
+        for key in ("loss", "value/loss", "value/explained_variance"):
+            assert r0[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), (case, key)
+
+
 def test_helpers_in_a_one_process_world():
     assert dp.shard(list(range(6)), World(1, 3)) == [2, 3]
     with pytest.raises(ValueError, match="do not split"):
         dp.shard(list(range(5)), World(0, 2))
     assert dp.all_reduce_sum(2.5) == 2.5 and dp.reduce_metrics({"a": 1}) == {"a": 1}
+    t = torch.tensor([1e6 + 1.0, 1e6 + 2.0, 1e6 + 4.0])  # a large offset: a one-pass E[x²] − E[x]² would lose it
+    assert dp.moments(t) == (3, pytest.approx(1e6 + 7 / 3), pytest.approx(7 / 3))  # hand: deviations −4/3, −1/3, 5/3
+    assert dp.moments(torch.tensor([5.0]))[:2] == (1, 5.0) and dp.moments(torch.zeros(0))[0] == 0

@@ -23,6 +23,14 @@ def test_whiten_uses_the_masked_entries_only():
     torch.testing.assert_close(out, torch.tensor([[-1.0 / s, 1.0 / s, 0.0]]), rtol=1e-5, atol=1e-6)
 
 
+def test_ppo_with_fsdp2_is_refused_before_any_model_loads():
+    from thinkrl.config import ConfigError, load_config, validate
+
+    with pytest.raises(ConfigError, match="grpo.algo=ppo with run.parallel=fsdp2 is left out"):
+        validate(load_config(overrides=["grpo.algo=ppo", "run.parallel=fsdp2"]))
+    validate(load_config(overrides=["grpo.algo=ppo", "run.parallel=ddp"]))  # data parallelism: allowed
+
+
 @pytest.mark.parametrize("layout", ["copy", "shared"])
 def test_values_are_the_states_before_each_completion_token(tiny_model, tiny_tokenizer, layout):
     """token_values on a batch equals the value model run on each prompt + completion alone."""

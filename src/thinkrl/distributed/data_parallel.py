@@ -39,6 +39,18 @@ def all_reduce_sum(x: float) -> float:
     return t.item()
 
 
+def moments(values: torch.Tensor) -> tuple[int, float, float]:
+    """(n, mean, unbiased variance) of every rank's `values` together (float64 sums; variance
+    nan when n < 2): the statistics of the one-process batch, from this rank's share of it."""
+    v = values.detach().double().reshape(-1)
+    n = int(all_reduce_sum(v.numel()))
+    if n == 0:
+        return 0, float("nan"), float("nan")
+    mean = all_reduce_sum(float(v.sum())) / n
+    squares = all_reduce_sum(float(((v - mean) ** 2).sum()))  # two passes: no cancellation
+    return n, mean, squares / (n - 1) if n > 1 else float("nan")
+
+
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Every rank's `t` (same shape on all), concatenated along dim 0 in rank order."""
     world = current()

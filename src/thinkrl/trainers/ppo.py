@@ -15,7 +15,10 @@ learns the clipped value loss against the GAE returns (`algos.value`), in one of
 Checkpoints carry the value model (the head alone when shared) and its optimizer.
 The KL to π_ref goes in the loss (k3, as GRPO), or with `grpo.kl_in_reward` into the reward
 as −β (log π_old − log π_ref) on every token (InstructGPT / OpenRLHF; then no KL term in the
-loss). Left out: data parallelism (refused under torchrun).
+loss). Under torchrun (data parallelism, `run.parallel=ddp`) each rank values and updates on
+its own rows: the whitening statistics and token counts are the whole batch's (summed over
+ranks) and the critic's gradients are summed like the policy's, so two ranks take the
+one-process update. Left out: FSDP2 (`run.parallel=fsdp2` is refused with PPO).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from thinkrl.algos.advantages import gae_advantages
 from thinkrl.algos.value import clipped_value_loss
 from thinkrl.config import Config
-from thinkrl.distributed.env import refuse_launched
+from thinkrl.distributed import data_parallel as dp
 from thinkrl.engine.logprobs import grouped_completion_hidden
 from thinkrl.models.value_model import body_and_head
 from thinkrl.trainers.grpo import TrainState, grpo_step
@@ -74,17 +77,17 @@ def kl_penalty(old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tenso
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(x − mean) / std over the masked entries; 0 elsewhere."""
-    vals = x[mask]
-    if vals.numel() < 2:
+    """(x − mean) / std over the masked entries (of every rank's batch under torchrun: the
+    statistics of the whole batch; std unbiased); 0 elsewhere."""
+    n, mean, var = dp.moments(x[mask])
+    if n < 2:
         return torch.zeros_like(x)
-    return torch.where(mask, (x - vals.mean()) / (vals.std() + eps), torch.zeros_like(x))
+    return torch.where(mask, (x - mean) / (math.sqrt(var) + eps), torch.zeros_like(x))
 
 
 def ppo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: str = "") -> dict:
     """One PPO step: GRPO's sampling and policy updates with GAE advantages; the critic's loss
     joins the policy's (shared head) or takes its own updates afterwards (copy)."""
-    refuse_launched("grpo.algo=ppo")
     g, vm = cfg.grpo, state.value_model
     shared = g.value_head == "shared"  # the head's loss joins the policy's (PPO Eq. 9)
     pad_id = state.tokenizer.pad_token_id
@@ -110,28 +113,36 @@ def ppo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: st
                                 g.value_coef if shared else 1.0, log)
 
     def value_updates(state: TrainState, batch) -> dict:
-        """The copied critic's own μ × mini-batch steps (nothing to do for a shared head)."""
+        """The copied critic's own μ × mini-batch steps (nothing to do for a shared head); under
+        torchrun every rank takes g.minibatches steps (some on no rows), with the global token
+        count as the loss's denominator and the gradients summed over ranks before clipping."""
         N, term = len(batch.ro.texts), value_term(batch)
         for _ in range(0 if shared else g.mu):  # a shared head trained with the policy already
-            for mb in torch.randperm(N, generator=state.generator, device=state.generator.device).cpu().chunk(g.minibatches):
+            perm = torch.randperm(N, generator=state.generator, device=state.generator.device).cpu()
+            minibatches = list(perm.chunk(g.minibatches))
+            minibatches += [perm[:0]] * (g.minibatches - len(minibatches))
+            for mb in minibatches:
                 state.value_optimizer.zero_grad(set_to_none=True)
-                n_tok = float(saved["mask"][mb].sum().clamp(min=1))
+                n_tok = max(dp.all_reduce_sum(float(saved["mask"][mb].sum())), 1.0)
                 total = 0.0
                 for rows in mb.split(g.micro_batch_size or N):
                     loss = term(rows.to(batch.ro.group.device), saved["mask"].shape[1], n_tok)  # token-mean share
                     loss.backward()
                     total += loss.item()
+                dp.all_reduce_gradients(vm.parameters())
+                total = dp.all_reduce_sum(total)
                 norm = torch.nn.utils.clip_grad_norm_(vm.parameters(), g.max_grad_norm)
                 if math.isfinite(total) and torch.isfinite(norm):
                     state.value_optimizer.step()
             state.value_optimizer.zero_grad(set_to_none=True)
         m = saved["mask"]
-        resid = (saved["returns"] - saved["old_v"])[m]
-        explained = 1 - resid.var() / saved["returns"][m].var().clamp(min=1e-8) if m.sum() > 1 else torch.tensor(0.0)
-        tokens = max(sum(t for *_, t in log), 1.0)
-        return {"value/loss": sum(v * t for v, _, t in log) / tokens,  # token mean over the step's updates
-                "value/clip_frac": sum(f * t for _, f, t in log) / tokens,
-                "value/explained_variance": explained.item()}
+        n, _, resid_var = dp.moments((saved["returns"] - saved["old_v"])[m])
+        _, _, returns_var = dp.moments(saved["returns"][m])
+        explained = 1 - resid_var / max(returns_var, 1e-8) if n > 1 else 0.0
+        tokens = max(dp.all_reduce_sum(sum(t for *_, t in log)), 1.0)
+        return {"value/loss": dp.all_reduce_sum(sum(v * t for v, _, t in log)) / tokens,  # token mean, the step's updates
+                "value/clip_frac": dp.all_reduce_sum(sum(f * t for _, f, t in log)) / tokens,
+                "value/explained_variance": explained}
 
     return grpo_step(state, cfg, build_prompt, completion_prefix, advantages, value_updates,
                      value_term if shared else None)
