@@ -50,7 +50,7 @@ def refuse_launched(what: str) -> None:
     if launched():
         from thinkrl.config import ConfigError
 
-        raise ConfigError(f"{what} runs in one process; data parallelism covers `thinkrl train` (GRPO), `sft` "
+        raise ConfigError(f"{what} runs in one process; data parallelism covers `thinkrl train` (GRPO, PPO), `sft` "
                           "and `distill` (run it without torchrun / --nproc)")
 
 
