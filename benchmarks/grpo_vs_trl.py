@@ -104,7 +104,8 @@ def run_worker(tool: str, setting: str, device: str, timeout: int) -> dict:
     t = time.time()
     proc = subprocess.run(_worker_cmd(tool, setting, device), capture_output=True, text=True, timeout=timeout)
     records = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
-    return _result(tool, setting, records, time.time() - t, proc.returncode, proc.stderr or proc.stdout)
+    return {**_result(tool, setting, records, time.time() - t, proc.returncode, proc.stderr or proc.stdout),
+            "protocol": "sequential"}
 
 
 def run_lockstep(order: tuple[str, str], setting: str, device: str, timeout: int) -> list[dict]:
@@ -143,7 +144,8 @@ def run_lockstep(order: tuple[str, str], setting: str, device: str, timeout: int
             records[tool] += [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("BENCH ")]
             rc = p.wait()
             logs[tool].seek(0)
-            out.append(_result(tool, setting, records[tool], time.time() - t, rc, logs[tool].read()))
+            out.append({**_result(tool, setting, records[tool], time.time() - t, rc, logs[tool].read()),
+                        "protocol": "lockstep"})
         return out
     finally:
         watchdog.cancel()
@@ -271,7 +273,6 @@ def main() -> None:
         else:
             pair = run_lockstep(order, setting, a.device, 2 * a.timeout)
         for r in pair:
-            r["protocol"] = "sequential" if a.sequential else "lockstep"
             results.append(r)
             print(table([r]).splitlines()[-1], flush=True)
     print()

@@ -43,8 +43,6 @@ def test_lockstep_workers_take_turns_and_pair_their_steps(tmp_path, monkeypatch)
     assert all(a["t1"] <= b["t0"] for a, b in zip(steps, steps[1:])), "two workers stepped at once"
     assert [s["step"] for s in steps] == [i for i in range(3, total) for _ in range(2)]  # step i of both, then i + 1
     assert [s["tool"] for s in steps[:4]] == ["trl", "thinkrl", "thinkrl", "trl"]  # step 3 odd: TRL first; flips
-    for r in results:
-        r["protocol"] = "lockstep"
     ratio = grpo_vs_trl.ratios(results)["tiny"]
     assert ratio["step_pairs"] == pytest.approx([1 / 3] * (total - 3))
     assert ratio["step_time"] == pytest.approx(statistics.median(ratio["step_pairs"]))
