@@ -2,6 +2,7 @@
 are alive at once but never step at the same time, step i of both runs before step i + 1 of
 either, and the step-time ratio is the median of the per-step ratios."""
 
+import importlib
 import statistics
 import sys
 import textwrap
@@ -10,8 +11,19 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-grpo_vs_trl = pytest.importorskip("grpo_vs_trl")
+
+
+@pytest.fixture
+def grpo_vs_trl(monkeypatch):
+    """The driver imported as its script runs (benchmarks/ first on sys.path), then forgotten:
+    sys.path restored and the benchmark modules dropped from sys.modules, so no later test sees
+    them as installed packages (tests/test_script_names.py)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    before = set(sys.modules)
+    yield importlib.import_module("grpo_vs_trl")
+    for name in set(sys.modules) - before:
+        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(BENCH)):
+            del sys.modules[name]
 
 FAKE = textwrap.dedent('''
     import json, sys, time
@@ -30,7 +42,7 @@ FAKE = textwrap.dedent('''
 ''')
 
 
-def test_lockstep_workers_take_turns_and_pair_their_steps(tmp_path, monkeypatch):
+def test_lockstep_workers_take_turns_and_pair_their_steps(tmp_path, monkeypatch, grpo_vs_trl):
     fake = tmp_path / "fake_worker.py"
     fake.write_text(FAKE)
     total = grpo_vs_trl.SETTINGS["tiny"].warmup + grpo_vs_trl.SETTINGS["tiny"].steps
