@@ -12,8 +12,9 @@ other (which goes first flips from step to step), never two at once; each does i
 steps and then the measured steps (SmolLM2: 1 and 3; the tiny model: 3 and 10). A shared
 or throttled machine changes speed within minutes (this project's VM: the same tiny-model
 run 0.14 to 0.34 s a step within one minute), so steps taken seconds apart are compared: the
-step-time ratio is the median over the measured steps of step i's ratio. --sequential runs
-one tool's worker after the other instead (the ratio of their median steps).
+step-time ratio is the median over the measured steps of step i's ratio. Both processes hold
+their memory at once (on a GPU too: thinkrl's and TRL's peaks must fit together); --sequential
+runs one tool's worker after the other instead (the ratio of their median steps).
 Printed: per-phase seconds (sample / reward+score / train), generation tokens/s, training
 GFLOP/s (6·params·tokens actually processed / train time) and its share of the matrix-
 product peak the worker measured after its steps, peak RSS; then the ratios; the last
