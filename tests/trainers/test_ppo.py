@@ -80,6 +80,20 @@ def test_ppo_step_trains_policy_and_critic(tiny_model, tiny_tokenizer, length_re
     assert state.step == 1
 
 
+def test_the_copied_critic_steps_once_per_non_empty_minibatch(tiny_model, tiny_tokenizer, length_reward):
+    """6 samples in 4 mini-batches: torch.chunk makes 3 (2 rows each), so one process takes 3
+    critic steps a pass, not a 4th on no rows (only ranks under torchrun pad to keep in step)."""
+    cfg = Config()
+    g = cfg.grpo
+    g.algo, g.prompts_per_step, g.group_size, g.max_new_tokens, g.minibatches, g.mu = "ppo", 3, 2, 6, 4, 2
+    cfg.rewards.weights = {length_reward: 1.0}
+    state = loop.new_train_state(tiny_model, tiny_tokenizer, cfg, sample_problems(8, "train", 0))
+    steps = []
+    state.value_optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    ppo_step(state, cfg, lambda q: q)
+    assert len(steps) == 3 * g.mu
+
+
 @pytest.mark.parametrize("layout", ["copy", "shared"])
 def test_ppo_resume_restores_the_critic(tmp_path, length_reward, layout):
     """A PPO run cut after its step-2 checkpoint and resumed ends with the same policy and critic."""
