@@ -35,7 +35,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def _setup(recipe: str):
     """(cfg, train problems, held-out problems) of the recipe."""
-    from thinkrl.config import load_config, validate
+    from thinkrl.config import load_config
+    from thinkrl.config_checks import validate
     from thinkrl.trainers.loop import train_heldout_problems
 
     cfg = validate(load_config(recipe, ["run.progress=false"]))

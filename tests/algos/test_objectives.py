@@ -8,7 +8,8 @@ import torch
 from thinkrl.algos import grpo, registry
 from thinkrl.algos.advantages import gae_advantages, reinforce_pp_advantages, rloo_advantages
 from thinkrl.algos.policy_losses import cispo_loss, gspo_loss
-from thinkrl.config import Config, ConfigError, validate
+from thinkrl.config import Config, ConfigError
+from thinkrl.config_checks import validate
 
 
 def test_rloo_leave_one_out_by_hand():

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from thinkrl.algos import grpo, registry
-from thinkrl.config import Config, ConfigError, validate
+from thinkrl.config import Config, ConfigError
+from thinkrl.config_checks import validate
 from thinkrl.data.synthetic import sample_problems
 from thinkrl.trainers.grpo import PromptStream, TrainState, grpo_step, make_optimizer
 

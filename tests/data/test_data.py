@@ -76,7 +76,8 @@ def test_chat_prompt_few_shot_turns_come_first():
 
 
 def test_few_shot_config_is_checked_before_loading():
-    from thinkrl.config import Config, ConfigError, validate
+    from thinkrl.config import Config, ConfigError
+    from thinkrl.config_checks import validate
 
     cfg = Config()
     cfg.data.few_shot = [["What is 1 + 2?", "\\boxed{3}"]]

@@ -278,6 +278,7 @@ def test_helpers_in_a_one_process_world():
     with pytest.raises(ValueError, match="do not split"):
         dp.shard(list(range(5)), World(0, 2))
     assert dp.all_reduce_sum(2.5) == 2.5 and dp.reduce_metrics({"a": 1}) == {"a": 1}
+    assert [len(p) for p in dp.minibatches(torch.arange(6), 4)] == [2, 2, 2]  # one process: no empty steps
     t = torch.tensor([1e6 + 1.0, 1e6 + 2.0, 1e6 + 4.0])  # a large offset: a one-pass E[x²] − E[x]² would lose it
     assert dp.moments(t) == (3, pytest.approx(1e6 + 7 / 3), pytest.approx(7 / 3))  # hand: deviations −4/3, −1/3, 5/3
     assert dp.moments(torch.tensor([5.0]))[:2] == (1, 5.0) and dp.moments(torch.zeros(0))[0] == 0

@@ -11,7 +11,8 @@ import torch
 pytest.importorskip("peft")
 
 from thinkrl import rewards  # noqa: E402
-from thinkrl.config import Config, ConfigError, load_config, validate  # noqa: E402
+from thinkrl.config import Config, ConfigError, load_config  # noqa: E402
+from thinkrl.config_checks import validate  # noqa: E402
 from thinkrl.data.synthetic import sample_problems  # noqa: E402
 from thinkrl.engine.logprobs import build_batch, completion_logprobs  # noqa: E402
 from thinkrl.engine.sampler import SamplingParams, sample  # noqa: E402

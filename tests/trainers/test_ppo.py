@@ -24,7 +24,8 @@ def test_whiten_uses_the_masked_entries_only():
 
 
 def test_ppo_with_fsdp2_is_refused_before_any_model_loads():
-    from thinkrl.config import ConfigError, load_config, validate
+    from thinkrl.config import ConfigError, load_config
+    from thinkrl.config_checks import validate
 
     with pytest.raises(ConfigError, match="grpo.algo=ppo with run.parallel=fsdp2 is left out"):
         validate(load_config(overrides=["grpo.algo=ppo", "run.parallel=fsdp2"]))

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from thinkrl import config as config_mod
+from thinkrl import config_checks
 from thinkrl.cli.options import (add_config_options, add_device_option, add_nproc_option, relaunch_under_torchrun,
                                  resolve_config)
 from thinkrl.data.loaders import DataError
@@ -30,7 +31,7 @@ def _train(args) -> int:
     cfg = config_mod.load_config(saved or args.config, args.overrides)
     if args.output_dir:
         cfg.run.output_dir = args.output_dir
-    config_mod.validate(cfg)
+    config_checks.validate(cfg)
     if args.print_config:  # the resolved options (shortcuts such as loss_type expanded), as a reusable recipe
         import yaml
 
@@ -70,7 +71,7 @@ def _build_base(args) -> int:
     from thinkrl.trainers.build_base import build  # heavy imports only when building
 
     cfg = config_mod.load_config(None, args.overrides, root=config_mod.BuildBaseConfig)
-    config_mod.validate_base(cfg.base)
+    config_checks.validate_base(cfg.base)
     command = " ".join(["thinkrl build-base --output-dir", args.output_dir, *args.overrides])
     build(cfg.base, args.output_dir, command, progress=not args.no_progress)
     return 0

@@ -30,6 +30,13 @@ def shard(items: list, world: World) -> list:
     return items[world.rank * n : (world.rank + 1) * n]
 
 
+def minibatches(rows: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """`rows` in n mini-batches (torch.chunk, which makes fewer when rows are few); under torchrun
+    padded with empty ones to n, so every rank steps its optimizer as often as the others."""
+    parts = list(rows.chunk(n))
+    return parts + [rows[:0]] * (n - len(parts)) if current().size > 1 else parts
+
+
 def all_reduce_sum(x: float) -> float:
     """The sum of a number over ranks (float64 on the wire)."""
     if current().size == 1:

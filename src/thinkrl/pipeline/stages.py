@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from thinkrl.config import BaseModelConfig, Config, ConfigError, coerce, did_you_mean, opt, validate_base
+from thinkrl.config import BaseModelConfig, Config, ConfigError, coerce, did_you_mean, opt
+from thinkrl.config_checks import validate_base
 from thinkrl.data.loaders import DataError, write_jsonl
 
 __all__ = ["Kind", "KINDS", "StageContext", "StageResult", "task_config", "task_problems", "cold_start_rows",
@@ -251,7 +252,7 @@ GRPO_SECTIONS = ("grpo", "rewards", "data", "run", "model")
 
 
 def _parse_grpo(options: dict, p, where: str) -> Config:
-    from thinkrl.config import validate
+    from thinkrl.config_checks import validate
 
     cfg = task_config(p, train_size=Config().data.train_size)
     cfg.run.checkpoint_every = 10

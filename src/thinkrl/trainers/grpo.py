@@ -361,10 +361,7 @@ def grpo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: s
         model.train()
         for _ in range(g.mu):
             perm = torch.randperm(len(train_rows), generator=state.generator, device=state.generator.device)
-            minibatches = list(train_rows[perm.to(train_rows.device)].chunk(g.minibatches))
-            if world.size > 1:  # every rank steps the optimizer the same number of times, some with no rows
-                minibatches += [train_rows[:0]] * (g.minibatches - len(minibatches))
-            for mb in minibatches:
+            for mb in dp.minibatches(train_rows[perm.to(train_rows.device)], g.minibatches):  # under torchrun: some empty
                 state.optimizer.zero_grad(set_to_none=True)
                 counts = None if world.size == 1 else (  # the global mini-batch's denominators
                     int(dp.all_reduce_sum(len(mb))), dp.all_reduce_sum(float(ro.completion_mask[mb].sum())))

@@ -31,7 +31,6 @@ from thinkrl.algos.advantages import gae_advantages
 from thinkrl.algos.value import clipped_value_loss
 from thinkrl.config import Config
 from thinkrl.distributed import data_parallel as dp
-from thinkrl.distributed.env import current as current_world
 from thinkrl.engine.logprobs import grouped_completion_hidden
 from thinkrl.models.value_model import body_and_head
 from thinkrl.trainers.grpo import TrainState, grpo_step
@@ -120,10 +119,7 @@ def ppo_step(state: TrainState, cfg: Config, build_prompt, completion_prefix: st
         N, term = len(batch.ro.texts), value_term(batch)
         for _ in range(0 if shared else g.mu):  # a shared head trained with the policy already
             perm = torch.randperm(N, generator=state.generator, device=state.generator.device).cpu()
-            minibatches = list(perm.chunk(g.minibatches))
-            if current_world().size > 1:  # every rank steps as often as the others, some on no rows (as grpo_step)
-                minibatches += [perm[:0]] * (g.minibatches - len(minibatches))
-            for mb in minibatches:
+            for mb in dp.minibatches(perm, g.minibatches):  # under torchrun: some empty, every rank steps alike
                 state.value_optimizer.zero_grad(set_to_none=True)
                 n_tok = max(dp.all_reduce_sum(float(saved["mask"][mb].sum())), 1.0)
                 total = 0.0
