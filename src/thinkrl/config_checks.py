@@ -105,7 +105,8 @@ def validate(cfg: Config) -> Config:
     m = cfg.model
     problem = m.lora_r and (lora.check(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules, "model.") or (
         "grpo.ref_reset_every with LoRA is left out (it would merge the adapter into the base)" if g.ref_reset_every
-        else "model.lora_r with run.parallel=fsdp2 is left out" if cfg.run.parallel == "fsdp2" else None))
+        else "model.lora_save_merged with run.parallel=fsdp2 is left out (merge final_model's adapter afterwards: "
+             "peft's merge_and_unload)" if cfg.run.parallel == "fsdp2" and m.lora_save_merged else None))
     if problem:
         raise ConfigError(problem)
     if g.micro_batch_size < 0:

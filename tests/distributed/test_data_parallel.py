@@ -40,7 +40,7 @@ def run_cases(prompts_per_step: int, parallel: str = "ddp", lora_r: int = 0) -> 
     """One GRPO step per case from the same initial model (with lora_r: a LoRA adapter of that
     rank on every projection, the adapter alone trained); the trained parameters before and
     after, their gradients and the loss (whole tensors: gathered from the shards under FSDP2)."""
-    from thinkrl.distributed.fsdp import local
+    from thinkrl.distributed.fsdp import is_sharded, local
     from thinkrl.models import lora
 
     real = rollouts.sample
@@ -71,7 +71,8 @@ def run_cases(prompts_per_step: int, parallel: str = "ddp", lora_r: int = 0) -> 
                 lambda *_: grads.append([local(p.grad).clone() for p in trained]))
             m = grpo_step(state, cfg, lambda q: q)
             out.append({"before": before, "params": [local(p.detach()).clone() for p in trained], "grads": grads,
-                        "loss": m["loss"], "reward": m["reward/total"], "rows": m["trained_rows"]})
+                        "loss": m["loss"], "reward": m["reward/total"], "rows": m["trained_rows"],
+                        "sharded": is_sharded(model)})
         return out
     finally:
         rollouts.sample = real
@@ -118,7 +119,7 @@ def run_ppo(prompts_per_step: int) -> list[dict]:
 def run_sft(out: Path, parallel: str = "ddp", lora_r: int = 0) -> dict:
     """Two epochs of SFT (steps of 5 examples: the ranks get 3 and 2) with plain SGD, the whole
     model or a LoRA adapter of rank lora_r; parameters and losses."""
-    from thinkrl.distributed.fsdp import local
+    from thinkrl.distributed.fsdp import is_sharded, local
     from thinkrl.trainers.sft import SFTConfig, train_sft
 
     model, tok = _initial_model()
@@ -132,7 +133,7 @@ def run_sft(out: Path, parallel: str = "ddp", lora_r: int = 0) -> dict:
     finally:
         torch.optim.AdamW = adamw
     return {"params": [local(p.detach()).clone() for p in model.parameters()], "loss_first": summary["loss_first_step"],
-            "loss_last": summary["loss_last_step"]}
+            "loss_last": summary["loss_last_step"], "sharded": is_sharded(model)}
 
 
 def run_kd(out: Path, topk: int, parallel: str = "ddp") -> dict:
@@ -186,10 +187,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     env.init()
     try:
         torch.save({"grpo": run_cases(B), "grpo_fsdp2": run_cases(B, "fsdp2"), "grpo_lora": run_cases(B, lora_r=4),
+                    "grpo_fsdp2_lora": run_cases(B, "fsdp2", lora_r=4),
                     "ppo": run_ppo(B),
                     "sft": run_sft(Path(out) / "sft"),
                     "sft_fsdp2": run_sft(Path(out) / "sft_fsdp2", "fsdp2"),
-                    "sft_lora": run_sft(Path(out) / "sft_lora", lora_r=4), "kd": run_kd(Path(out) / "kd", 0),
+                    "sft_lora": run_sft(Path(out) / "sft_lora", lora_r=4),
+                    "sft_fsdp2_lora": run_sft(Path(out) / "sft_fsdp2_lora", "fsdp2", lora_r=4),
+                    "kd": run_kd(Path(out) / "kd", 0),
                     "kd_fsdp2": run_kd(Path(out) / "kd_fsdp2", 0, "fsdp2"),
                     "kd_topk": run_kd(Path(out) / "kd_topk", 3), "teacher": run_teacher_samples()},
                    Path(out) / f"rank{rank}.pt")
@@ -203,16 +207,17 @@ def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
     mp.start_processes(_worker, args=(2, free_port(), str(out)), nprocs=2, start_method="spawn", join=True)
     results = [torch.load(out / f"rank{r}.pt") for r in range(2)]
-    for job in ("sft", "sft_fsdp2", "sft_lora", "kd_fsdp2"):  # written once, by rank 0
+    for job in ("sft", "sft_fsdp2", "sft_lora", "sft_fsdp2_lora", "kd_fsdp2"):  # written once, by rank 0
         assert (out / job / "final_model").is_dir() and (out / job / "summary.json").exists()
     return {job: [r[job] for r in results] for job in results[0]}
 
 
-@pytest.mark.parametrize("job", ["sft", "sft_fsdp2", "sft_lora"])
+@pytest.mark.parametrize("job", ["sft", "sft_fsdp2", "sft_lora", "sft_fsdp2_lora"])
 def test_sft_on_two_ranks_equals_one_process(two_ranks, tmp_path, job):
     torch.set_num_threads(1)
-    one = run_sft(tmp_path, lora_r=4 if job == "sft_lora" else 0)
+    one = run_sft(tmp_path, lora_r=4 if job.endswith("lora") else 0)
     r0, r1 = two_ranks[job]
+    assert r0["sharded"] == ("fsdp2" in job)
     assert r0["loss_first"] == pytest.approx(one["loss_first"], rel=1e-5)
     assert r0["loss_last"] == pytest.approx(one["loss_last"], rel=1e-5) and r0["loss_last"] != one["loss_first"]
     for a, b, c in zip(one["params"], r0["params"], r1["params"]):
@@ -238,12 +243,13 @@ def test_teacher_samples_are_shared_out_and_gathered_in_problem_order(two_ranks)
     assert r0 == r1 == [(i, k, sample_problems(5, "train", 0)[i].id) for i in range(5) for k in range(2)]
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp2", "ddp_lora"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2", "ddp_lora", "fsdp2_lora"])
 def test_two_ranks_equal_one_process_with_the_whole_batch(two_ranks, parallel):
-    ranks = two_ranks[{"ddp": "grpo", "fsdp2": "grpo_fsdp2", "ddp_lora": "grpo_lora"}[parallel]]
+    ranks = two_ranks[{"ddp": "grpo", "fsdp2": "grpo_fsdp2", "ddp_lora": "grpo_lora", "fsdp2_lora": "grpo_fsdp2_lora"}[parallel]]
     torch.set_num_threads(1)
-    single = run_cases(2 * B, lora_r=4 if parallel == "ddp_lora" else 0)
+    single = run_cases(2 * B, lora_r=4 if parallel.endswith("lora") else 0)
     for case, one, r0, r1 in zip(CASES, single, *ranks):
+        assert r0["sharded"] == parallel.startswith("fsdp2"), case
         assert len(one["grads"]) == len(r0["grads"]) == len(r1["grads"]) == case[3]  # μ optimizer steps
         for step_one, step_r0, step_r1 in zip(one["grads"], r0["grads"], r1["grads"]):
             for a, b, c in zip(step_one, step_r0, step_r1):

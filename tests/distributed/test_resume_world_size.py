@@ -71,7 +71,8 @@ def _on_two_ranks(run: Path, resume: bool = False, crash: int = 0, parallel: str
                        start_method="spawn", join=True)
 
 
-@pytest.mark.parametrize("parallel,lora_r", [("ddp", 0), ("fsdp2", 0), ("ddp", 4)], ids=["ddp", "fsdp2", "ddp_lora"])
+@pytest.mark.parametrize("parallel,lora_r", [("ddp", 0), ("fsdp2", 0), ("ddp", 4), ("fsdp2", 4)],
+                         ids=["ddp", "fsdp2", "ddp_lora", "fsdp2_lora"])
 def test_resume_on_another_number_of_ranks(tmp_path, parallel, lora_r):
     """3 steps on 2 ranks + 3 resumed on 1, and 3 on 1 + 3 resumed on 2, end with the weights of 6
     uninterrupted steps on 2 ranks: the checkpoint holds the global stream position, the resume

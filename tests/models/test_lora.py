@@ -145,6 +145,12 @@ def test_bad_lora_settings_are_refused_before_any_model_loads(override, message)
         validate(load_config(overrides=[*extra, override]))
 
 
+def test_lora_under_fsdp2_is_accepted_but_not_its_merged_copy():
+    validate(load_config(overrides=["model.lora_r=8", "run.parallel=fsdp2"]))  # no error
+    with pytest.raises(ConfigError, match="model.lora_save_merged with run.parallel=fsdp2 is left out"):
+        validate(load_config(overrides=["model.lora_r=8", "run.parallel=fsdp2", "model.lora_save_merged=true"]))
+
+
 def test_a_missing_peft_is_named(monkeypatch):
     import builtins
 
@@ -217,3 +223,6 @@ def test_sft_refuses_bad_lora_settings():
 
     with pytest.raises(ConfigError, match=r"sft lora_dropout=1.5; must be in \[0, 1\)"):
         validate_config(SFTConfig(lora_r=4, lora_dropout=1.5))
+    validate_config(SFTConfig(lora_r=4, parallel="fsdp2"))  # LoRA under FSDP2: accepted
+    with pytest.raises(ConfigError, match="sft lora_save_merged with parallel=fsdp2 is left out"):
+        validate_config(SFTConfig(lora_r=4, parallel="fsdp2", lora_save_merged=True))

@@ -102,7 +102,7 @@ def load_whole_optimizer(model, optimizer, saved: dict) -> None:
     saves it) into a sharded model's optimizer."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    names = [name for name, _ in model.named_parameters()]  # the optimizer's order (make_optimizer)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]  # the optimizer's order (make_optimizer)
     full = {"state": {names[i]: s for i, s in saved["state"].items()},
             "param_groups": [{**grp, "params": [names[i] for i in grp["params"]]} for grp in saved["param_groups"]]}
     set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))

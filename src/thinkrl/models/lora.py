@@ -80,9 +80,12 @@ def adapter_disabled(model):
         yield
 
 
-def save_adapter(model, folder: Path) -> None:
-    """The adapter in peft's format (adapter_config.json, adapter_model.safetensors)."""
-    _WRAPPERS[model].save_pretrained(str(folder))
+def save_adapter(model, folder: Path, weights: dict | None = None) -> None:
+    """The adapter in peft's format (adapter_config.json, adapter_model.safetensors). weights: the
+    whole state dict of a sharded model (`distributed.fsdp.full_state_dict`), read instead of its shards."""
+    prefix = "base_model.model."  # the PeftModel's names for the injected model's entries
+    state = None if weights is None else {prefix + k: v for k, v in weights.items()}
+    _WRAPPERS[model].save_pretrained(str(folder), state_dict=state)
 
 
 def load_adapter(model, folder: Path) -> None:

@@ -141,7 +141,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, ref
 def _write(tmp: Path, model, tokenizer, state: dict, ref_model, config, value_model, weights, folders, step) -> None:
     """Every file of a checkpoint into `tmp`, its manifest, fsynced, then the COMPLETE marker."""
     if lora.is_lora(model):  # the adapter alone (peft format); the base comes from model.path on resume
-        lora.save_adapter(model, tmp / "adapter")
+        lora.save_adapter(model, tmp / "adapter", weights)
     else:
         model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)
@@ -167,7 +167,7 @@ def save_model_atomic(model, tokenizer, dest: Path, weights: dict | None = None,
     tmp, old = dest.with_name(f".tmp-{dest.name}"), dest.with_name(f".old-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     if lora.is_lora(model):
-        lora.save_adapter(model, tmp)
+        lora.save_adapter(model, tmp, weights)
     else:
         model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)

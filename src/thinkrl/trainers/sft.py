@@ -31,7 +31,7 @@ Under torchrun (`thinkrl sft --nproc N`) each rank runs every N-th example of ea
 step's token count and the gradients are summed over ranks, so the update is one process's;
 rank 0 checks EOS and writes the files. `lora_r > 0`: peft adapters train alone
 (`models/lora.py`), final_model holds the adapter.
-Left out: gradient checkpointing, mixed precision, LoRA with FSDP2, resume, logit
+Left out: gradient checkpointing, mixed precision, a merged LoRA model under FSDP2, resume, logit
 soft-capping (the LM head is applied to the hidden states directly, as in `engine/logprobs.py`).
 """
 
@@ -95,8 +95,9 @@ def validate_config(cfg: SFTConfig) -> None:
     problem = cfg.lora_r and lora.check(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, "sft ")
     if problem:
         raise ConfigError(problem)
-    if cfg.lora_r and cfg.parallel == "fsdp2":
-        raise ConfigError("sft lora_r with parallel=fsdp2 is left out")
+    if cfg.lora_r and cfg.lora_save_merged and cfg.parallel == "fsdp2":
+        raise ConfigError("sft lora_save_merged with parallel=fsdp2 is left out (merge final_model's adapter "
+                          "afterwards: peft's merge_and_unload)")
 
 
 # ---- pure pieces
