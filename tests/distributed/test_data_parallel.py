@@ -116,16 +116,18 @@ def run_ppo(prompts_per_step: int) -> list[dict]:
         rewards.REWARDS.pop("test_dp_length")
 
 
-def run_sft(out: Path, parallel: str = "ddp", lora_r: int = 0) -> dict:
+def run_sft(out: Path, parallel: str = "ddp", lora_r: int = 0, max_grad_norm: float = 1.0) -> dict:
     """Two epochs of SFT (steps of 5 examples: the ranks get 3 and 2) with plain SGD, the whole
-    model or a LoRA adapter of rank lora_r; parameters and losses."""
+    model or a LoRA adapter of rank lora_r; parameters and losses. (The whole model's gradients
+    are clipped at the default max_grad_norm, which hides their scale: the `_noclip` jobs raise it.)"""
     from thinkrl.distributed.fsdp import is_sharded, local
     from thinkrl.trainers.sft import SFTConfig, train_sft
 
     model, tok = _initial_model()
     examples = [{"prompt": f"{i} + {i % 3} =", "response": f" {i + i % 3}" * (1 + i % 4)} for i in range(9)]
     cfg = SFTConfig(template="plain", epochs=2, batch_size=5, micro_batch_size=2, lr=1e-2, min_lr=1e-3,
-                    eos_check_prompts=2, parallel=parallel, lora_r=lora_r, lora_alpha=2.0 * max(lora_r, 1))
+                    eos_check_prompts=2, parallel=parallel, lora_r=lora_r, lora_alpha=2.0 * max(lora_r, 1),
+                    max_grad_norm=max_grad_norm)
     adamw = torch.optim.AdamW
     torch.optim.AdamW = lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr)  # see run_cases
     try:
@@ -191,6 +193,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                     "ppo": run_ppo(B),
                     "sft": run_sft(Path(out) / "sft"),
                     "sft_fsdp2": run_sft(Path(out) / "sft_fsdp2", "fsdp2"),
+                    "sft_fsdp2_noclip": run_sft(Path(out) / "sft_fsdp2_noclip", "fsdp2", max_grad_norm=1e9),
                     "sft_lora": run_sft(Path(out) / "sft_lora", lora_r=4),
                     "sft_fsdp2_lora": run_sft(Path(out) / "sft_fsdp2_lora", "fsdp2", lora_r=4),
                     "kd": run_kd(Path(out) / "kd", 0),
@@ -212,10 +215,10 @@ def two_ranks(tmp_path_factory):
     return {job: [r[job] for r in results] for job in results[0]}
 
 
-@pytest.mark.parametrize("job", ["sft", "sft_fsdp2", "sft_lora", "sft_fsdp2_lora"])
+@pytest.mark.parametrize("job", ["sft", "sft_fsdp2", "sft_fsdp2_noclip", "sft_lora", "sft_fsdp2_lora"])
 def test_sft_on_two_ranks_equals_one_process(two_ranks, tmp_path, job):
     torch.set_num_threads(1)
-    one = run_sft(tmp_path, lora_r=4 if job.endswith("lora") else 0)
+    one = run_sft(tmp_path, lora_r=4 if job.endswith("lora") else 0, max_grad_norm=1e9 if job.endswith("noclip") else 1.0)
     r0, r1 = two_ranks[job]
     assert r0["sharded"] == ("fsdp2" in job)
     assert r0["loss_first"] == pytest.approx(one["loss_first"], rel=1e-5)
