@@ -103,10 +103,10 @@ def validate(cfg: Config) -> Config:
     if g.algo == "ppo" and cfg.run.parallel == "fsdp2":
         raise ConfigError("grpo.algo=ppo with run.parallel=fsdp2 is left out (the critic is not sharded): use run.parallel=ddp")
     m = cfg.model
-    problem = m.lora_r and (lora.check(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules, "model.") or (
-        "grpo.ref_reset_every with LoRA is left out (it would merge the adapter into the base)" if g.ref_reset_every
-        else "model.lora_save_merged with run.parallel=fsdp2 is left out (merge final_model's adapter afterwards: "
-             "peft's merge_and_unload)" if cfg.run.parallel == "fsdp2" and m.lora_save_merged else None))
+    fsdp2_key = "run.parallel" if cfg.run.parallel == "fsdp2" else None
+    problem = m.lora_r and (lora.check(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules, "model.",
+                                       m.lora_save_merged, fsdp2_key) or (
+        "grpo.ref_reset_every with LoRA is left out (it would merge the adapter into the base)" if g.ref_reset_every else None))
     if problem:
         raise ConfigError(problem)
     if g.micro_batch_size < 0:

@@ -31,8 +31,11 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 _WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # injected model -> its PeftModel
 
 
-def check(r: int, alpha: float, dropout: float, targets: list, prefix: str = "") -> str | None:
-    """What is wrong with these LoRA settings, naming the option (None: fine, peft installed)."""
+def check(r: int, alpha: float, dropout: float, targets: list, prefix: str = "", save_merged: bool = False,
+          fsdp2_key: str | None = None) -> str | None:
+    """What is wrong with these LoRA settings, naming the option (None: fine, peft installed).
+    fsdp2_key: the option that asked for FSDP2 (e.g. run.parallel), None without it: a merged
+    copy of a sharded model is left out."""
     if r < 0:
         return f"{prefix}lora_r={r}; must be >= 0 (0 = no adapter)"
     if not alpha > 0:
@@ -41,6 +44,9 @@ def check(r: int, alpha: float, dropout: float, targets: list, prefix: str = "")
         return f"{prefix}lora_dropout={dropout}; must be in [0, 1)"
     if not targets or not all(isinstance(t, str) and t for t in targets):
         return f"{prefix}lora_target_modules={targets!r}; must be a non-empty list of module names (e.g. q_proj)"
+    if save_merged and fsdp2_key:
+        return (f"{prefix}lora_save_merged with {fsdp2_key}=fsdp2 is left out (merge final_model's adapter afterwards: "
+                "peft's merge_and_unload)")
     try:
         import peft  # noqa: F401
     except ImportError:

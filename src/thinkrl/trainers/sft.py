@@ -92,12 +92,10 @@ def validate_config(cfg: SFTConfig) -> None:
     for name, (ok, why) in rules.items():
         if not ok:
             raise ConfigError(f"sft {name}={getattr(cfg, name)!r}: {why}")
-    problem = cfg.lora_r and lora.check(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, "sft ")
+    problem = cfg.lora_r and lora.check(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, "sft ",
+                                        cfg.lora_save_merged, "parallel" if cfg.parallel == "fsdp2" else None)
     if problem:
         raise ConfigError(problem)
-    if cfg.lora_r and cfg.lora_save_merged and cfg.parallel == "fsdp2":
-        raise ConfigError("sft lora_save_merged with parallel=fsdp2 is left out (merge final_model's adapter "
-                          "afterwards: peft's merge_and_unload)")
 
 
 # ---- pure pieces
